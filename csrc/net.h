@@ -1,0 +1,140 @@
+/* net.h: a sequential network that owns its parameters, gradients,
+ * optimizer state and activation buffers, and trains in whole epochs.
+ *
+ * Tensors are float32, batch-major and C-contiguous.  Every layer sees one
+ * sample as a (C, H, W) block (NCHW); fully connected layers use (F, 1, 1).
+ * The net keeps a registry of named tensors (parameters and state buffers)
+ * that the binding exposes as NumPy views and that save/load walks.
+ *
+ * Quantized layers follow REFERENCE.md section 2.  A QuantLinear whose input
+ * comes from a quantizing activation layer computes its output from integer
+ * codes: y = qf_affine_epilogue(sum q_x q_w, s_x * s_w, b), which is exact and
+ * identical to the integer circuit's table lookups. */
+#ifndef QF_NET_H
+#define QF_NET_H
+
+#include <stdint.h>
+#include "status.h"
+#include "quant.h"
+#include "rng.h"
+
+typedef enum {
+    QF_LAYER_LINEAR = 1,     /* Linear / QuantLinear (weight_quant.kind != NONE) */
+    QF_LAYER_RELU = 2,       /* ReLU                                              */
+    QF_LAYER_ACT_QUANT = 3   /* QuantIdentity (relu 0) / QuantReLU (relu 1)       */
+} qf_layer_kind;
+
+typedef struct {
+    int kind;                   /* qf_layer_kind                                */
+    int in_features;            /* LINEAR                                       */
+    int out_features;           /* LINEAR                                       */
+    int has_bias;               /* LINEAR                                       */
+    qf_quant_spec weight_quant; /* LINEAR: kind NONE for a float Linear         */
+    qf_quant_spec act_quant;    /* ACT_QUANT                                    */
+    int relu;                   /* ACT_QUANT: ReLU before quantizing            */
+} qf_layer_spec;
+
+typedef enum {
+    QF_TENSOR_PARAM = 1,        /* trained: has grad and optimizer state        */
+    QF_TENSOR_BUFFER = 2        /* state that is not trained (statistics)       */
+} qf_tensor_kind;
+
+#define QF_NAME_LEN 48
+
+typedef struct {
+    char name[QF_NAME_LEN];     /* "1.weight", "1.bias", "2.act_quant.threshold" */
+    int kind;                   /* qf_tensor_kind                               */
+    int layer;                  /* owning layer index                           */
+    int ndim;
+    int64_t shape[4];
+    int64_t size;
+    float *data;                /* (size), owned by the net's storage           */
+    float *grad;                /* (size) PARAM only, else NULL                 */
+    float *opt_m;               /* (size) PARAM only: Adam m / SGD momentum     */
+    float *opt_v;               /* (size) PARAM only: Adam v                    */
+    uint8_t *mask;              /* (size) or NULL: 0 = pruned, held at exactly 0 */
+} qf_tensor;
+
+typedef enum { QF_OPT_NONE = 0, QF_OPT_ADAMW = 1, QF_OPT_SGD = 2 } qf_opt_kind;
+
+typedef struct {
+    int kind;                   /* qf_opt_kind                                  */
+    float lr;
+    float beta1, beta2, eps;    /* AdamW                                        */
+    float weight_decay;         /* AdamW: decoupled; SGD: L2 added to the grad  */
+    float momentum, dampening;  /* SGD                                          */
+    int nesterov;               /* SGD                                          */
+    int64_t step;               /* steps taken so far                           */
+} qf_optimizer;
+
+typedef struct qf_net qf_net;
+
+/* Create a net of n_layers layers for samples of in_size features, drawing
+ * the initial parameters from seed (PyTorch's default Linear init:
+ * weight, bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))).  On failure *out is
+ * NULL and err (err_len bytes) says which layer and why. */
+qf_status qf_net_create(qf_net **out, const qf_layer_spec *specs, int n_layers,
+                        int64_t in_size, uint64_t seed, char *err, int err_len);
+void qf_net_free(qf_net *net);             /* accepts NULL */
+
+/* The last detailed error message of a call on net ("" if none). */
+const char *qf_net_error(const qf_net *net);
+
+int qf_net_n_layers(const qf_net *net);
+const qf_layer_spec *qf_net_layer_spec(const qf_net *net, int layer);
+int64_t qf_net_in_size(const qf_net *net);
+int64_t qf_net_out_size(const qf_net *net);
+int qf_net_n_tensors(const qf_net *net);
+qf_tensor *qf_net_tensor(qf_net *net, int index);
+int qf_net_find_tensor(const qf_net *net, const char *name);   /* -1 if absent */
+
+void qf_net_set_training(qf_net *net, int training);
+int qf_net_training(const qf_net *net);
+
+/* Fill tensor `index` with U[a, b) from the net's initialisation stream. */
+qf_status qf_net_init_uniform(qf_net *net, int index, float a, float b);
+
+/* Forward pass of n samples x (n, in_size) -> out (n, out_size).  In training
+ * mode the activations are kept for qf_net_backward and the learned
+ * quantizers' statistics advance.  Checks x for NaN/infinity. */
+qf_status qf_net_forward(qf_net *net, const float *x, int64_t n, float *out);
+
+/* Softmax cross-entropy (mean over the batch) of the last training forward
+ * against labels (n, the last forward's sample count), then backward: gradients are ADDED to the parameters'
+ * grad buffers.  loss receives the mean loss, n_correct the argmax hits. */
+qf_status qf_net_backward_ce(qf_net *net, const int32_t *labels, int64_t n, double *loss,
+                             int64_t *n_correct);
+
+/* Backward from a caller-supplied gradient of the last forward's output
+ * dout (n, out_size); gradients are added as above. */
+qf_status qf_net_backward(qf_net *net, const float *dout, int64_t n);
+
+void qf_net_zero_grad(qf_net *net);
+qf_status qf_net_set_optimizer(qf_net *net, const qf_optimizer *opt);
+const qf_optimizer *qf_net_optimizer(const qf_net *net);
+void qf_net_set_optimizer_step(qf_net *net, int64_t step);
+/* One optimizer update of every parameter from its grad; masked entries stay 0. */
+qf_status qf_net_step(qf_net *net);
+
+/* Install (mask non-NULL) or drop (NULL) the pruning mask of tensor `index`;
+ * masked entries of data, grad and optimizer state are set to 0 at once. */
+qf_status qf_net_set_mask(qf_net *net, int index, const uint8_t *mask);
+
+/* One training epoch: shuffle x (n, in_size), y (n) with rng, then for every
+ * mini-batch of batch_size (the last may be smaller): forward, softmax
+ * cross-entropy, backward, optimizer step, zero_grad.  loss_sum receives the
+ * sum of per-sample losses and n_correct the training-mode argmax hits. */
+qf_status qf_net_train_epoch(qf_net *net, const float *x, const int32_t *y, int64_t n,
+                             int64_t batch_size, qf_rng *rng, double *loss_sum,
+                             int64_t *n_correct);
+
+/* Scale of an activation quantizer layer as eval mode would use it now, and
+ * of a QuantLinear's weight quantizer for the current weights. */
+qf_status qf_net_act_scale(const qf_net *net, int layer, float *scale);
+qf_status qf_net_weight_scale(const qf_net *net, int layer, float *scale);
+
+/* Random streams, readable and writable so save/load resumes exactly. */
+qf_rng *qf_net_init_rng(qf_net *net);
+qf_rng *qf_net_shuffle_rng(qf_net *net);
+
+#endif

@@ -1,0 +1,157 @@
+/* quant.c: quantizer ranges, fake-quant forward/backward, scale statistics. */
+#include <math.h>
+#include <stdio.h>
+#include "quant.h"
+
+qf_status qf_quant_spec_check(const qf_quant_spec *spec, char *err, int err_len)
+{
+    if (spec->kind < QF_QUANT_NONE || spec->kind > QF_QUANT_LEARNED) {
+        snprintf(err, err_len, "unknown quantizer kind %d", spec->kind);
+        return QF_ERR_ARG;
+    }
+    if (spec->kind == QF_QUANT_NONE)
+        return QF_OK;
+    if (spec->bits < QF_BITS_MIN || spec->bits > QF_BITS_MAX) {
+        snprintf(err, err_len, "bit_width must be an integer in [%d, %d], got %d",
+                 QF_BITS_MIN, QF_BITS_MAX, spec->bits);
+        return QF_ERR_ARG;
+    }
+    if (!(spec->threshold > 0.0f) || !isfinite(spec->threshold)) {
+        snprintf(err, err_len, "quantizer threshold must be a positive finite number, got %g",
+                 (double)spec->threshold);
+        return QF_ERR_ARG;
+    }
+    if (spec->kind == QF_QUANT_LEARNED) {
+        if (spec->stats_steps < 1) {
+            snprintf(err, err_len, "collect_stats_steps must be >= 1, got %d", spec->stats_steps);
+            return QF_ERR_ARG;
+        }
+        if (!(spec->momentum > 0.0f && spec->momentum <= 1.0f)) {
+            snprintf(err, err_len, "scaling_stats_momentum must be in (0, 1], got %g",
+                     (double)spec->momentum);
+            return QF_ERR_ARG;
+        }
+        if (!(spec->percentile > 0.0f && spec->percentile <= 100.0f)) {
+            snprintf(err, err_len, "high_percentile_q must be in (0, 100], got %g",
+                     (double)spec->percentile);
+            return QF_ERR_ARG;
+        }
+    }
+    return QF_OK;
+}
+
+float qf_quant_qmin(const qf_quant_spec *spec)
+{
+    if (!spec->is_signed)
+        return 0.0f;
+    float half = (float)(1 << (spec->bits - 1));
+    return spec->narrow ? -(half - 1.0f) : -half;
+}
+
+float qf_quant_qmax(const qf_quant_spec *spec)
+{
+    if (!spec->is_signed)
+        return (float)((1 << spec->bits) - 1 - (spec->narrow ? 1 : 0));
+    return (float)((1 << (spec->bits - 1)) - 1);
+}
+
+float qf_quant_int_threshold(const qf_quant_spec *spec)
+{
+    if (spec->is_signed)
+        return -qf_quant_qmin(spec);
+    return qf_quant_qmax(spec);
+}
+
+void qf_fake_quant_forward(float *y, float *codes, const float *x, int64_t n,
+                           float s, float qmin, float qmax, int relu)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float v = relu && x[i] < 0.0f ? 0.0f : x[i];
+        float q = qf_quantize_value(v, s, qmin, qmax);
+        y[i] = s * q;
+        if (codes)
+            codes[i] = q;
+    }
+}
+
+double qf_fake_quant_backward(float *dx, const float *dy, const float *x, int64_t n,
+                              float s, float qmin, float qmax, int relu, int clamp_ste)
+{
+    double dscale = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        int active = !relu || x[i] > 0.0f;
+        float v = active ? x[i] : 0.0f;
+        float ratio = v / s;
+        float r = __builtin_rintf(ratio);
+        int in_range = clamp_ste || (r >= qmin && r <= qmax);
+        if (in_range)
+            dscale += (double)dy[i] * (double)(r - ratio);
+        else
+            dscale += (double)dy[i] * (double)(r < qmin ? qmin : qmax);
+        if (dx && in_range && active)
+            dx[i] += dy[i];
+    }
+    return dscale;
+}
+
+int64_t qf_abs_argmax(const float *x, int64_t n, int relu, float *value)
+{
+    int64_t best = 0;
+    float best_value = -1.0f;
+    for (int64_t i = 0; i < n; i++) {
+        float a = relu ? (x[i] > 0.0f ? x[i] : 0.0f) : fabsf(x[i]);
+        if (a > best_value) {
+            best_value = a;
+            best = i;
+        }
+    }
+    *value = best_value;
+    return best;
+}
+
+/* k-th smallest (0-based) of a (n) by quickselect; reorders a. */
+static float select_kth(float *a, int64_t n, int64_t k)
+{
+    int64_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        float pivot = a[lo + (hi - lo) / 2];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (a[i] < pivot) i++;
+            while (a[j] > pivot) j--;
+            if (i <= j) {
+                float t = a[i]; a[i] = a[j]; a[j] = t;
+                i++; j--;
+            }
+        }
+        if (k <= j) hi = j;
+        else if (k >= i) lo = i;
+        else return a[k];
+    }
+    return a[k];
+}
+
+float qf_abs_percentile(const float *x, int64_t n, float percentile, int relu,
+                        float *scratch, int64_t *index)
+{
+    int64_t k = (int64_t)floor(0.01 * (double)percentile * (double)n + 0.5);
+    if (k < 1) k = 1;
+    if (k > n) k = n;
+    float value;
+    if (k == n) {
+        *index = qf_abs_argmax(x, n, relu, &value);
+        return value;
+    }
+    for (int64_t i = 0; i < n; i++)
+        scratch[i] = relu ? (x[i] > 0.0f ? x[i] : 0.0f) : fabsf(x[i]);
+    value = select_kth(scratch, n, k - 1);
+    *index = 0;
+    for (int64_t i = 0; i < n; i++) {
+        float a = relu ? (x[i] > 0.0f ? x[i] : 0.0f) : fabsf(x[i]);
+        if (a == value) {
+            *index = i;
+            break;
+        }
+    }
+    return value;
+}

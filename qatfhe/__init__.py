@@ -1,0 +1,9 @@
+"""qatfhe: FHE-friendly neural networks in C.
+
+Quantization-aware training with Brevitas semantics, pruning, compilation to exact
+integer circuits and accumulator bit-width analysis, over NumPy arrays."""
+from . import datasets, nn, optim
+from .io import load
+
+__version__ = "0.1.0"
+__all__ = ["nn", "optim", "datasets", "load", "__version__"]

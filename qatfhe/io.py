@@ -1,0 +1,119 @@
+"""Saving and loading networks: one .npz file (no pickle) holding a JSON header with a
+format version, every parameter and buffer, the optimizer state, pruning masks and the
+random streams, so that training resumes bit for bit."""
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+FORMAT = "qatfhe-network"
+VERSION = 1
+
+
+def write_npz(path, header, arrays):
+    """Write header (JSON) + arrays to path atomically: a failure leaves nothing behind."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ValueError(f"cannot save to {path!r}: directory {directory!r} does not exist")
+    payload = dict(arrays)
+    payload["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **payload)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_npz(path, expected_format):
+    """(header, arrays) from a file written by write_npz, or ValueError saying what is wrong."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such file: {path!r}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+        raise ValueError(f"{path!r} is not a readable qatfhe file (truncated or foreign?): "
+                         f"{exc}") from None
+    if "__header__" not in arrays:
+        raise ValueError(f"{path!r} is not a qatfhe file: it has no header")
+    try:
+        header = json.loads(arrays.pop("__header__").tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path!r} has a corrupt header: {exc}") from None
+    if not isinstance(header, dict) or header.get("format") != expected_format:
+        raise ValueError(f"{path!r} is not a {expected_format} file (format "
+                         f"{header.get('format') if isinstance(header, dict) else None!r})")
+    if header.get("version") != VERSION:
+        raise ValueError(f"{path!r} has format version {header.get('version')!r}; this qatfhe "
+                         f"reads version {VERSION}")
+    return header, arrays
+
+
+def save(net, path):
+    arrays = {}
+    for name, t in net._tensors.items():
+        arrays[f"data/{name}"] = t["data"]
+        if t["kind"] == "param":
+            arrays[f"opt_m/{name}"] = t["opt_m"]
+            arrays[f"opt_v/{name}"] = t["opt_v"]
+            mask = net._core.get_mask(name)
+            if mask is not None:
+                arrays[f"mask/{name}"] = mask
+    init_state, shuffle_state = net._core.rng_state()
+    arrays["rng/init"] = np.array(init_state, dtype=np.uint64)
+    arrays["rng/shuffle"] = np.array(shuffle_state, dtype=np.uint64)
+    header = {"format": FORMAT, "version": VERSION, "network": net.config(),
+              "training": net.training,
+              "optimizer": None if net.optimizer is None else net.optimizer.config(),
+              "optimizer_step": net._core.optimizer_step}
+    write_npz(path, header, arrays)
+
+
+def load(path):
+    """A network saved by net.save(path), with its optimizer state and masks."""
+    from . import nn, optim
+    header, arrays = read_npz(path, FORMAT)
+    try:
+        config = header["network"]
+        layers = [nn.layer_from_config(c) for c in config["layers"]]
+        net = nn.Sequential(*layers, seed=config["seed"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path!r} describes an invalid network: {exc}") from None
+    for name, t in net._tensors.items():
+        if f"data/{name}" not in arrays:
+            raise ValueError(f"{path!r} lacks tensor {name!r}")
+        _copy(t["data"], arrays[f"data/{name}"], name, path)
+        if t["kind"] == "param":
+            if f"mask/{name}" in arrays:
+                mask = arrays[f"mask/{name}"]
+                if mask.shape != t["data"].shape:
+                    raise ValueError(f"{path!r}: mask of {name!r} has the wrong shape")
+                net._core.set_mask(name, mask)
+    if header.get("optimizer"):
+        optim.from_config(net, header["optimizer"])
+        for name, t in net._tensors.items():
+            if t["kind"] == "param":
+                _copy(t["opt_m"], arrays.get(f"opt_m/{name}"), "opt_m/" + name, path)
+                _copy(t["opt_v"], arrays.get(f"opt_v/{name}"), "opt_v/" + name, path)
+        net._core.optimizer_step = int(header.get("optimizer_step", 0))
+    try:
+        net._core.set_rng_state(tuple(int(v) for v in arrays["rng/init"]),
+                                tuple(int(v) for v in arrays["rng/shuffle"]))
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{path!r} lacks the random state: {exc}") from None
+    net.train(bool(header.get("training", True)))
+    return net
+
+
+def _copy(target, value, name, path):
+    if value is None or value.shape != target.shape or value.dtype != np.float32:
+        raise ValueError(f"{path!r}: tensor {name!r} is missing or has the wrong shape/dtype")
+    target[...] = value

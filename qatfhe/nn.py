@@ -1,0 +1,423 @@
+"""Layers and networks with PyTorch / Brevitas names, trained by the C core.
+
+Layers are descriptions until they are placed in a `Sequential`, which builds one
+C network owning every parameter, gradient and optimizer state.  From then on
+`layer.weight` and `layer.bias` are writable NumPy views into the C memory."""
+import weakref
+
+import numpy as np
+
+from . import _core
+from . import _checks
+from .quant import (CommonActQuant, CommonWeightQuant, Int8ActPerTensorFloat,
+                    Int8WeightPerTensorFloat, QuantSpec, Quantizer, Uint8ActPerTensorFloat,
+                    resolve)
+
+_live_networks = weakref.WeakSet()
+
+__all__ = ["Module", "Linear", "ReLU", "QuantIdentity", "QuantLinear", "QuantReLU", "Sequential",
+           "CrossEntropyLoss", "CommonWeightQuant", "CommonActQuant", "Int8WeightPerTensorFloat",
+           "Int8ActPerTensorFloat", "Uint8ActPerTensorFloat", "QuantSpec", "Quantizer", "init"]
+
+
+class Module:
+    """Base of every layer: knows its network and position once placed in one."""
+
+    net = None
+    index = None
+
+    def _core_spec(self):
+        raise NotImplementedError
+
+    def config(self):
+        """The constructor arguments, JSON-serialisable (used by save/load)."""
+        raise NotImplementedError
+
+    def _attach(self, net, index):
+        if self.net is not None:
+            raise ValueError(f"{self!r} already belongs to a network; create a new layer")
+        self.net, self.index = net, index
+
+    def _tensor(self, suffix):
+        if self.net is None:
+            raise RuntimeError(f"{type(self).__name__} is not part of a network yet; place it "
+                               f"in nn.Sequential(...) first")
+        entry = self.net._tensors.get(f"{self.index}.{suffix}")
+        return None if entry is None else entry["data"]
+
+    def _set_tensor(self, suffix, value):
+        target = self._tensor(suffix)
+        if target is None:
+            raise AttributeError(f"{type(self).__name__} has no {suffix}")
+        value = _checks.float_array(value, suffix)
+        if value.shape != target.shape:
+            raise ValueError(f"{suffix} must have shape {target.shape}, got {value.shape}")
+        target[...] = value
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "type")
+        return f"{type(self).__name__}({args})"
+
+
+class _WeightLayer(Module):
+    def __init__(self, in_features, out_features, bias):
+        self.in_features = _checks.positive_int(in_features, "in_features")
+        self.out_features = _checks.positive_int(out_features, "out_features")
+        if not isinstance(bias, (bool, np.bool_)):
+            raise TypeError(f"bias must be True or False, got {bias!r}")
+        self.has_bias = bool(bias)
+
+    weight = property(lambda self: self._tensor("weight"),
+                      lambda self, v: self._set_tensor("weight", v),
+                      doc="float32 (out_features, in_features), a view into the network")
+    bias = property(lambda self: self._tensor("bias") if self.has_bias else None,
+                    lambda self, v: self._set_tensor("bias", v),
+                    doc="float32 (out_features,) or None")
+
+    @property
+    def weight_mask(self):
+        """uint8 (out_features, in_features) pruning mask (1 = kept), or None."""
+        if self.net is None:
+            return None
+        return self.net._core.get_mask(f"{self.index}.weight")
+
+    @property
+    def weight_grad(self):
+        return self.net._tensors[f"{self.index}.weight"]["grad"]
+
+    @property
+    def bias_grad(self):
+        return self.net._tensors[f"{self.index}.bias"]["grad"] if self.has_bias else None
+
+
+class Linear(_WeightLayer):
+    """torch.nn.Linear: y = x W^T + b, W (out_features, in_features)."""
+
+    def __init__(self, in_features, out_features, bias=True):
+        super().__init__(in_features, out_features, bias)
+
+    def _core_spec(self):
+        return {"kind": _core.LAYER_LINEAR, "in_features": self.in_features,
+                "out_features": self.out_features, "bias": int(self.has_bias)}
+
+    def config(self):
+        return {"type": "Linear", "in_features": self.in_features,
+                "out_features": self.out_features, "bias": self.has_bias}
+
+
+class QuantLinear(_WeightLayer):
+    """brevitas.nn.QuantLinear: weights fake-quantized by `weight_quant`, float bias."""
+
+    def __init__(self, in_features, out_features, bias=True, weight_quant=Int8WeightPerTensorFloat,
+                 weight_bit_width=None, bias_quant=None, return_quant_tensor=False,
+                 weight_narrow_range=None, weight_scaling_const=None):
+        super().__init__(in_features, out_features, bias)
+        if bias_quant is not None:
+            raise NotImplementedError("bias quantization is not supported: use bias_quant=None "
+                                      "(the bias stays float and joins the table lookup)")
+        self.weight_quant = resolve(weight_quant, "weight_quant", bit_width=weight_bit_width,
+                                    narrow_range=weight_narrow_range,
+                                    scaling_const=weight_scaling_const)
+        if self.weight_quant.kind == "learned":
+            raise ValueError("weight_quant must use a constant or abs-max (stats) scale, not "
+                             "runtime statistics")
+        self.return_quant_tensor = bool(return_quant_tensor)
+
+    def _core_spec(self):
+        return {"kind": _core.LAYER_LINEAR, "in_features": self.in_features,
+                "out_features": self.out_features, "bias": int(self.has_bias),
+                "weight_quant": self.weight_quant.to_core()}
+
+    def config(self):
+        return {"type": "QuantLinear", "in_features": self.in_features,
+                "out_features": self.out_features, "bias": self.has_bias,
+                "weight_quant": self.weight_quant.to_dict(),
+                "return_quant_tensor": self.return_quant_tensor}
+
+    def quant_weight(self):
+        """(codes int32 (out, in), scale) of the current weights, as the forward uses them."""
+        scale = self.net._core.weight_scale(self.index)
+        q = self.weight_quant
+        w = self.weight
+        codes = np.clip(np.rint(w / np.float32(scale)), q.qmin, q.qmax).astype(np.int32)
+        return codes, np.float32(scale)
+
+
+class ReLU(Module):
+    """torch.nn.ReLU."""
+
+    def _core_spec(self):
+        return {"kind": _core.LAYER_RELU}
+
+    def config(self):
+        return {"type": "ReLU"}
+
+
+class _ActQuantLayer(Module):
+    _default_quant = None
+    _relu = 0
+
+    def __init__(self, act_quant=None, bit_width=None, return_quant_tensor=False,
+                 narrow_range=None, signed=None, scaling_const=None, collect_stats_steps=None):
+        act_quant = self._default_quant if act_quant is None else act_quant
+        self.act_quant = resolve(act_quant, "act_quant", bit_width=bit_width,
+                                 narrow_range=narrow_range, signed=signed,
+                                 scaling_const=scaling_const,
+                                 collect_stats_steps=collect_stats_steps)
+        if self.act_quant.kind == "absmax":
+            raise ValueError("act_quant must use a constant scale or runtime statistics "
+                             "(parameter_from_stats), not weight abs-max statistics")
+        if self.act_quant.collect_stats_steps < 1:
+            raise ValueError("collect_stats_steps must be >= 1")
+        self.return_quant_tensor = bool(return_quant_tensor)
+
+    def _core_spec(self):
+        return {"kind": _core.LAYER_ACT_QUANT, "act_quant": self.act_quant.to_core(),
+                "relu": self._relu}
+
+    def config(self):
+        return {"type": type(self).__name__, "act_quant": self.act_quant.to_dict(),
+                "return_quant_tensor": self.return_quant_tensor}
+
+    def scale(self):
+        """The scale eval mode uses now (after the statistics phase: |T| / int_threshold)."""
+        return self.net._core.act_scale(self.index)
+
+    @property
+    def threshold(self):
+        """The learned threshold parameter T (a (1,) view), or None for a constant quantizer."""
+        return self._tensor("act_quant.threshold")
+
+
+class QuantIdentity(_ActQuantLayer):
+    """brevitas.nn.QuantIdentity: quantizes its input (default Int8ActPerTensorFloat)."""
+    _default_quant = Int8ActPerTensorFloat
+    _relu = 0
+
+
+class QuantReLU(_ActQuantLayer):
+    """brevitas.nn.QuantReLU: ReLU, then its quantizer (default Uint8ActPerTensorFloat)."""
+    _default_quant = Uint8ActPerTensorFloat
+    _relu = 1
+
+
+_LAYER_TYPES = {"Linear": Linear, "QuantLinear": QuantLinear, "ReLU": ReLU,
+                "QuantIdentity": QuantIdentity, "QuantReLU": QuantReLU}
+
+
+def layer_from_config(config):
+    """Rebuild a layer from Module.config()."""
+    if not isinstance(config, dict) or config.get("type") not in _LAYER_TYPES:
+        raise ValueError(f"unknown layer description {config!r}")
+    kwargs = {k: v for k, v in config.items() if k != "type"}
+    if "weight_quant" in kwargs:
+        kwargs["weight_quant"] = QuantSpec(**kwargs["weight_quant"])
+    if "act_quant" in kwargs:
+        kwargs["act_quant"] = QuantSpec(**kwargs["act_quant"])
+    return _LAYER_TYPES[config["type"]](**kwargs)
+
+
+class _NetOutput(np.ndarray):
+    """Logits that remember the network whose training forward made them."""
+    _qatfhe_net = None
+
+
+class CrossEntropyLoss:
+    """torch.nn.CrossEntropyLoss (mean over the batch) for logits from a network.
+
+    `loss = CrossEntropyLoss()(net(X), y)` gives a float; `loss.backward()` then adds
+    the gradients of that training forward into the network's parameters."""
+
+    def __call__(self, logits, y):
+        net = getattr(logits, "_qatfhe_net", None)
+        logits = np.asarray(logits, dtype=np.float64)
+        if logits.ndim != 2:
+            raise ValueError(f"logits must be 2-dimensional (n, classes), got shape {logits.shape}")
+        y = _checks.labels(y, len(logits), logits.shape[1])
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        return Loss(-log_probs[np.arange(len(y)), y].mean(), net, y)
+
+
+class Loss(float):
+    """A loss value whose backward() runs the network's backward pass."""
+
+    def __new__(cls, value, net, labels):
+        obj = super().__new__(cls, value)
+        obj._net, obj._labels = net, labels
+        return obj
+
+    def backward(self):
+        if self._net is None:
+            raise RuntimeError("these logits did not come from a network's training forward; "
+                               "call net.train() and net(X) first")
+        self._net._core.backward_ce(self._labels)
+
+
+class _Init:
+    """nn.init: initialisers drawing from the owning network's seeded stream."""
+
+    @staticmethod
+    def uniform_(tensor, a=0.0, b=1.0):
+        """Fill a network parameter (e.g. net[1].weight) with U[a, b) from the network's
+        initialisation stream, so the network's seed fixes the result."""
+        for net in list(_live_networks):
+            for name, entry in net._tensors.items():
+                if entry["data"] is tensor or (np.shares_memory(entry["data"], tensor)
+                                              and entry["data"].shape == tensor.shape):
+                    net._core.init_uniform(name, float(a), float(b))
+                    return tensor
+        raise ValueError("uniform_ takes a parameter of a network (such as net[1].weight)")
+
+
+init = _Init()
+
+
+class Sequential(Module):
+    """torch.nn.Sequential of qatfhe layers, one C network underneath.
+
+    `seed` fixes the initial parameters and, unless fit() gets its own seed, the
+    shuffling of every epoch: one seed fixes the whole run."""
+
+    def __init__(self, *layers, seed=0):
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        if not layers:
+            raise ValueError("Sequential needs at least one layer")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module) or isinstance(layer, Sequential):
+                raise TypeError(f"layer {i} must be a qatfhe.nn layer, got {layer!r}")
+        self.seed = _checks.seed(seed)
+        in_size = next((l.in_features for l in layers if isinstance(l, _WeightLayer)), None)
+        if in_size is None:
+            raise ValueError("Sequential needs a Linear or QuantLinear layer to know its input size")
+        self._core = _core.Net([l._core_spec() for l in layers], in_size, self.seed)
+        for i, layer in enumerate(layers):
+            layer._attach(self, i)
+        self._layers = list(layers)
+        self._tensors = {t["name"]: t for t in self._core.tensors()}
+        self.optimizer = None
+        _live_networks.add(self)
+
+    # --- container protocol
+    def __getitem__(self, i):
+        return self._layers[i]
+
+    def __len__(self):
+        return len(self._layers)
+
+    def __iter__(self):
+        return iter(self._layers)
+
+    def __repr__(self):
+        body = "\n".join(f"  ({i}): {layer!r}" for i, layer in enumerate(self._layers))
+        return f"Sequential(\n{body}\n)"
+
+    def config(self):
+        return {"type": "Sequential", "seed": self.seed,
+                "layers": [layer.config() for layer in self._layers]}
+
+    @property
+    def in_features(self):
+        return self._core.in_size
+
+    @property
+    def out_features(self):
+        return self._core.out_size
+
+    # --- modes
+    @property
+    def training(self):
+        return self._core.training
+
+    def train(self, mode=True):
+        self._core.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    # --- parameters
+    def named_parameters(self):
+        return [(name, t["data"]) for name, t in self._tensors.items() if t["kind"] == "param"]
+
+    def parameters(self):
+        return _ParameterList(self, [data for _, data in self.named_parameters()])
+
+    def state_dict(self):
+        """Copies of every parameter and buffer, keyed by name ("1.weight" ...)."""
+        return {name: t["data"].copy() for name, t in self._tensors.items()}
+
+    def load_state_dict(self, state):
+        missing = sorted(set(self._tensors) - set(state))
+        unknown = sorted(set(state) - set(self._tensors))
+        if missing or unknown:
+            raise ValueError(f"state_dict does not match this network: missing {missing}, "
+                             f"unexpected {unknown}")
+        for name, value in state.items():
+            target = self._tensors[name]["data"]
+            value = _checks.float_array(value, name)
+            if value.shape != target.shape:
+                raise ValueError(f"{name} must have shape {target.shape}, got {value.shape}")
+            target[...] = value
+
+    def zero_grad(self):
+        self._core.zero_grad()
+
+    # --- compute
+    def forward(self, X):
+        X = _checks.features(X, self._core.in_size, "X")
+        out = self._core.forward(X)
+        if self._core.training:
+            out = out.view(_NetOutput)
+            out._qatfhe_net = self
+        return out
+
+    __call__ = forward
+
+    def predict(self, X):
+        """Class indices (int64) of X, computed in eval mode (the mode is restored)."""
+        mode = self._core.training
+        self._core.training = False
+        try:
+            return np.asarray(self.forward(X)).argmax(axis=1)
+        finally:
+            self._core.training = mode
+
+    def score(self, X, y):
+        """Eval-mode accuracy on (X, y)."""
+        y = _checks.labels(y, len(np.asarray(X)), self._core.out_size)
+        return float(np.mean(self.predict(X) == y))
+
+    def backward(self, grad_output):
+        """Backward of the last training forward from d loss / d output (n, out)."""
+        self._core.backward(_checks.float_array(grad_output, "grad_output"))
+
+    def loss_backward(self, y):
+        """Mean cross-entropy of the last training forward against y, and its backward."""
+        y = _checks.labels(y, None, self._core.out_size)
+        loss, _ = self._core.backward_ce(y)
+        return loss
+
+    def fit(self, X, y, epochs=1, batch_size=1, optimizer=None, seed=None, progress=True):
+        """Train in C: per epoch shuffle, mini-batches, forward, cross-entropy, backward, step.
+
+        optimizer: a qatfhe.optim optimizer of this network; None keeps the one already
+        set, or creates AdamW(lr=1e-3) (PyTorch's defaults).  seed: shuffling seed (epoch e
+        uses seed + e); None draws from the network's own stream.  Returns
+        {"loss": [...], "accuracy": [...]} per epoch (training-mode values)."""
+        from .train import fit
+        return fit(self, X, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
+                   seed=seed, progress=progress)
+
+    def save(self, path):
+        from .io import save
+        save(self, path)
+
+
+class _ParameterList(list):
+    """net.parameters(): the parameter views, remembering their network."""
+
+    def __init__(self, net, items):
+        super().__init__(items)
+        self.net = net

@@ -1,0 +1,47 @@
+"""Network.fit: whole epochs in C, one call per epoch, with an optional progress bar."""
+import numpy as np
+
+from . import _checks
+
+
+def _progress(total, enabled, desc):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="epoch", leave=False)
+
+
+def fit(net, X, y, epochs=1, batch_size=1, optimizer=None, seed=None, progress=True):
+    X = _checks.features(X, net._core.in_size)
+    y = _checks.labels(y, len(X), net._core.out_size)
+    epochs = _checks.positive_int(epochs, "epochs", minimum=0)
+    batch_size = _checks.positive_int(batch_size, "batch_size")
+    if seed is not None:
+        seed = _checks.seed(seed)
+    if optimizer is not None:
+        if getattr(optimizer, "net", None) is not net:
+            raise ValueError("optimizer belongs to another network; build it from "
+                             "net.parameters()")
+    elif net.optimizer is None:
+        from .optim import AdamW
+        AdamW(net.parameters())
+    history = {"loss": [], "accuracy": []}
+    bar = _progress(epochs, progress, "fit")
+    net.train()
+    try:
+        for epoch in range(epochs):
+            epoch_seed = None if seed is None else (seed + epoch) % 2 ** 64
+            loss_sum, correct = net._core.train_epoch(X, y, batch_size, epoch_seed)
+            history["loss"].append(loss_sum / len(X))
+            history["accuracy"].append(correct / len(X))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{history['loss'][-1]:.4f}",
+                                acc=f"{history['accuracy'][-1]:.3f}")
+    finally:
+        if bar is not None:
+            bar.close()
+    return history
