@@ -9,7 +9,8 @@ import os
 import numpy
 from setuptools import Extension, setup
 
-flags = ["-O3", "-std=c11", "-D_GNU_SOURCE", "-ffp-contract=off", "-fno-math-errno"]
+flags = ["-O3", "-std=c11", "-D_GNU_SOURCE", "-ffp-contract=off", "-fno-math-errno",
+         "-fno-trapping-math"]
 if os.environ.get("QATFHE_NATIVE") == "1":
     flags.append("-march=native")
 

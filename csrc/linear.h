@@ -11,10 +11,19 @@ void qf_linear_forward(float *out, const float *x, const float *w, const float *
 /* Quantized-input variant: xcodes (n, n_in) and wcodes (n_out, n_in) hold
  * integer codes; the exact integer sum acc = sum xcodes * wcodes is turned
  * into out = qf_affine_epilogue(acc, scale, b) (quant.h).  Codes must be
- * below 2^24 in magnitude (bit widths <= 16 guarantee it). */
+ * below 2^24 in magnitude (bit widths <= 16 guarantee it).  exact_f32 says
+ * that n_in * max|xcode| * max|wcode| < 2^24, so float32 sums are exact in any
+ * order (the fast path); otherwise sums run in double, exact below 2^53. */
 void qf_linear_forward_codes(float *out, const float *xcodes, const float *wcodes,
-                             float scale, const float *b,
+                             float scale, const float *b, int exact_f32,
                              int64_t n, int64_t n_in, int64_t n_out);
+
+/* Whether codes of magnitude at most x_max and w_max over n_in terms keep
+ * every float32 partial sum exact (below 2^24). */
+static inline int qf_codes_fit_f32(int64_t n_in, float x_max, float w_max)
+{
+    return (double)n_in * (double)x_max * (double)w_max < 16777216.0;
+}
 
 /* Backward of y = x w^T + b given dout (n, n_out):
  *   dx (n, n_in)     = dout @ w           (overwritten; skipped when NULL)

@@ -15,6 +15,7 @@ typedef struct {
     int t_weight, t_bias;           /* LINEAR tensors, -1 if absent                 */
     int t_threshold, t_stats_buffer, t_stats_count;   /* LEARNED quantizer tensors */
     int in_quantized;               /* input carries integer codes (previous layer quantizes) */
+    int codes_fit_f32;              /* integer sums of this layer are exact in float32 */
     /* weight quantizer (LINEAR with weight_quant) */
     float w_qmin, w_qmax, w_int_threshold;
     float w_scale;                  /* scale of the last forward                    */
@@ -158,6 +159,12 @@ static qf_status build_tensors(qf_net *net)
             }
         }
         L->in_quantized = i > 0 && net->layers[i - 1].spec.kind == QF_LAYER_ACT_QUANT;
+        if (L->in_quantized && L->spec.weight_quant.kind != QF_QUANT_NONE) {
+            const qf_layer *P = &net->layers[i - 1];
+            float x_max = -P->a_qmin > P->a_qmax ? -P->a_qmin : P->a_qmax;
+            float w_max = -L->w_qmin > L->w_qmax ? -L->w_qmin : L->w_qmax;
+            L->codes_fit_f32 = qf_codes_fit_f32(L->in_size, x_max, w_max);
+        }
     }
     int64_t total = 0;
     for (int t = 0; t < net->n_tensors; t++)
@@ -508,7 +515,7 @@ static void forward_layers(qf_net *net, int64_t n)
                                       L->w_scale, L->w_qmin, L->w_qmax, 0);
                 if (L->in_quantized)
                     qf_linear_forward_codes(L->out, in_codes, L->w_codes, in_scale * L->w_scale,
-                                            b, n, L->in_size, L->out_size);
+                                            b, L->codes_fit_f32, n, L->in_size, L->out_size);
                 else
                     qf_linear_forward(L->out, in, L->w_fq, b, n, L->in_size, L->out_size);
             }
@@ -569,6 +576,9 @@ static void backward_linear(qf_net *net, qf_layer *L, const float *in, float *di
     float *db = L->t_bias >= 0 ? net->tensors[L->t_bias].grad : NULL;
     if (L->spec.weight_quant.kind == QF_QUANT_NONE) {
         qf_linear_backward(din, w->grad, db, L->dout, in, w->data, n, L->in_size, L->out_size);
+    } else if (L->spec.weight_quant.kind == QF_QUANT_CONST) {
+        /* straight-through, constant scale: dW = dW_fq */
+        qf_linear_backward(din, w->grad, db, L->dout, in, L->w_fq, n, L->in_size, L->out_size);
     } else {
         int64_t size = L->in_size * L->out_size;
         memset(L->dw_fq, 0, sizeof(float) * (size_t)size);
@@ -584,8 +594,7 @@ static void backward_linear(qf_net *net, qf_layer *L, const float *in, float *di
     }
     if (w->mask)
         for (int64_t j = 0; j < w->size; j++)
-            if (!w->mask[j])
-                w->grad[j] = 0.0f;
+            w->grad[j] *= (float)w->mask[j];
 }
 
 static void backward_act_quant(qf_net *net, qf_layer *L, const float *in, float *din, int64_t n)
@@ -725,11 +734,14 @@ qf_status qf_net_step(qf_net *net)
         if (T->kind != QF_TENSOR_PARAM)
             continue;
         if (o->kind == QF_OPT_ADAMW)
-            qf_adamw_update(T->data, T->opt_m, T->opt_v, T->grad, T->mask, T->size, o->lr,
-                            o->beta1, o->beta2, o->eps, o->weight_decay, o->step);
+            qf_adamw_update(T->data, T->opt_m, T->opt_v, T->grad, T->size, o->lr, o->beta1,
+                            o->beta2, o->eps, o->weight_decay, o->step);
         else
-            qf_sgd_update(T->data, T->opt_m, T->grad, T->mask, T->size, o->lr, o->momentum,
-                          o->dampening, o->weight_decay, o->nesterov, o->step);
+            qf_sgd_update(T->data, T->opt_m, T->grad, T->size, o->lr, o->momentum, o->dampening,
+                          o->weight_decay, o->nesterov, o->step);
+        if (T->mask)   /* the rules keep pruned entries at 0; this also undoes stray writes */
+            for (int64_t i = 0; i < T->size; i++)
+                T->data[i] *= (float)T->mask[i];
     }
     return QF_OK;
 }

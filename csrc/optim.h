@@ -1,5 +1,5 @@
 /* optim.h: optimizer update kernels, PyTorch semantics (torch.optim.AdamW, SGD).
- * mask (n) may be NULL; entries with mask 0 are skipped and left untouched. */
+ * All arrays have n entries. */
 #ifndef QF_OPTIM_H
 #define QF_OPTIM_H
 
@@ -8,15 +8,13 @@
 /* AdamW step number `step` (1-based):
  *   p *= 1 - lr * wd;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
  *   p -= (lr / (1 - b1^step)) * m / (sqrt(v) / sqrt(1 - b2^step) + eps) */
-void qf_adamw_update(float *p, float *m, float *v, const float *g, const uint8_t *mask,
-                     int64_t n, float lr, float b1, float b2, float eps, float wd,
-                     int64_t step);
+void qf_adamw_update(float *p, float *m, float *v, const float *g, int64_t n, float lr,
+                     float b1, float b2, float eps, float wd, int64_t step);
 
 /* SGD step number `step` (1-based): d = g + wd p; with momentum mu:
  *   buf = d on step 1, else buf = mu buf + (1 - dampening) d;
  *   d = nesterov ? d + mu buf : buf;   p -= lr d */
-void qf_sgd_update(float *p, float *buf, const float *g, const uint8_t *mask, int64_t n,
-                   float lr, float momentum, float dampening, float wd, int nesterov,
-                   int64_t step);
+void qf_sgd_update(float *p, float *buf, const float *g, int64_t n, float lr, float momentum,
+                   float dampening, float wd, int nesterov, int64_t step);
 
 #endif

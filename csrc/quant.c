@@ -1,4 +1,5 @@
 /* quant.c: quantizer ranges, fake-quant forward/backward, scale statistics. */
+#include "dispatch.h"
 #include <math.h>
 #include <stdio.h>
 #include "quant.h"
@@ -62,18 +63,33 @@ float qf_quant_int_threshold(const qf_quant_spec *spec)
     return qf_quant_qmax(spec);
 }
 
-void qf_fake_quant_forward(float *y, float *codes, const float *x, int64_t n,
-                           float s, float qmin, float qmax, int relu)
+QF_MULTIVERSION
+void qf_fake_quant_forward(float *restrict y, float *restrict codes, const float *restrict x,
+                           int64_t n, float s, float qmin, float qmax, int relu)
 {
-    for (int64_t i = 0; i < n; i++) {
-        float v = relu && x[i] < 0.0f ? 0.0f : x[i];
-        float q = qf_quantize_value(v, s, qmin, qmax);
-        y[i] = s * q;
-        if (codes)
+    /* four loops without branches inside, so that each vectorises */
+    if (relu && codes) {
+        for (int64_t i = 0; i < n; i++) {
+            float q = qf_quantize_value(x[i] > 0.0f ? x[i] : 0.0f, s, qmin, qmax);
+            y[i] = s * q;
             codes[i] = q;
+        }
+    } else if (relu) {
+        for (int64_t i = 0; i < n; i++)
+            y[i] = s * qf_quantize_value(x[i] > 0.0f ? x[i] : 0.0f, s, qmin, qmax);
+    } else if (codes) {
+        for (int64_t i = 0; i < n; i++) {
+            float q = qf_quantize_value(x[i], s, qmin, qmax);
+            y[i] = s * q;
+            codes[i] = q;
+        }
+    } else {
+        for (int64_t i = 0; i < n; i++)
+            y[i] = s * qf_quantize_value(x[i], s, qmin, qmax);
     }
 }
 
+QF_MULTIVERSION
 double qf_fake_quant_backward(float *dx, const float *dy, const float *x, int64_t n,
                               float s, float qmin, float qmax, int relu, int clamp_ste)
 {
@@ -82,7 +98,7 @@ double qf_fake_quant_backward(float *dx, const float *dy, const float *x, int64_
         int active = !relu || x[i] > 0.0f;
         float v = active ? x[i] : 0.0f;
         float ratio = v / s;
-        float r = __builtin_rintf(ratio);
+        float r = qf_rint(ratio);
         int in_range = clamp_ste || (r >= qmin && r <= qmax);
         if (in_range)
             dscale += (double)dy[i] * (double)(r - ratio);

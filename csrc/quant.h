@@ -50,12 +50,24 @@ float qf_quant_qmin(const qf_quant_spec *spec);
 float qf_quant_qmax(const qf_quant_spec *spec);
 float qf_quant_int_threshold(const qf_quant_spec *spec);
 
+/* Round half to even, exactly rintf() in the default rounding mode, written so
+ * that compilers vectorise it with any instruction set: for |x| < 2^23 adding
+ * and subtracting 2^23 rounds to an integer (ties to even, as 2^23 is even);
+ * larger floats are integers already.  The sign is restored (rint(-0.3) = -0). */
+static inline float qf_rint(float x)
+{
+    float a = __builtin_fabsf(x);
+    float r = (a + 0x1p23f) - 0x1p23f;
+    r = a < 0x1p23f ? r : a;
+    return __builtin_copysignf(r, x);
+}
+
 /* The one rounding rule of the project: q = clamp(rint(x / s), qmin, qmax).
  * Training, fake-quant inference and the integer circuit all call this, so
  * they agree bit for bit. */
 static inline float qf_quantize_value(float x, float s, float qmin, float qmax)
 {
-    float q = __builtin_rintf(x / s);
+    float q = qf_rint(x / s);
     return q < qmin ? qmin : (q > qmax ? qmax : q);
 }
 

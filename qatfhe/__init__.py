@@ -2,8 +2,8 @@
 
 Quantization-aware training with Brevitas semantics, pruning, compilation to exact
 integer circuits and accumulator bit-width analysis, over NumPy arrays."""
-from . import datasets, nn, optim
+from . import datasets, nn, optim, prune
 from .io import load
 
 __version__ = "0.1.0"
-__all__ = ["nn", "optim", "datasets", "load", "__version__"]
+__all__ = ["nn", "optim", "prune", "datasets", "load", "__version__"]

@@ -55,8 +55,14 @@ class Module:
         target[...] = value
 
     def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "type")
-        return f"{type(self).__name__}({args})"
+        parts = []
+        for key, value in self.config().items():
+            if key in ("type", "return_quant_tensor"):
+                continue
+            if isinstance(value, dict) and "scaling_impl_type" in value:
+                value = QuantSpec(**value)
+            parts.append(f"{key}={value!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"
 
 
 class _WeightLayer(Module):
@@ -413,6 +419,18 @@ class Sequential(Module):
     def save(self, path):
         from .io import save
         save(self, path)
+
+    def prune(self, max_non_zero):
+        """The tutorial's PrunedQuantNet rule (REFERENCE.md section 4): in every
+        Linear/QuantLinear, mask the (in_features - max_non_zero) * out_features
+        smallest |w| of the whole tensor, fixed from now on.  See qatfhe.prune."""
+        from .prune import prune_net
+        return prune_net(self, max_non_zero)
+
+    def unprune(self):
+        """Make the pruning permanent: drop the masks, keep the (zero) values."""
+        from .prune import unprune_net
+        return unprune_net(self)
 
 
 class _ParameterList(list):

@@ -27,7 +27,9 @@ class QuantSpec:
               "collect_stats_steps", "scaling_stats_momentum", "high_percentile_q")
 
     def __init__(self, scaling_impl_type, bit_width, signed, narrow_range, scaling_const=1.0,
-                 collect_stats_steps=300, scaling_stats_momentum=0.1, high_percentile_q=99.999):
+                 collect_stats_steps=300, scaling_stats_momentum=0.1, high_percentile_q=99.999,
+                 name=None):
+        self.name = name or "QuantSpec"
         if scaling_impl_type not in _KINDS:
             raise ValueError(f"scaling_impl_type must be one of {sorted(_KINDS)}, "
                              f"got {scaling_impl_type!r}")
@@ -71,14 +73,16 @@ class QuantSpec:
                 "momentum": self.scaling_stats_momentum, "percentile": self.high_percentile_q}
 
     def to_dict(self):
-        return {f: getattr(self, f) for f in self.FIELDS}
+        return {"name": self.name, **{f: getattr(self, f) for f in self.FIELDS}}
 
     def __eq__(self, other):
-        return isinstance(other, QuantSpec) and self.to_dict() == other.to_dict()
+        return isinstance(other, QuantSpec) and all(
+            getattr(self, f) == getattr(other, f) for f in self.FIELDS)
 
     def __repr__(self):
-        return (f"QuantSpec({self.kind}, bit_width={self.bit_width}, signed={self.signed}, "
-                f"narrow_range={self.narrow_range})")
+        return (f"{self.name}({self.kind}, bit_width={self.bit_width}, "
+                f"{'signed' if self.signed else 'unsigned'}"
+                f"{', narrow' if self.narrow_range else ''})")
 
 
 def check_bit_width(value, name):
@@ -114,7 +118,7 @@ class Quantizer:
         for key, value in overrides.items():
             if value is not None:
                 values[key] = value
-        return QuantSpec(**values)
+        return QuantSpec(name=cls.__name__, **values)
 
 
 class CommonWeightQuant(Quantizer):
