@@ -55,7 +55,7 @@ void qf_linear_forward(float *out, const float *x, const float *w, const float *
 
 QF_MULTIVERSION
 void qf_linear_forward_codes(float *out, const float *xcodes, const float *wcodes,
-                             float scale, const float *b, int exact_f32,
+                             const float *scale, const float *b, int exact_f32,
                              int64_t n, int64_t n_in, int64_t n_out)
 {
     for (int64_t s = 0; s < n; s++) {
@@ -64,7 +64,7 @@ void qf_linear_forward_codes(float *out, const float *xcodes, const float *wcode
         for (int64_t o = 0; o < n_out; o++) {
             const float *wo = wcodes + o * n_in;
             int64_t acc = exact_f32 ? (int64_t)dot_f32(xs, wo, n_in) : (int64_t)dot_f64(xs, wo, n_in);
-            os[o] = qf_affine_epilogue(acc, scale, b ? b[o] : 0.0f);
+            os[o] = qf_affine_epilogue(acc, scale[o], b ? b[o] : 0.0f);
         }
     }
 }

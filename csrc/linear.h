@@ -10,12 +10,12 @@ void qf_linear_forward(float *out, const float *x, const float *w, const float *
 
 /* Quantized-input variant: xcodes (n, n_in) and wcodes (n_out, n_in) hold
  * integer codes; the exact integer sum acc = sum xcodes * wcodes is turned
- * into out = qf_affine_epilogue(acc, scale, b) (quant.h).  Codes must be
+ * into out = qf_affine_epilogue(acc, scale[o], b[o]) (quant.h), scale (n_out).  Codes must be
  * below 2^24 in magnitude (bit widths <= 16 guarantee it).  exact_f32 says
  * that n_in * max|xcode| * max|wcode| < 2^24, so float32 sums are exact in any
  * order (the fast path); otherwise sums run in double, exact below 2^53. */
 void qf_linear_forward_codes(float *out, const float *xcodes, const float *wcodes,
-                             float scale, const float *b, int exact_f32,
+                             const float *scale, const float *b, int exact_f32,
                              int64_t n, int64_t n_in, int64_t n_out);
 
 /* Whether codes of magnitude at most x_max and w_max over n_in terms keep

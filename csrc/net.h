@@ -19,19 +19,32 @@
 #include "rng.h"
 
 typedef enum {
-    QF_LAYER_LINEAR = 1,     /* Linear / QuantLinear (weight_quant.kind != NONE) */
-    QF_LAYER_RELU = 2,       /* ReLU                                              */
-    QF_LAYER_ACT_QUANT = 3   /* QuantIdentity (relu 0) / QuantReLU (relu 1)       */
+    QF_LAYER_LINEAR = 1,       /* Linear / QuantLinear (weight_quant.kind != NONE)        */
+    QF_LAYER_RELU = 2,         /* ReLU                                                     */
+    QF_LAYER_ACT_QUANT = 3,    /* QuantIdentity (relu 0) / QuantReLU (relu 1)              */
+    QF_LAYER_CONV2D = 4,       /* Conv2d / QuantConv2d                                     */
+    QF_LAYER_AVGPOOL2D = 5,    /* AvgPool2d (count_include_pad)                            */
+    QF_LAYER_RESHAPE = 6,      /* Flatten / Reshape: same memory, new (C, H, W)            */
+    QF_LAYER_TRANSPOSE = 7,    /* swap two of the sample's dims                            */
+    QF_LAYER_RESIDUAL_ADD = 8  /* y = Q(x_begin) + Q(x): closes a residual block           */
 } qf_layer_kind;
 
 typedef struct {
-    int kind;                   /* qf_layer_kind                                */
-    int in_features;            /* LINEAR                                       */
-    int out_features;           /* LINEAR                                       */
-    int has_bias;               /* LINEAR                                       */
-    qf_quant_spec weight_quant; /* LINEAR: kind NONE for a float Linear         */
-    qf_quant_spec act_quant;    /* ACT_QUANT                                    */
-    int relu;                   /* ACT_QUANT: ReLU before quantizing            */
+    int kind;                   /* qf_layer_kind                                          */
+    int in_features;            /* LINEAR: features; CONV2D: in_channels                  */
+    int out_features;           /* LINEAR: features; CONV2D: out_channels                 */
+    int has_bias;               /* LINEAR, CONV2D                                         */
+    qf_quant_spec weight_quant; /* LINEAR, CONV2D: kind NONE for float weights            */
+    int per_channel;            /* LINEAR, CONV2D: one weight scale per output channel    */
+    qf_quant_spec act_quant;    /* ACT_QUANT                                              */
+    int relu;                   /* ACT_QUANT: ReLU before quantizing                      */
+    int kernel[2];              /* CONV2D, AVGPOOL2D: (KH, KW)                            */
+    int stride[2];              /* CONV2D, AVGPOOL2D                                      */
+    int padding[2];             /* CONV2D, AVGPOOL2D                                      */
+    int shape[3];               /* RESHAPE: target (C, H, W); all 0 = flatten             */
+    int dims[2];                /* TRANSPOSE: sample dims to swap, 1..3 (0 is the batch)  */
+    int begin;                  /* RESIDUAL_ADD: index of the ACT_QUANT layer whose output
+                                   is the skip operand and whose quantizer both share   */
 } qf_layer_spec;
 
 typedef enum {
@@ -75,7 +88,20 @@ typedef struct qf_net qf_net;
  * NULL and err (err_len bytes) says which layer and why. */
 qf_status qf_net_create(qf_net **out, const qf_layer_spec *specs, int n_layers,
                         int64_t in_size, uint64_t seed, char *err, int err_len);
+/* The same for samples of shape (C, H, W); H = W = 0 leaves the spatial size
+ * to be set by the first qf_net_set_input_shape (parameters never depend on it). */
+qf_status qf_net_create_shaped(qf_net **out, const qf_layer_spec *specs, int n_layers,
+                               const int64_t in_shape[3], uint64_t seed, char *err, int err_len);
 void qf_net_free(qf_net *net);             /* accepts NULL */
+
+/* Set the (C, H, W) of input samples, checking every layer against it
+ * (QF_ERR_SHAPE with a message naming the layer).  Forward and training use
+ * the current shape; in_size/out_size follow it. */
+qf_status qf_net_set_input_shape(qf_net *net, int64_t c, int64_t h, int64_t w);
+void qf_net_input_shape(const qf_net *net, int64_t shape[3]);
+void qf_net_output_shape(const qf_net *net, int64_t shape[3]);
+/* Per-sample (C, H, W) of each layer's output under the current input shape. */
+void qf_net_layer_output_shape(const qf_net *net, int layer, int64_t shape[3]);
 
 /* The last detailed error message of a call on net ("" if none). */
 const char *qf_net_error(const qf_net *net);
@@ -131,6 +157,7 @@ qf_status qf_net_train_epoch(qf_net *net, const float *x, const int32_t *y, int6
 /* Scale of an activation quantizer layer as eval mode would use it now, and
  * of a QuantLinear's weight quantizer for the current weights. */
 qf_status qf_net_act_scale(const qf_net *net, int layer, float *scale);
+/* scale (out_channels) for a per-channel quantizer, else scale[0]. */
 qf_status qf_net_weight_scale(const qf_net *net, int layer, float *scale);
 
 /* Random streams, readable and writable so save/load resumes exactly. */

@@ -19,13 +19,14 @@ void qf_adamw_update(float *restrict p, float *restrict m, float *restrict v,
     float decay = 1.0f - lr * wd;
     float one_minus_b1 = 1.0f - b1, one_minus_b2 = 1.0f - b2;
     float step_size = (float)((double)lr / (1.0 - pow((double)b1, (double)step)));
-    float bc2_sqrt = (float)sqrt(1.0 - pow((double)b2, (double)step));
+    /* sqrt(v) / sqrt(1 - b2^t) as one multiplication: one division per element */
+    float inv_bc2_sqrt = (float)(1.0 / sqrt(1.0 - pow((double)b2, (double)step)));
     for (int64_t i = 0; i < n; i++) {
         float gi = g[i];
         float pi = p[i] * decay;
         float mi = m[i] + one_minus_b1 * (gi - m[i]);
         float vi = b2 * v[i] + one_minus_b2 * gi * gi;
-        float denom = sqrtf(vi) / bc2_sqrt + eps;
+        float denom = sqrtf(vi) * inv_bc2_sqrt + eps;
         p[i] = pi - step_size * (mi / denom);
         m[i] = mi;
         v[i] = vi;

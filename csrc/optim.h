@@ -7,7 +7,8 @@
 
 /* AdamW step number `step` (1-based):
  *   p *= 1 - lr * wd;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
- *   p -= (lr / (1 - b1^step)) * m / (sqrt(v) / sqrt(1 - b2^step) + eps) */
+ *   p -= (lr / (1 - b1^step)) * m / (sqrt(v) * (1 / sqrt(1 - b2^step)) + eps)
+ * (torch divides by sqrt(1 - b2^step); the reciprocal differs by at most an ulp) */
 void qf_adamw_update(float *p, float *m, float *v, const float *g, int64_t n, float lr,
                      float b1, float b2, float eps, float wd, int64_t step);
 

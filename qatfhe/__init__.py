@@ -3,7 +3,9 @@
 Quantization-aware training with Brevitas semantics, pruning, compilation to exact
 integer circuits and accumulator bit-width analysis, over NumPy arrays."""
 from . import datasets, nn, optim, prune
+from .compile import BitWidthError, QuantizedModule, compile_model, compile_qat_model
 from .io import load
 
 __version__ = "0.1.0"
-__all__ = ["nn", "optim", "prune", "datasets", "load", "__version__"]
+__all__ = ["nn", "optim", "prune", "datasets", "load", "compile_model", "compile_qat_model",
+           "QuantizedModule", "BitWidthError", "__version__"]

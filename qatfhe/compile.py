@@ -21,7 +21,9 @@ lookups, so the two agree exactly; fhe="execute" needs an encryption backend (no
 Rounding is kept identical to the engine's fake-quant forward: both quantize with the one
 rule q = clamp(rint(x / s)) in float32 and turn an accumulator into a float with the one
 epilogue float32(acc) * (s_x * s_w) + b (csrc/quant.h); the circuit's integers are exact,
-so for a QAT network `simulate` reproduces the eval-mode network bit for bit.
+so for a QAT network `simulate` reproduces the eval-mode network bit for bit (one exception:
+a network ending with a quantizer outputs s * q, and where the engine's float code q is
+-0.0 the circuit's integer code gives +0.0; the values are equal).
 
 Choices where Concrete-ML offers several (documented here, tested in tests/test_compile.py):
 - An integer n_bits sets all four of model_inputs, op_inputs, op_weights and model_outputs

@@ -141,12 +141,18 @@ class QuantLinear(_WeightLayer):
                 "return_quant_tensor": self.return_quant_tensor}
 
     def quant_weight(self):
-        """(codes int32 (out, in), scale) of the current weights, as the forward uses them."""
-        scale = self.net._core.weight_scale(self.index)
-        q = self.weight_quant
-        w = self.weight
-        codes = np.clip(np.rint(w / np.float32(scale)), q.qmin, q.qmax).astype(np.int32)
-        return codes, np.float32(scale)
+        """(codes int32 (out, in), scale) of the current weights, as the forward uses them:
+        scale is a float32 scalar, or a float32 (out,) array for a per-channel quantizer."""
+        return _quant_weight(self)
+
+
+def _quant_weight(layer):
+    scales = layer.net._core.weight_scale(layer.index)
+    q = layer.weight_quant
+    w = layer.weight
+    shape = (-1,) + (1,) * (w.ndim - 1)
+    codes = np.clip(np.rint(w / scales.reshape(shape)), q.qmin, q.qmax).astype(np.int32)
+    return codes, (scales if getattr(layer, "per_channel", False) else scales[0])
 
 
 class ReLU(Module):

@@ -55,6 +55,18 @@ static int parse_quant(PyObject *layer, const char *key, qf_quant_spec *q)
     return 0;
 }
 
+static int dict_pair(PyObject *d, const char *key, int fallback, int out[2])
+{
+    PyObject *v = PyDict_GetItemString(d, key);
+    if (!v) { out[0] = out[1] = fallback; return 0; }
+    if (!PyArg_ParseTuple(v, "ii", &out[0], &out[1])) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "layer field %s must be a pair of integers", key);
+        return -1;
+    }
+    return 0;
+}
+
 static int parse_layer(PyObject *layer, qf_layer_spec *s)
 {
     memset(s, 0, sizeof *s);
@@ -67,21 +79,57 @@ static int parse_layer(PyObject *layer, qf_layer_spec *s)
         dict_int(layer, "out_features", 0, &s->out_features) < 0 ||
         dict_int(layer, "bias", 1, &s->has_bias) < 0 || dict_int(layer, "relu", 0, &s->relu) < 0 ||
         parse_quant(layer, "weight_quant", &s->weight_quant) < 0 ||
-        parse_quant(layer, "act_quant", &s->act_quant) < 0)
+        parse_quant(layer, "act_quant", &s->act_quant) < 0 ||
+        dict_int(layer, "per_channel", 0, &s->per_channel) < 0 ||
+        dict_pair(layer, "kernel", 1, s->kernel) < 0 || dict_pair(layer, "stride", 1, s->stride) < 0 ||
+        dict_pair(layer, "padding", 0, s->padding) < 0 || dict_pair(layer, "dims", 1, s->dims) < 0 ||
+        dict_int(layer, "begin", -1, &s->begin) < 0)
         return -1;
+    PyObject *shape = PyDict_GetItemString(layer, "shape");
+    if (shape && !PyArg_ParseTuple(shape, "iii", &s->shape[0], &s->shape[1], &s->shape[2])) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_TypeError, "layer field shape must be three integers");
+        return -1;
+    }
     return 0;
+}
+
+/* (C, H, W) from an int (features) or a 1- to 3-tuple; missing H, W are 1. */
+static int parse_shape(PyObject *obj, int64_t shape[3])
+{
+    shape[0] = 0; shape[1] = 1; shape[2] = 1;
+    if (PyLong_Check(obj)) {
+        shape[0] = PyLong_AsLongLong(obj);
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    if (!PyTuple_Check(obj) || PyTuple_GET_SIZE(obj) < 1 || PyTuple_GET_SIZE(obj) > 3) {
+        PyErr_SetString(PyExc_TypeError, "in_shape must be an int or a tuple of 1 to 3 ints");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(obj); i++) {
+        shape[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(obj, i));
+        if (PyErr_Occurred()) return -1;
+    }
+    return 0;
+}
+
+static PyObject *shape_tuple(const int64_t s[3])
+{
+    return Py_BuildValue("(LLL)", (long long)s[0], (long long)s[1], (long long)s[2]);
 }
 
 /* ------------------------------------------------------------ lifecycle */
 
 static int Net_init(NetObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"layers", "in_size", "seed", NULL};
-    PyObject *layers;
-    long long in_size;
+    static char *kwlist[] = {"layers", "in_shape", "seed", NULL};
+    PyObject *layers, *shape_obj;
     unsigned long long seed;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!LK", kwlist, &PyList_Type, &layers,
-                                     &in_size, &seed))
+    int64_t in_shape[3];
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OK", kwlist, &PyList_Type, &layers,
+                                     &shape_obj, &seed))
+        return -1;
+    if (parse_shape(shape_obj, in_shape) < 0)
         return -1;
     Py_ssize_t n = PyList_GET_SIZE(layers);
     qf_layer_spec *specs = PyMem_Calloc((size_t)(n ? n : 1), sizeof *specs);
@@ -95,7 +143,7 @@ static int Net_init(NetObject *self, PyObject *args, PyObject *kwds)
     char err[256] = "";
     qf_net_free(self->net);
     self->net = NULL;
-    qf_status st = qf_net_create(&self->net, specs, (int)n, in_size, seed, err, sizeof err);
+    qf_status st = qf_net_create_shaped(&self->net, specs, (int)n, in_shape, seed, err, sizeof err);
     PyMem_Free(specs);
     if (st != QF_OK) {
         qfpy_raise(st, err);
@@ -130,20 +178,54 @@ static PyObject *raise_net(NetObject *self, qf_status st)
 
 /* ------------------------------------------------------------ compute */
 
-static PyObject *Net_forward(NetObject *self, PyObject *arg)
+/* Convert X ((n, F) or (n, C, H, W)) and set the net's input shape from it. */
+static PyArrayObject *input_array(NetObject *self, PyObject *arg)
 {
-    if (!ready(self)) return NULL;
-    PyArrayObject *x = qfpy_array(arg, "X", NPY_FLOAT32, 2, 0);
+    PyArrayObject *x = qfpy_array(arg, "X", NPY_FLOAT32, -1, 0);
     if (!x) return NULL;
-    npy_intp n = PyArray_DIM(x, 0);
-    if (PyArray_DIM(x, 1) != qf_net_in_size(self->net)) {
-        PyErr_Format(PyExc_ValueError, "X must have %lld features per sample, got %zd",
-                     (long long)qf_net_in_size(self->net), (Py_ssize_t)PyArray_DIM(x, 1));
+    int nd = PyArray_NDIM(x);
+    if (nd != 2 && nd != 4) {
+        PyErr_Format(PyExc_ValueError, "X must be 2-dimensional (n, features) or 4-dimensional "
+                     "(n, channels, height, width), got %d dimensions", nd);
         Py_DECREF(x);
         return NULL;
     }
-    npy_intp dims[2] = {n, (npy_intp)qf_net_out_size(self->net)};
-    PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+    int64_t c = PyArray_DIM(x, 1), h = nd == 4 ? PyArray_DIM(x, 2) : 1,
+            w = nd == 4 ? PyArray_DIM(x, 3) : 1;
+    if (PyArray_DIM(x, 0) < 1) {
+        PyErr_SetString(PyExc_ValueError, "X is empty; expected at least one sample");
+        Py_DECREF(x);
+        return NULL;
+    }
+    qf_status st = qf_net_set_input_shape(self->net, c, h, w);
+    if (st != QF_OK) {
+        Py_DECREF(x);
+        raise_net(self, st);
+        return NULL;
+    }
+    return x;
+}
+
+/* A new (n, out) or (n, C, H, W) float32 array for the net's output. */
+static PyArrayObject *output_array(NetObject *self, npy_intp n)
+{
+    int64_t s[3];
+    qf_net_output_shape(self->net, s);
+    if (s[1] == 1 && s[2] == 1) {
+        npy_intp dims[2] = {n, (npy_intp)s[0]};
+        return (PyArrayObject *)PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+    }
+    npy_intp dims[4] = {n, (npy_intp)s[0], (npy_intp)s[1], (npy_intp)s[2]};
+    return (PyArrayObject *)PyArray_SimpleNew(4, dims, NPY_FLOAT32);
+}
+
+static PyObject *Net_forward(NetObject *self, PyObject *arg)
+{
+    if (!ready(self)) return NULL;
+    PyArrayObject *x = input_array(self, arg);
+    if (!x) return NULL;
+    npy_intp n = PyArray_DIM(x, 0);
+    PyArrayObject *out = output_array(self, n);
     if (!out) { Py_DECREF(x); return NULL; }
     qf_status st;
     self->busy = 1;
@@ -178,11 +260,11 @@ static PyObject *Net_backward_ce(NetObject *self, PyObject *arg)
 static PyObject *Net_backward(NetObject *self, PyObject *arg)
 {
     if (!ready(self)) return NULL;
-    PyArrayObject *d = qfpy_array(arg, "grad_output", NPY_FLOAT32, 2, 1);
+    PyArrayObject *d = qfpy_array(arg, "grad_output", NPY_FLOAT32, -1, 1);
     if (!d) return NULL;
-    if (PyArray_DIM(d, 1) != qf_net_out_size(self->net)) {
-        PyErr_Format(PyExc_ValueError, "grad_output must have %lld columns, got %zd",
-                     (long long)qf_net_out_size(self->net), (Py_ssize_t)PyArray_DIM(d, 1));
+    if (PyArray_NDIM(d) < 1 || PyArray_SIZE(d) != PyArray_DIM(d, 0) * qf_net_out_size(self->net)) {
+        PyErr_Format(PyExc_ValueError, "grad_output must hold %lld values per sample",
+                     (long long)qf_net_out_size(self->net));
         Py_DECREF(d);
         return NULL;
     }
@@ -271,15 +353,14 @@ static PyObject *Net_train_epoch(NetObject *self, PyObject *args, PyObject *kwds
         qf_rng_seed(&own, seed, 2);
         rng = &own;
     }
-    PyArrayObject *x = qfpy_array(xo, "X", NPY_FLOAT32, 2, 0);
+    PyArrayObject *x = input_array(self, xo);
     if (!x) return NULL;
     PyArrayObject *y = qfpy_array(yo, "y", NPY_INT32, 1, 0);
     if (!y) { Py_DECREF(x); return NULL; }
     npy_intp n = PyArray_DIM(x, 0);
-    if (PyArray_DIM(x, 1) != qf_net_in_size(self->net) || PyArray_DIM(y, 0) != n) {
-        PyErr_Format(PyExc_ValueError, "X must be (n, %lld) and y (n,), got X %zd x %zd and y %zd",
-                     (long long)qf_net_in_size(self->net), (Py_ssize_t)n,
-                     (Py_ssize_t)PyArray_DIM(x, 1), (Py_ssize_t)PyArray_DIM(y, 0));
+    if (PyArray_DIM(y, 0) != n) {
+        PyErr_Format(PyExc_ValueError, "y has %zd labels but X has %zd samples",
+                     (Py_ssize_t)PyArray_DIM(y, 0), (Py_ssize_t)n);
         Py_DECREF(x); Py_DECREF(y);
         return NULL;
     }
@@ -417,11 +498,46 @@ static PyObject *Net_act_scale(NetObject *self, PyObject *args)
 static PyObject *Net_weight_scale(NetObject *self, PyObject *args)
 {
     int layer;
-    float s;
     if (!ready(self) || !PyArg_ParseTuple(args, "i", &layer)) return NULL;
-    if (qf_net_weight_scale(self->net, layer, &s) != QF_OK)
+    const qf_layer_spec *spec = qf_net_layer_spec(self->net, layer);
+    if (!spec || spec->weight_quant.kind == QF_QUANT_NONE ||
+        (spec->kind != QF_LAYER_LINEAR && spec->kind != QF_LAYER_CONV2D))
         return qfpy_raise(QF_ERR_ARG, "layer has no weight quantizer");
-    return PyFloat_FromDouble(s);
+    npy_intp dims[1] = {spec->out_features};
+    PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(1, dims, NPY_FLOAT32);
+    if (!out) return NULL;
+    qf_status st = qf_net_weight_scale(self->net, layer, PyArray_DATA(out));
+    if (st != QF_OK) { Py_DECREF(out); return qfpy_raise(st, NULL); }
+    return (PyObject *)out;
+}
+
+static PyObject *Net_set_input_shape(NetObject *self, PyObject *args)
+{
+    PyObject *obj;
+    int64_t s[3];
+    if (!ready(self) || !PyArg_ParseTuple(args, "O", &obj) || parse_shape(obj, s) < 0) return NULL;
+    qf_status st = qf_net_set_input_shape(self->net, s[0], s[1], s[2]);
+    if (st != QF_OK) return raise_net(self, st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Net_layer_output_shape(NetObject *self, PyObject *args)
+{
+    int layer;
+    int64_t s[3];
+    if (!ready(self) || !PyArg_ParseTuple(args, "i", &layer)) return NULL;
+    if (layer < 0 || layer >= qf_net_n_layers(self->net))
+        return qfpy_raise(QF_ERR_ARG, "no such layer");
+    qf_net_layer_output_shape(self->net, layer, s);
+    return shape_tuple(s);
+}
+
+static PyObject *Net_get_in_shape(NetObject *self, void *c)
+{
+    int64_t s[3];
+    if (!ready(self)) return NULL;
+    qf_net_input_shape(self->net, s);
+    return shape_tuple(s);
 }
 
 static PyObject *rng_tuple(qf_rng *r)
@@ -504,7 +620,12 @@ static PyMethodDef Net_methods[] = {
     {"set_mask", (PyCFunction)Net_set_mask, METH_VARARGS, "set_mask(name, mask or None)"},
     {"init_uniform", (PyCFunction)Net_init_uniform, METH_VARARGS, "init_uniform(name, a, b)"},
     {"act_scale", (PyCFunction)Net_act_scale, METH_VARARGS, "act_scale(layer) -> eval scale"},
-    {"weight_scale", (PyCFunction)Net_weight_scale, METH_VARARGS, "weight_scale(layer)"},
+    {"weight_scale", (PyCFunction)Net_weight_scale, METH_VARARGS,
+     "weight_scale(layer) -> float32 (out_channels,) scales of the current weights"},
+    {"set_input_shape", (PyCFunction)Net_set_input_shape, METH_VARARGS,
+     "set_input_shape((C, H, W)): check every layer against this sample shape"},
+    {"layer_output_shape", (PyCFunction)Net_layer_output_shape, METH_VARARGS,
+     "layer_output_shape(i) -> (C, H, W) under the current input shape"},
     {"rng_state", (PyCFunction)Net_rng_state, METH_NOARGS, "(init stream, shuffle stream)"},
     {"set_rng_state", (PyCFunction)Net_set_rng_state, METH_VARARGS, "restore rng_state()"},
     {NULL}
@@ -514,6 +635,7 @@ static PyGetSetDef Net_getset[] = {
     {"training", (getter)Net_get_training, (setter)Net_set_training, "training mode", NULL},
     {"optimizer_step", (getter)Net_get_step, (setter)Net_set_step, "optimizer steps taken", NULL},
     {"in_size", (getter)Net_get_in_size, NULL, "features per input sample", NULL},
+    {"in_shape", (getter)Net_get_in_shape, NULL, "current (C, H, W) of input samples", NULL},
     {"out_size", (getter)Net_get_out_size, NULL, "outputs per sample", NULL},
     {NULL}
 };
@@ -542,6 +664,11 @@ int qfpy_register_net(PyObject *module)
     PyModule_AddIntConstant(module, "LAYER_LINEAR", QF_LAYER_LINEAR);
     PyModule_AddIntConstant(module, "LAYER_RELU", QF_LAYER_RELU);
     PyModule_AddIntConstant(module, "LAYER_ACT_QUANT", QF_LAYER_ACT_QUANT);
+    PyModule_AddIntConstant(module, "LAYER_CONV2D", QF_LAYER_CONV2D);
+    PyModule_AddIntConstant(module, "LAYER_AVGPOOL2D", QF_LAYER_AVGPOOL2D);
+    PyModule_AddIntConstant(module, "LAYER_RESHAPE", QF_LAYER_RESHAPE);
+    PyModule_AddIntConstant(module, "LAYER_TRANSPOSE", QF_LAYER_TRANSPOSE);
+    PyModule_AddIntConstant(module, "LAYER_RESIDUAL_ADD", QF_LAYER_RESIDUAL_ADD);
     PyModule_AddIntConstant(module, "QUANT_NONE", QF_QUANT_NONE);
     PyModule_AddIntConstant(module, "QUANT_CONST", QF_QUANT_CONST);
     PyModule_AddIntConstant(module, "QUANT_ABSMAX", QF_QUANT_ABSMAX);

@@ -1,0 +1,85 @@
+/* net_internal.h: the layout of qf_net, shared by net.c (construction,
+ * shapes, buffers), net_pass.c (forward and backward) and net_train.c
+ * (optimizer and epochs).  Not part of the public API. */
+#ifndef QF_NET_INTERNAL_H
+#define QF_NET_INTERNAL_H
+
+#include "conv.h"
+#include "net.h"
+
+typedef struct {
+    qf_layer_spec spec;
+    int64_t in_shape[3], out_shape[3];  /* per sample (C, H, W) under the current input shape */
+    int64_t in_size, out_size;          /* their products                                  */
+    qf_conv_geom geom;                  /* CONV2D, AVGPOOL2D                               */
+    int t_weight, t_bias;               /* LINEAR, CONV2D tensors, -1 if absent            */
+    int t_threshold, t_stats_buffer, t_stats_count;   /* LEARNED activation quantizer   */
+    int res_end;                        /* ACT_QUANT opening a residual: its RESIDUAL_ADD, else -1 */
+    int emits_codes;                    /* may output integer codes (has a codes buffer)   */
+    /* weight quantizer, weight viewed as (w_rows, w_cols) = (out channels, fan-in) */
+    int64_t w_rows, w_cols;
+    float w_qmin, w_qmax, w_int_threshold;
+    float *w_scale;                     /* (w_rows) scale per row of the last forward       */
+    int64_t *w_argmax;                  /* (w_rows) ABSMAX: element that set it, -1 if none */
+    float *w_fq;                        /* (w_rows, w_cols) fake-quantized weights          */
+    float *w_codes;                     /* (w_rows, w_cols) their integer codes             */
+    float *dw_fq;                       /* (w_rows, w_cols) gradient w.r.t. w_fq (ABSMAX)   */
+    float *epi_scale;                   /* (w_rows) s_x * s_w[o] of the last forward        */
+    int codes_fit_f32;                  /* integer sums exact in float32                   */
+    /* activation quantizer (ACT_QUANT; RESIDUAL_ADD uses its begin layer's) */
+    float a_qmin, a_qmax, a_int_threshold;
+    float a_scale;                      /* scale of the last forward                        */
+    int a_stats_phase;                  /* last training forward used batch statistics      */
+    int64_t a_argmax;                   /* statistics phase: selected element, -1 if none   */
+    double res_dscale;                  /* RESIDUAL_ADD: dL/ds of its quantization          */
+    /* what the last forward saw and produced */
+    int in_codes;                       /* input carried integer codes                      */
+    float in_scale;                     /* their scale                                      */
+    int out_codes;                      /* output carries integer codes                     */
+    float out_scale;
+    /* batch buffers (batch_cap samples) */
+    float *out, *dout;                  /* (cap, out_size)                                  */
+    float *codes;                       /* (cap, out_size) when emits_codes                 */
+    float *cols, *col_codes, *dcols;    /* CONV2D: (cap * P, K) patches, codes, gradients   */
+    float *gemm_out;                    /* CONV2D: (cap * P, OC) product before transposing */
+    float *skip_grad;                   /* RESIDUAL_ADD: (cap, out_size)                    */
+} qf_layer;
+
+struct qf_net {
+    int n_layers;
+    qf_layer *layers;
+    int n_tensors;
+    qf_tensor *tensors;
+    float *storage;                     /* every tensor's data, grad, opt_m, opt_v          */
+    float *layer_storage;               /* weight quantizer caches                          */
+    int64_t in_shape[3];                /* current sample shape (H = W = 0: not set yet)    */
+    int shapes_known;
+    int training;
+    qf_rng init_rng, shuffle_rng;
+    qf_optimizer opt;
+    /* batch buffers, grown on demand outside the kernels */
+    int64_t batch_cap;
+    int buffers_stale;                  /* shapes changed since the buffers were sized      */
+    float *act_storage;
+    float *x;                           /* (batch_cap, in_size) input of the last forward    */
+    float *scratch;                     /* (batch_cap * max layer size) for percentiles     */
+    int32_t *labels;                    /* (batch_cap)                                      */
+    int64_t last_n;                     /* samples in the last forward                      */
+    int have_train_forward;             /* activations of a training forward are kept       */
+    int64_t *perm;                      /* (perm_cap) epoch shuffle                          */
+    int64_t perm_cap;
+    char err[256];
+};
+
+/* net.c */
+qf_status qf_net_prepare(qf_net *net, int64_t n);      /* buffers for n samples */
+int64_t qf_net_cur_in_size(const qf_net *net);
+/* net_pass.c */
+void qf_net_forward_layers(qf_net *net, int64_t n);
+void qf_net_backward_layers(qf_net *net, int64_t n);
+qf_status qf_net_check_finite(qf_net *net, const float *x, int64_t count);
+float qf_net_weight_scales(const qf_layer *L, const float *w, float *scale, int64_t *argmax);
+float qf_net_learned_eval_threshold(const qf_net *net, const qf_layer *L);
+float qf_net_clamp_scale(float threshold, float int_threshold);
+
+#endif

@@ -1,0 +1,60 @@
+/* pool.c: average pooling forward and backward. */
+#include <string.h>
+#include "pool.h"
+#include "quant.h"
+
+static float window_sum(const float *plane, const qf_conv_geom *g, int64_t oy, int64_t ox)
+{
+    float sum = 0.0f;
+    for (int64_t ky = 0; ky < g->kh; ky++) {
+        int64_t y = oy * g->sh - g->ph + ky;
+        if (y < 0 || y >= g->h)
+            continue;
+        for (int64_t kx = 0; kx < g->kw; kx++) {
+            int64_t x = ox * g->sw - g->pw + kx;
+            if (x >= 0 && x < g->w)
+                sum += plane[y * g->w + x];
+        }
+    }
+    return sum;
+}
+
+void qf_avgpool_forward(float *out, const float *x, const qf_conv_geom *g,
+                        int codes, float scale)
+{
+    float count = (float)(g->kh * g->kw);
+    for (int64_t c = 0; c < g->c; c++) {
+        const float *plane = x + c * g->h * g->w;
+        float *o = out + c * g->oh * g->ow;
+        for (int64_t oy = 0; oy < g->oh; oy++)
+            for (int64_t ox = 0; ox < g->ow; ox++) {
+                float sum = window_sum(plane, g, oy, ox);   /* exact for codes < 2^24 */
+                o[oy * g->ow + ox] = codes ? qf_affine_epilogue((int64_t)sum, scale, 0.0f)
+                                           : sum / count;
+            }
+    }
+}
+
+void qf_avgpool_backward(float *dx, const float *dout, const qf_conv_geom *g)
+{
+    float count = (float)(g->kh * g->kw);
+    memset(dx, 0, sizeof(float) * (size_t)(g->c * g->h * g->w));
+    for (int64_t c = 0; c < g->c; c++) {
+        float *plane = dx + c * g->h * g->w;
+        const float *d = dout + c * g->oh * g->ow;
+        for (int64_t oy = 0; oy < g->oh; oy++)
+            for (int64_t ox = 0; ox < g->ow; ox++) {
+                float share = d[oy * g->ow + ox] / count;
+                for (int64_t ky = 0; ky < g->kh; ky++) {
+                    int64_t y = oy * g->sh - g->ph + ky;
+                    if (y < 0 || y >= g->h)
+                        continue;
+                    for (int64_t kx = 0; kx < g->kw; kx++) {
+                        int64_t xx = ox * g->sw - g->pw + kx;
+                        if (xx >= 0 && xx < g->w)
+                            plane[y * g->w + xx] += share;
+                    }
+                }
+            }
+    }
+}
