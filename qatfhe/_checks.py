@@ -71,6 +71,23 @@ def features(X, n_features, name="X"):
     return arr
 
 
+def samples(X, name="X"):
+    """X as C-contiguous float32 (n, features) or (n, C, H, W) of finite values; the
+    network checks the sizes against its layers."""
+    arr = _numeric(X, name)
+    if arr.ndim not in (2, 4):
+        raise ValueError(f"{name} must be 2-dimensional (n_samples, features) or 4-dimensional "
+                         f"(n_samples, channels, height, width), got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} is empty; expected at least one sample")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    finite = np.isfinite(arr).reshape(len(arr), -1).all(axis=1)
+    if not finite.all():
+        raise ValueError(f"{name} contains NaN or infinity (first in sample "
+                         f"{int(np.argmin(finite))}); expected finite values")
+    return arr
+
+
 def labels(y, n, n_classes, name="y"):
     """y as an int32 (n,) array of class indices in [0, n_classes)."""
     arr = np.asarray(y)

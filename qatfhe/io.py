@@ -1,6 +1,7 @@
 """Saving and loading networks: one .npz file (no pickle) holding a JSON header with a
 format version, every parameter and buffer, the optimizer state, pruning masks and the
 random streams, so that training resumes bit for bit."""
+import hashlib
 import json
 import os
 import tempfile
@@ -19,6 +20,7 @@ def write_npz(path, header, arrays):
     if not os.path.isdir(directory):
         raise ValueError(f"cannot save to {path!r}: directory {directory!r} does not exist")
     payload = dict(arrays)
+    header = dict(header, checksum=_checksum(arrays))
     payload["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
     try:
@@ -57,6 +59,24 @@ def read_npz(path, expected_format):
     return header, arrays
 
 
+def verify_checksum(path, header, arrays):
+    """ValueError unless the arrays match the checksum stored at save time (call it after
+    the structural checks, which name what is missing or misshapen)."""
+    if header.get("checksum") != _checksum(arrays):
+        raise ValueError(f"{os.fspath(path)!r} is corrupt: its arrays do not match the checksum "
+                         f"in its header")
+
+
+def _checksum(arrays):
+    """SHA-256 over every array's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        value = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{value.dtype.str}|{value.shape}|".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
 def save(net, path):
     arrays = {}
     for name, t in net._tensors.items():
@@ -84,7 +104,8 @@ def load(path):
     try:
         config = header["network"]
         layers = [nn.layer_from_config(c) for c in config["layers"]]
-        net = nn.Sequential(*layers, seed=config["seed"])
+        net = nn.Sequential(*layers, seed=config["seed"],
+                            input_shape=_stored_shape(config.get("input_shape")))
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path!r} describes an invalid network: {exc}") from None
     for name, t in net._tensors.items():
@@ -110,7 +131,15 @@ def load(path):
     except (KeyError, TypeError) as exc:
         raise ValueError(f"{path!r} lacks the random state: {exc}") from None
     net.train(bool(header.get("training", True)))
+    verify_checksum(path, header, arrays)
     return net
+
+
+def _stored_shape(shape):
+    """The saved input shape, or None when its spatial size was never set."""
+    if shape is None or len(shape) != 3 or min(shape) < 1:
+        return None
+    return tuple(shape)
 
 
 def _copy(target, value, name, path):

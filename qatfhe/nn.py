@@ -29,6 +29,15 @@ class Module:
     def _core_spec(self):
         raise NotImplementedError
 
+    def _core_specs(self, start):
+        """C layer specs of this module placed at C index `start` (one, or several)."""
+        return [self._core_spec()]
+
+    def _attach_all(self, net, start):
+        """Attach this module (and any children) from C index `start`; returns the next index."""
+        self._attach(net, start)
+        return start + 1
+
     def config(self):
         """The constructor arguments, JSON-serialisable (used by save/load)."""
         raise NotImplementedError
@@ -116,34 +125,46 @@ class QuantLinear(_WeightLayer):
 
     def __init__(self, in_features, out_features, bias=True, weight_quant=Int8WeightPerTensorFloat,
                  weight_bit_width=None, bias_quant=None, return_quant_tensor=False,
-                 weight_narrow_range=None, weight_scaling_const=None):
+                 weight_narrow_range=None, weight_scaling_const=None,
+                 weight_scaling_per_output_channel=False):
         super().__init__(in_features, out_features, bias)
-        if bias_quant is not None:
-            raise NotImplementedError("bias quantization is not supported: use bias_quant=None "
-                                      "(the bias stays float and joins the table lookup)")
-        self.weight_quant = resolve(weight_quant, "weight_quant", bit_width=weight_bit_width,
-                                    narrow_range=weight_narrow_range,
-                                    scaling_const=weight_scaling_const)
-        if self.weight_quant.kind == "learned":
-            raise ValueError("weight_quant must use a constant or abs-max (stats) scale, not "
-                             "runtime statistics")
-        self.return_quant_tensor = bool(return_quant_tensor)
+        _init_weight_quant(self, weight_quant, weight_bit_width, bias_quant, return_quant_tensor,
+                           weight_narrow_range, weight_scaling_const,
+                           weight_scaling_per_output_channel)
 
     def _core_spec(self):
         return {"kind": _core.LAYER_LINEAR, "in_features": self.in_features,
                 "out_features": self.out_features, "bias": int(self.has_bias),
-                "weight_quant": self.weight_quant.to_core()}
+                "weight_quant": self.weight_quant.to_core(), "per_channel": int(self.per_channel)}
 
     def config(self):
         return {"type": "QuantLinear", "in_features": self.in_features,
                 "out_features": self.out_features, "bias": self.has_bias,
                 "weight_quant": self.weight_quant.to_dict(),
+                "weight_scaling_per_output_channel": self.per_channel,
                 "return_quant_tensor": self.return_quant_tensor}
 
     def quant_weight(self):
         """(codes int32 (out, in), scale) of the current weights, as the forward uses them:
         scale is a float32 scalar, or a float32 (out,) array for a per-channel quantizer."""
         return _quant_weight(self)
+
+
+def _init_weight_quant(layer, weight_quant, weight_bit_width, bias_quant, return_quant_tensor,
+                       narrow_range, scaling_const, per_channel):
+    if bias_quant is not None:
+        raise NotImplementedError("bias quantization is not supported: use bias_quant=None "
+                                  "(the bias stays float and joins the table lookup)")
+    layer.weight_quant = resolve(weight_quant, "weight_quant", bit_width=weight_bit_width,
+                                 narrow_range=narrow_range, scaling_const=scaling_const)
+    if layer.weight_quant.kind == "learned":
+        raise ValueError("weight_quant must use a constant or abs-max (stats) scale, not "
+                         "runtime statistics")
+    if not isinstance(per_channel, (bool, np.bool_)):
+        raise TypeError(f"weight_scaling_per_output_channel must be True or False, got "
+                        f"{per_channel!r}")
+    layer.per_channel = bool(per_channel)
+    layer.return_quant_tensor = bool(return_quant_tensor)
 
 
 def _quant_weight(layer):
@@ -213,15 +234,209 @@ class QuantReLU(_ActQuantLayer):
     _relu = 1
 
 
+def _pair(value, name, minimum):
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+        return (_checks.positive_int(value[0], name, minimum),
+                _checks.positive_int(value[1], name, minimum))
+    value = _checks.positive_int(value, name, minimum)
+    return (value, value)
+
+
+class Conv2d(Module):
+    """torch.nn.Conv2d on NCHW samples (groups=1, dilation=1, zero padding)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
+        self.in_channels = _checks.positive_int(in_channels, "in_channels")
+        self.out_channels = _checks.positive_int(out_channels, "out_channels")
+        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
+        self.stride = _pair(stride, "stride", 1)
+        self.padding = _pair(padding, "padding", 0)
+        if not isinstance(bias, (bool, np.bool_)):
+            raise TypeError(f"bias must be True or False, got {bias!r}")
+        self.has_bias = bool(bias)
+
+    weight = _WeightLayer.weight
+    bias = _WeightLayer.bias
+    weight_mask = _WeightLayer.weight_mask
+    weight_grad = _WeightLayer.weight_grad
+    bias_grad = _WeightLayer.bias_grad
+
+    def _core_spec(self):
+        return {"kind": _core.LAYER_CONV2D, "in_features": self.in_channels,
+                "out_features": self.out_channels, "bias": int(self.has_bias),
+                "kernel": self.kernel_size, "stride": self.stride, "padding": self.padding}
+
+    def config(self):
+        return {"type": "Conv2d", "in_channels": self.in_channels,
+                "out_channels": self.out_channels, "kernel_size": list(self.kernel_size),
+                "stride": list(self.stride), "padding": list(self.padding), "bias": self.has_bias}
+
+
+class QuantConv2d(Conv2d):
+    """brevitas.nn.QuantConv2d: weights fake-quantized by `weight_quant` (per tensor, or per
+    output channel with weight_scaling_per_output_channel=True), float bias."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
+                 weight_quant=Int8WeightPerTensorFloat, weight_bit_width=None, bias_quant=None,
+                 return_quant_tensor=False, weight_narrow_range=None, weight_scaling_const=None,
+                 weight_scaling_per_output_channel=False):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias)
+        _init_weight_quant(self, weight_quant, weight_bit_width, bias_quant, return_quant_tensor,
+                           weight_narrow_range, weight_scaling_const,
+                           weight_scaling_per_output_channel)
+
+    def _core_spec(self):
+        spec = super()._core_spec()
+        spec.update(weight_quant=self.weight_quant.to_core(), per_channel=int(self.per_channel))
+        return spec
+
+    def config(self):
+        config = super().config()
+        config.update(type="QuantConv2d", weight_quant=self.weight_quant.to_dict(),
+                      weight_scaling_per_output_channel=self.per_channel,
+                      return_quant_tensor=self.return_quant_tensor)
+        return config
+
+    def quant_weight(self):
+        """(codes int32 (out, in, kh, kw), scale): scale float32, or (out,) per channel."""
+        return _quant_weight(self)
+
+
+class AvgPool2d(Module):
+    """torch.nn.AvgPool2d (count_include_pad=True).  For FHE put a QuantIdentity after it:
+    on quantized input it is an integer window sum followed by one table lookup."""
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
+        self.stride = self.kernel_size if stride is None else _pair(stride, "stride", 1)
+        self.padding = _pair(padding, "padding", 0)
+
+    def _core_spec(self):
+        return {"kind": _core.LAYER_AVGPOOL2D, "kernel": self.kernel_size, "stride": self.stride,
+                "padding": self.padding}
+
+    def config(self):
+        return {"type": "AvgPool2d", "kernel_size": list(self.kernel_size),
+                "stride": list(self.stride), "padding": list(self.padding)}
+
+
+class Flatten(Module):
+    """torch.nn.Flatten(): each sample (C, H, W) becomes (C * H * W,)."""
+
+    def __init__(self, start_dim=1, end_dim=-1):
+        if start_dim != 1 or end_dim != -1:
+            raise ValueError("Flatten supports start_dim=1, end_dim=-1 (whole samples) only")
+
+    def _core_spec(self):
+        return {"kind": _core.LAYER_RESHAPE, "shape": (0, 0, 0)}
+
+    def config(self):
+        return {"type": "Flatten"}
+
+
+class Reshape(Module):
+    """x.reshape(n, *shape): a new per-sample shape of 1 to 3 dims with the same size."""
+
+    def __init__(self, *shape):
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        if not 1 <= len(shape) <= 3:
+            raise ValueError(f"Reshape takes 1 to 3 per-sample dims, got {shape!r}")
+        self.shape = tuple(_checks.positive_int(s, "shape") for s in shape)
+
+    def _core_spec(self):
+        full = self.shape + (1,) * (3 - len(self.shape))
+        return {"kind": _core.LAYER_RESHAPE, "shape": full}
+
+    def config(self):
+        return {"type": "Reshape", "shape": list(self.shape)}
+
+
+class Transpose(Module):
+    """torch.transpose(x, dim0, dim1) on NCHW batches: dims 1..3 (0 is the batch)."""
+
+    def __init__(self, dim0, dim1):
+        self.dim0 = _checks.positive_int(dim0, "dim0")
+        self.dim1 = _checks.positive_int(dim1, "dim1")
+        if self.dim0 > 3 or self.dim1 > 3:
+            raise ValueError(f"Transpose dims must be in 1..3 (dim 0 is the batch), got "
+                             f"({dim0}, {dim1})")
+
+    def _core_spec(self):
+        return {"kind": _core.LAYER_TRANSPOSE, "dims": (self.dim0, self.dim1)}
+
+    def config(self):
+        return {"type": "Transpose", "dim0": self.dim0, "dim1": self.dim1}
+
+
+class Residual(Module):
+    """y = Q(x) + Q(block(Q(x))): a residual block whose add is FHE-friendly.
+
+    Both operands of the add pass through one activation quantizer `quant` (a
+    QuantIdentity, default Int8ActPerTensorFloat at 8 bits), as Concrete-ML requires, so
+    the add is an exact sum of integer codes with one scale.  The block sees Q(x)."""
+
+    def __init__(self, *block, quant=None):
+        if len(block) == 1 and isinstance(block[0], (list, tuple)):
+            block = tuple(block[0])
+        for i, layer in enumerate(block):
+            if not isinstance(layer, Module) or isinstance(layer, (Sequential, Residual)):
+                raise TypeError(f"block layer {i} must be a qatfhe.nn layer, got {layer!r}")
+        quant = QuantIdentity() if quant is None else quant
+        if not isinstance(quant, QuantIdentity):
+            raise TypeError(f"quant must be a QuantIdentity shared by both operands, got {quant!r}")
+        self.quant = quant
+        self.block = list(block)
+
+    def __getitem__(self, i):
+        return self.block[i]
+
+    def __len__(self):
+        return len(self.block)
+
+    def _core_specs(self, start):
+        specs = [self.quant._core_spec()]
+        for layer in self.block:
+            specs.extend(layer._core_specs(start + len(specs)))
+        specs.append({"kind": _core.LAYER_RESIDUAL_ADD, "begin": start})
+        return specs
+
+    def _attach_all(self, net, start):
+        index = self.quant._attach_all(net, start)
+        for layer in self.block:
+            index = layer._attach_all(net, index)
+        self._attach(net, index)
+        return index + 1
+
+    def config(self):
+        return {"type": "Residual", "quant": self.quant.config(),
+                "block": [layer.config() for layer in self.block]}
+
+    def __repr__(self):
+        inner = ", ".join(repr(layer) for layer in self.block)
+        return f"Residual({inner}, quant={self.quant!r})"
+
+
 _LAYER_TYPES = {"Linear": Linear, "QuantLinear": QuantLinear, "ReLU": ReLU,
-                "QuantIdentity": QuantIdentity, "QuantReLU": QuantReLU}
+                "QuantIdentity": QuantIdentity, "QuantReLU": QuantReLU, "Conv2d": Conv2d,
+                "QuantConv2d": QuantConv2d, "AvgPool2d": AvgPool2d, "Flatten": Flatten,
+                "Reshape": Reshape, "Transpose": Transpose}
 
 
 def layer_from_config(config):
     """Rebuild a layer from Module.config()."""
+    if not isinstance(config, dict):
+        raise ValueError(f"unknown layer description {config!r}")
+    if config.get("type") == "Residual":
+        return Residual(*[layer_from_config(c) for c in config["block"]],
+                        quant=layer_from_config(config["quant"]))
     if not isinstance(config, dict) or config.get("type") not in _LAYER_TYPES:
         raise ValueError(f"unknown layer description {config!r}")
     kwargs = {k: v for k, v in config.items() if k != "type"}
+    if "shape" in kwargs:
+        kwargs["shape"] = tuple(kwargs["shape"])
     if "weight_quant" in kwargs:
         kwargs["weight_quant"] = QuantSpec(**kwargs["weight_quant"])
     if "act_quant" in kwargs:
@@ -285,13 +500,42 @@ class _Init:
 init = _Init()
 
 
+def _first_weighted(layers):
+    for layer in layers:
+        if isinstance(layer, Residual):
+            inner = _first_weighted([layer.quant] + layer.block)
+            if inner is not None:
+                return inner
+        elif isinstance(layer, (_WeightLayer, Conv2d)):
+            return layer
+    return None
+
+
+def _input_shape(layers, input_shape):
+    """(C, H, W) to create the network with; H = W = 0 means: set by the first input."""
+    if input_shape is not None:
+        if isinstance(input_shape, (int, np.integer)):
+            input_shape = (input_shape,)
+        shape = tuple(_checks.positive_int(s, "input_shape") for s in input_shape)
+        if not 1 <= len(shape) <= 3:
+            raise ValueError(f"input_shape must have 1 to 3 dims, got {input_shape!r}")
+        return shape + (1,) * (3 - len(shape)) if len(shape) < 3 else shape
+    first = _first_weighted(layers)
+    if first is None:
+        raise ValueError("Sequential needs a Linear or Conv2d layer to know its input size, "
+                         "or input_shape=")
+    if isinstance(first, Conv2d):
+        return (first.in_channels, 0, 0)
+    return (first.in_features, 1, 1)
+
+
 class Sequential(Module):
     """torch.nn.Sequential of qatfhe layers, one C network underneath.
 
     `seed` fixes the initial parameters and, unless fit() gets its own seed, the
     shuffling of every epoch: one seed fixes the whole run."""
 
-    def __init__(self, *layers, seed=0):
+    def __init__(self, *layers, seed=0, input_shape=None):
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
         if not layers:
@@ -300,12 +544,16 @@ class Sequential(Module):
             if not isinstance(layer, Module) or isinstance(layer, Sequential):
                 raise TypeError(f"layer {i} must be a qatfhe.nn layer, got {layer!r}")
         self.seed = _checks.seed(seed)
-        in_size = next((l.in_features for l in layers if isinstance(l, _WeightLayer)), None)
-        if in_size is None:
-            raise ValueError("Sequential needs a Linear or QuantLinear layer to know its input size")
-        self._core = _core.Net([l._core_spec() for l in layers], in_size, self.seed)
-        for i, layer in enumerate(layers):
-            layer._attach(self, i)
+        specs = []
+        for layer in layers:
+            specs.extend(layer._core_specs(len(specs)))
+        shape = _input_shape(layers, input_shape)
+        self._core = _core.Net(specs, shape, self.seed)
+        # an MLP's expected feature count, for a plain error message on wrong X
+        self._features = shape[0] if shape[1:] == (1, 1) and input_shape is None else None
+        index = 0
+        for layer in layers:
+            index = layer._attach_all(self, index)
         self._layers = list(layers)
         self._tensors = {t["name"]: t for t in self._core.tensors()}
         self.optimizer = None
@@ -326,12 +574,17 @@ class Sequential(Module):
         return f"Sequential(\n{body}\n)"
 
     def config(self):
-        return {"type": "Sequential", "seed": self.seed,
+        return {"type": "Sequential", "seed": self.seed, "input_shape": list(self._core.in_shape),
                 "layers": [layer.config() for layer in self._layers]}
 
     @property
     def in_features(self):
         return self._core.in_size
+
+    @property
+    def input_shape(self):
+        """Per-sample (C, H, W) of the current input (H = W = 0 before a first conv input)."""
+        return self._core.in_shape
 
     @property
     def out_features(self):
@@ -377,8 +630,15 @@ class Sequential(Module):
         self._core.zero_grad()
 
     # --- compute
+    def _samples(self, X, name="X"):
+        X = _checks.samples(X, name)
+        if X.ndim == 2 and self._features is not None and X.shape[1] != self._features:
+            raise ValueError(f"{name} must have {self._features} features per sample, got "
+                             f"{X.shape[1]}")
+        return X
+
     def forward(self, X):
-        X = _checks.features(X, self._core.in_size, "X")
+        X = self._samples(X)
         out = self._core.forward(X)
         if self._core.training:
             out = out.view(_NetOutput)
@@ -398,8 +658,9 @@ class Sequential(Module):
 
     def score(self, X, y):
         """Eval-mode accuracy on (X, y)."""
-        y = _checks.labels(y, len(np.asarray(X)), self._core.out_size)
-        return float(np.mean(self.predict(X) == y))
+        predicted = self.predict(X)
+        y = _checks.labels(y, len(predicted), self._core.out_size)
+        return float(np.mean(predicted == y))
 
     def backward(self, grad_output):
         """Backward of the last training forward from d loss / d output (n, out)."""

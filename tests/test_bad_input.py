@@ -80,15 +80,8 @@ def test_bad_X_forward_predict_fit(net, X, error, message):
     assert net._core.optimizer_step == 0
 
 
-SCORE_BUG = pytest.mark.xfail(strict=True, reason="engine bug: Sequential.score checks y first "
-                              "with len(np.asarray(X)), so a 0-d X raises TypeError 'len() of "
-                              "unsized object' and a ragged X NumPy's 'setting an array element "
-                              "with a sequence', neither naming X (qatfhe/nn.py score)")
-
-
-@pytest.mark.parametrize("X,error,message", [
-    pytest.param(*c[1:], marks=SCORE_BUG) if c[0] in ("0-d", "ragged list") else c[1:]
-    for c in BAD_X if c[0] != "empty"], ids=[c[0] for c in BAD_X if c[0] != "empty"])
+@pytest.mark.parametrize("X,error,message", [c[1:] for c in BAD_X if c[0] != "empty"],
+                         ids=[c[0] for c in BAD_X if c[0] != "empty"])
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast")
 def test_bad_X_score(net, X, error, message):
     n = len(X) if np.ndim(np.asarray(X, dtype=object)) else 1
@@ -328,8 +321,12 @@ def test_truncated_file(saved, fraction):
 
 
 def test_corrupted_byte(saved):
+    """One flipped bit inside a stored parameter's bytes (the zip CRC must catch it)."""
     data = bytearray(saved.read_bytes())
-    data[len(data) // 2] ^= 0xFF
+    payload = qatfhe.load(saved)[1].weight.tobytes()
+    at = bytes(data).find(payload)
+    assert at > 0
+    data[at + len(payload) // 2] ^= 0x01
     with pytest.raises(ValueError, match="bad.npz"):
         qatfhe.load(write(saved.parent / "bad.npz", bytes(data)))
 
@@ -373,15 +370,15 @@ def test_file_with_broken_contents(saved):
     del broken["data/1.weight"]
     path = saved.parent / "broken.npz"
     np.savez(path, **broken)
-    with pytest.raises(ValueError, match="1.weight"):
+    with pytest.raises(ValueError, match=r"broken.npz.*(1\.weight|corrupt)"):
         qatfhe.load(path)
     broken = {**arrays, "data/1.weight": np.zeros((2, 2), F32)}
     np.savez(path, **broken)
-    with pytest.raises(ValueError, match="1.weight"):
+    with pytest.raises(ValueError, match=r"broken.npz.*(1\.weight|corrupt)"):
         qatfhe.load(path)
     header = arrays["__header__"].tobytes().replace(b'"bit_width": 8', b'"bit_width": 40')
     np.savez(path, **{**arrays, "__header__": np.frombuffer(header, np.uint8)})
-    with pytest.raises(ValueError, match="bit_width"):
+    with pytest.raises(ValueError, match=r"broken.npz.*(bit_width|corrupt)"):
         qatfhe.load(path)
 
 
