@@ -44,7 +44,7 @@ def _numeric(value, name):
 
 
 def float_array(value, name):
-    arr = _numeric(value, name).astype(np.float32, copy=False)
+    arr = _to_float32(_numeric(value, name), name)
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} contains NaN or infinity; expected finite values")
     return np.ascontiguousarray(arr)
@@ -63,12 +63,23 @@ def features(X, n_features, name="X"):
         raise ValueError(f"{name} must have {n_features} features per sample, got {arr.shape[1]}")
     if arr.shape[0] == 0:
         raise ValueError(f"{name} is empty; expected at least one sample")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    arr = _to_float32(arr, name)
     if not np.isfinite(arr).all():
         bad = int(np.argmin(np.isfinite(arr).all(axis=1)))
         raise ValueError(f"{name} contains NaN or infinity (first in sample {bad}); expected "
                          f"finite values")
     return arr
+
+
+def _to_float32(arr, name):
+    """arr as float32, refusing finite values that float32 cannot hold."""
+    if arr.dtype.itemsize > 4 and np.issubdtype(arr.dtype, np.floating) and arr.size:
+        with np.errstate(invalid="ignore"):
+            big = np.abs(arr) > np.finfo(np.float32).max
+        if np.any(big & np.isfinite(arr)):
+            raise ValueError(f"{name} has values beyond the float32 range (|x| > 3.4e38); "
+                             f"expected values the network's float32 arithmetic can hold")
+    return np.ascontiguousarray(arr, dtype=np.float32)
 
 
 def samples(X, name="X"):
@@ -80,7 +91,7 @@ def samples(X, name="X"):
                          f"(n_samples, channels, height, width), got shape {arr.shape}")
     if arr.shape[0] == 0:
         raise ValueError(f"{name} is empty; expected at least one sample")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    arr = _to_float32(arr, name)
     finite = np.isfinite(arr).reshape(len(arr), -1).all(axis=1)
     if not finite.all():
         raise ValueError(f"{name} contains NaN or infinity (first in sample "

@@ -39,7 +39,10 @@ def read_npz(path, expected_format):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such file: {path!r}")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("it holds a single array, not a qatfhe archive")
+        with data:
             arrays = {name: data[name] for name in data.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
         raise ValueError(f"{path!r} is not a readable qatfhe file (truncated or foreign?): "
@@ -145,4 +148,6 @@ def _stored_shape(shape):
 def _copy(target, value, name, path):
     if value is None or value.shape != target.shape or value.dtype != np.float32:
         raise ValueError(f"{path!r}: tensor {name!r} is missing or has the wrong shape/dtype")
+    if not np.isfinite(value).all():
+        raise ValueError(f"{path!r}: tensor {name!r} holds NaN or infinity")
     target[...] = value

@@ -640,6 +640,7 @@ class Sequential(Module):
     def forward(self, X):
         X = self._samples(X)
         out = self._core.forward(X)
+        self._last_n = len(X)
         if self._core.training:
             out = out.view(_NetOutput)
             out._qatfhe_net = self
@@ -668,7 +669,7 @@ class Sequential(Module):
 
     def loss_backward(self, y):
         """Mean cross-entropy of the last training forward against y, and its backward."""
-        y = _checks.labels(y, None, self._core.out_size)
+        y = _checks.labels(y, getattr(self, "_last_n", None), self._core.out_size)
         loss, _ = self._core.backward_ce(y)
         return loss
 
