@@ -157,7 +157,8 @@ qf_status qf_net_train_epoch(qf_net *net, const float *x, const int32_t *y, int6
 /* Scale of an activation quantizer layer as eval mode would use it now, and
  * of a QuantLinear's weight quantizer for the current weights. */
 qf_status qf_net_act_scale(const qf_net *net, int layer, float *scale);
-/* scale (out_channels) for a per-channel quantizer, else scale[0]. */
+/* scale (out_channels): one value per output channel, all equal for a
+ * per-tensor quantizer. */
 qf_status qf_net_weight_scale(const qf_net *net, int layer, float *scale);
 
 /* Random streams, readable and writable so save/load resumes exactly. */

@@ -331,9 +331,9 @@ static void weighted_backward(qf_net *net, qf_layer *L, float *din, const float 
         qf_linear_backward(din, L->dw_fq, db, dout, in, L->w_fq, rows, n_in, n_out);
         weight_quant_backward(L, w);
     }
-    if (w->mask)
+    if (w->mask)   /* a pruned weight's gradient is 0, as PyTorch's weight_orig.grad */
         for (int64_t j = 0; j < w->size; j++)
-            w->grad[j] *= (float)w->mask[j];
+            w->grad[j] = w->mask[j] ? w->grad[j] : 0.0f;
 }
 
 static void backward_conv(qf_net *net, qf_layer *L, float *din, int64_t n)

@@ -45,7 +45,7 @@ qf_status qf_net_set_optimizer(qf_net *net, const qf_optimizer *opt)
     else if (opt->kind == QF_OPT_ADAMW &&
              !(opt->beta1 >= 0.0f && opt->beta1 < 1.0f && opt->beta2 >= 0.0f && opt->beta2 < 1.0f))
         what = "betas must be in [0, 1)";
-    else if (opt->kind == QF_OPT_ADAMW && !(opt->eps >= 0.0f)) what = "eps must be >= 0";
+    else if (opt->kind == QF_OPT_ADAMW && !(opt->eps > 0.0f)) what = "eps must be > 0";
     else if (opt->kind == QF_OPT_SGD && !(opt->momentum >= 0.0f)) what = "momentum must be >= 0";
     else if (opt->kind == QF_OPT_SGD && opt->nesterov &&
              (opt->momentum <= 0.0f || opt->dampening != 0.0f))
@@ -81,15 +81,21 @@ qf_status qf_net_step(qf_net *net)
         qf_tensor *T = &net->tensors[t];
         if (T->kind != QF_TENSOR_PARAM)
             continue;
+        if (T->mask)   /* pruned entries take no gradient (selects, so inf/NaN cannot leak) */
+            for (int64_t i = 0; i < T->size; i++)
+                T->grad[i] = T->mask[i] ? T->grad[i] : 0.0f;
         if (o->kind == QF_OPT_ADAMW)
             qf_adamw_update(T->data, T->opt_m, T->opt_v, T->grad, T->size, o->lr, o->beta1,
                             o->beta2, o->eps, o->weight_decay, o->step);
         else
             qf_sgd_update(T->data, T->opt_m, T->grad, T->size, o->lr, o->momentum, o->dampening,
                           o->weight_decay, o->nesterov, o->step);
-        if (T->mask)   /* the rules keep pruned entries at 0; this also undoes stray writes */
-            for (int64_t i = 0; i < T->size; i++)
-                T->data[i] *= (float)T->mask[i];
+        if (T->mask)   /* hold pruned entries at 0 (also undoes writes through the views) */
+            for (int64_t i = 0; i < T->size; i++) {
+                T->data[i] = T->mask[i] ? T->data[i] : 0.0f;
+                T->opt_m[i] = T->mask[i] ? T->opt_m[i] : 0.0f;
+                T->opt_v[i] = T->mask[i] ? T->opt_v[i] : 0.0f;
+            }
     }
     return QF_OK;
 }

@@ -48,13 +48,16 @@ def _betas(betas):
 
 
 class AdamW(Optimizer):
-    """torch.optim.AdamW: decoupled weight decay, bias-corrected moments."""
+    """torch.optim.AdamW: decoupled weight decay, bias-corrected moments.
+
+    eps must be > 0 (torch accepts 0, which turns any entry whose gradient is exactly 0
+    from the start, such as a dead ReLU's weights, into 0/0 = NaN)."""
     kind = "adamw"
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
         b1, b2 = _betas(betas)
         super().__init__(params, lr=_checks.positive_float(lr, "lr"), beta1=b1, beta2=b2,
-                         eps=_checks.positive_float(eps, "eps", allow_zero=True),
+                         eps=_checks.positive_float(eps, "eps"),
                          weight_decay=_checks.positive_float(weight_decay, "weight_decay",
                                                              allow_zero=True))
 
