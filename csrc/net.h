@@ -139,6 +139,8 @@ void qf_net_zero_grad(qf_net *net);
 qf_status qf_net_set_optimizer(qf_net *net, const qf_optimizer *opt);
 const qf_optimizer *qf_net_optimizer(const qf_net *net);
 void qf_net_set_optimizer_step(qf_net *net, int64_t step);
+/* Change the learning rate of the current optimizer, keeping its state (schedules). */
+qf_status qf_net_set_learning_rate(qf_net *net, float lr);
 /* One optimizer update of every parameter from its grad; masked entries stay 0. */
 qf_status qf_net_step(qf_net *net);
 

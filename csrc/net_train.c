@@ -69,6 +69,21 @@ qf_status qf_net_set_optimizer(qf_net *net, const qf_optimizer *opt)
 const qf_optimizer *qf_net_optimizer(const qf_net *net) { return &net->opt; }
 void qf_net_set_optimizer_step(qf_net *net, int64_t step) { net->opt.step = step; }
 
+qf_status qf_net_set_learning_rate(qf_net *net, float lr)
+{
+    if (!(lr > 0.0f) || !isfinite(lr)) {
+        snprintf(net->err, sizeof net->err, "lr must be a positive finite number, got %g",
+                 (double)lr);
+        return QF_ERR_ARG;
+    }
+    if (net->opt.kind == QF_OPT_NONE) {
+        snprintf(net->err, sizeof net->err, "no optimizer is set");
+        return QF_ERR_STATE;
+    }
+    net->opt.lr = lr;
+    return QF_OK;
+}
+
 qf_status qf_net_step(qf_net *net)
 {
     const qf_optimizer *o = &net->opt;

@@ -22,6 +22,17 @@ class Optimizer:
     def step(self):
         self.net._core.step()
 
+    @property
+    def lr(self):
+        return self.hyper["lr"]
+
+    @lr.setter
+    def lr(self, value):
+        """Change the learning rate, keeping moments and step count (for schedules)."""
+        value = _checks.positive_float(value, "lr")
+        self.net._core.set_lr(value)
+        self.hyper["lr"] = value
+
     def zero_grad(self):
         self.net._core.zero_grad()
 

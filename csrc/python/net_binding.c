@@ -337,6 +337,15 @@ static int Net_set_step(NetObject *self, PyObject *value, void *closure)
     return 0;
 }
 
+static PyObject *Net_set_lr(NetObject *self, PyObject *args)
+{
+    double lr;
+    if (!ready(self) || !PyArg_ParseTuple(args, "d", &lr)) return NULL;
+    qf_status st = qf_net_set_learning_rate(self->net, (float)lr);
+    if (st != QF_OK) return raise_net(self, st);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Net_train_epoch(NetObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"X", "y", "batch_size", "seed", NULL};
@@ -613,6 +622,7 @@ static PyMethodDef Net_methods[] = {
     {"step", (PyCFunction)Net_step, METH_NOARGS, "one optimizer step"},
     {"set_optimizer", (PyCFunction)Net_set_optimizer, METH_VARARGS | METH_KEYWORDS,
      "set_optimizer(kind, lr, beta1, beta2, eps, weight_decay, momentum, dampening, nesterov)"},
+    {"set_lr", (PyCFunction)Net_set_lr, METH_VARARGS, "set_lr(lr): keep the optimizer state"},
     {"train_epoch", (PyCFunction)Net_train_epoch, METH_VARARGS | METH_KEYWORDS,
      "train_epoch(X, y, batch_size, seed=None) -> (loss sum, n_correct)"},
     {"tensors", (PyCFunction)Net_tensors, METH_NOARGS, "list of tensor dicts with NumPy views"},
