@@ -70,6 +70,29 @@ void qf_linear_forward_codes(float *out, const float *xcodes, const float *wcode
 }
 
 QF_MULTIVERSION
+void qf_linear_forward_codes_t(float *out, const float *xcodes, const float *wcodes_t,
+                               const float *scale, const float *b,
+                               int64_t n, int64_t n_in, int64_t n_out)
+{
+    for (int64_t s = 0; s < n; s++) {
+        const float *xs = xcodes + s * n_in;
+        float *restrict acc = out + s * n_out;
+        for (int64_t o = 0; o < n_out; o++)
+            acc[o] = 0.0f;
+        for (int64_t i = 0; i < n_in; i++) {
+            float xv = xs[i];
+            if (xv == 0.0f)
+                continue;
+            const float *restrict wi = wcodes_t + i * n_out;
+            for (int64_t o = 0; o < n_out; o++)
+                acc[o] += xv * wi[o];
+        }
+        for (int64_t o = 0; o < n_out; o++)
+            acc[o] = qf_affine_epilogue((int64_t)acc[o], scale[o], b ? b[o] : 0.0f);
+    }
+}
+
+QF_MULTIVERSION
 void qf_linear_backward(float *dx, float *dw, float *db, const float *dout,
                         const float *x, const float *w,
                         int64_t n, int64_t n_in, int64_t n_out)

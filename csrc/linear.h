@@ -18,6 +18,15 @@ void qf_linear_forward_codes(float *out, const float *xcodes, const float *wcode
                              const float *scale, const float *b, int exact_f32,
                              int64_t n, int64_t n_in, int64_t n_out);
 
+/* The same as qf_linear_forward_codes with exact_f32 true, for batches: wcodes_t
+ * is the (n_in, n_out) transpose of the weight codes, each sample's outputs are
+ * accumulated a row of weights at a time (skipping zero input codes, common
+ * after a ReLU), which vectorises over outputs.  Integer sums below 2^24 are
+ * exact in any order, so the results are identical to the dot-product form. */
+void qf_linear_forward_codes_t(float *out, const float *xcodes, const float *wcodes_t,
+                               const float *scale, const float *b,
+                               int64_t n, int64_t n_in, int64_t n_out);
+
 /* Whether codes of magnitude at most x_max and w_max over n_in terms keep
  * every float32 partial sum exact (below 2^24). */
 static inline int qf_codes_fit_f32(int64_t n_in, float x_max, float w_max)

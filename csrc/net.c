@@ -150,7 +150,7 @@ static qf_status build_tensors(qf_net *net)
                 L->w_qmin = qf_quant_qmin(&s->weight_quant);
                 L->w_qmax = qf_quant_qmax(&s->weight_quant);
                 L->w_int_threshold = qf_quant_int_threshold(&s->weight_quant);
-                cache += 3 * L->w_rows * L->w_cols + 2 * L->w_rows;
+                cache += 4 * L->w_rows * L->w_cols + 2 * L->w_rows;
             }
         } else if (s->kind == QF_LAYER_ACT_QUANT) {
             L->a_qmin = qf_quant_qmin(&s->act_quant);
@@ -193,6 +193,7 @@ static qf_status build_tensors(qf_net *net)
         int64_t size = L->w_rows * L->w_cols;
         L->w_fq = c; c += size;
         L->w_codes = c; c += size;
+        L->w_codes_t = c; c += size;
         L->dw_fq = c; c += size;
         L->w_scale = c; c += L->w_rows;
         L->epi_scale = c; c += L->w_rows;

@@ -23,6 +23,7 @@ typedef struct {
     int64_t *w_argmax;                  /* (w_rows) ABSMAX: element that set it, -1 if none */
     float *w_fq;                        /* (w_rows, w_cols) fake-quantized weights          */
     float *w_codes;                     /* (w_rows, w_cols) their integer codes             */
+    float *w_codes_t;                   /* (w_cols, w_rows) the codes transposed (batches)  */
     float *dw_fq;                       /* (w_rows, w_cols) gradient w.r.t. w_fq (ABSMAX)   */
     float *epi_scale;                   /* (w_rows) s_x * s_w[o] of the last forward        */
     int codes_fit_f32;                  /* integer sums exact in float32                   */

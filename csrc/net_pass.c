@@ -122,8 +122,14 @@ static void weighted_product(qf_net *net, qf_layer *L, float *out, const float *
     if (in_codes) {
         for (int64_t o = 0; o < n_out; o++)
             L->epi_scale[o] = L->in_scale * L->w_scale[o];
-        qf_linear_forward_codes(out, in_codes, L->w_codes, L->epi_scale, b, L->codes_fit_f32,
-                                rows, n_in, n_out);
+        if (L->codes_fit_f32 && rows >= 4) {   /* batches: the row-at-a-time form */
+            qf_transpose2d(L->w_codes_t, L->w_codes, n_out, n_in);
+            qf_linear_forward_codes_t(out, in_codes, L->w_codes_t, L->epi_scale, b, rows, n_in,
+                                      n_out);
+        } else {
+            qf_linear_forward_codes(out, in_codes, L->w_codes, L->epi_scale, b, L->codes_fit_f32,
+                                    rows, n_in, n_out);
+        }
     } else {
         qf_linear_forward(out, in, L->w_fq, b, rows, n_in, n_out);
     }
