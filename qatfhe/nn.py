@@ -435,8 +435,8 @@ def layer_from_config(config):
     if not isinstance(config, dict) or config.get("type") not in _LAYER_TYPES:
         raise ValueError(f"unknown layer description {config!r}")
     kwargs = {k: v for k, v in config.items() if k != "type"}
-    if "shape" in kwargs:
-        kwargs["shape"] = tuple(kwargs["shape"])
+    if config["type"] == "Reshape":
+        return Reshape(*kwargs["shape"])
     if "weight_quant" in kwargs:
         kwargs["weight_quant"] = QuantSpec(**kwargs["weight_quant"])
     if "act_quant" in kwargs:
