@@ -64,10 +64,12 @@ def arguments(description):
 class Timing:
     """Median wall seconds (time.perf_counter) of the timed calls, all of them, and the
     share of that wall time this process spent on a CPU (time.process_time / wall):
-    well below 100% means other jobs took the core and the figure is inflated."""
+    well below 100% means other jobs took the core and the figure is inflated.
+    cpu_median (process CPU seconds) is the contention-robust twin of median."""
 
     def __init__(self, times, cpu_times):
         self.median = statistics.median(times)
+        self.cpu_median = statistics.median(cpu_times)
         self.times = times
         self.cpu_share = sum(cpu_times) / sum(times)
 
@@ -110,6 +112,19 @@ def two_thread_note():
                 "qatfhe.set_num_threads nor qatfhe._core.set_num_threads exists); every "
                 "figure above is 1 thread.")
     return None
+
+
+def run_with_qatfhe_threads(n, fn):
+    """fn() with the engine set to n threads (then back to THREADS), or None when the
+    engine has no thread control."""
+    setter = qatfhe_thread_control()
+    if setter is None:
+        return None
+    setter(n)
+    try:
+        return fn()
+    finally:
+        setter(THREADS)
 
 
 # ---------------------------------------------------------------- machine
@@ -180,6 +195,29 @@ def table(headers, rows):
 
 def fmt_ratio(x):
     return "-" if x is None else f"{x:,.1f}x"
+
+
+def verdict(ratio, target):
+    """'' without a target; else 'met' or how many times short of it."""
+    if target is None:
+        return ""
+    if ratio >= target:
+        return f">= {target:g}x: met"
+    return f">= {target:g}x: NOT met ({target / ratio:.2f}x short)"
+
+
+def anchor_table(entries):
+    """entries: (label, anchor s/epoch, target ratio or None, qatfhe row).  The anchors were
+    measured on an idle core, so the ratio that decides is the one from qatfhe's process
+    CPU time; the wall-clock one is printed beside it."""
+    rows = []
+    for label, sec, target, r in entries:
+        rows.append([label, f"{sec:g}", f"{r['epoch_s']:.4g}", f"{r['epoch_cpu']:.4g}",
+                     fmt_ratio(sec / r["epoch_s"]), fmt_ratio(sec / r["epoch_cpu"]),
+                     verdict(sec / r["epoch_cpu"], target),
+                     "" if target is None else f"<= {sec / target:.3g} s"])
+    table(["anchor", "s/epoch", "qatfhe wall", "qatfhe CPU", "ratio wall", "ratio CPU",
+           "target (CPU)", "qatfhe needs"], rows)
 
 
 def fmt_rate(samples_per_s):

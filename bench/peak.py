@@ -7,8 +7,10 @@
    higher); lanes come from the CPU flags (AVX-512: 16, AVX2+FMA: 8); two FMA units per
    core is assumed (true of every AVX2 core from Haswell and Zen 2 on).
 2. Measured: the best of several 1-thread float32 GEMMs (NumPy/OpenBLAS and torch, square
-   matrices of 1024; best time, not median, since a peak is a best case).
-The benchmarks divide by the measured figure: what a tuned kernel achieves here."""
+   matrices of 1024; best time, not median, since a peak is a best case), timed by process
+   CPU time so that other jobs on the cores do not lower it (wall clock printed beside it).
+The benchmarks divide by the measured figure: what a tuned kernel achieves here.  It can
+exceed the nominal one: the VM reports the base clock and the core boosts above it."""
 import common  # noqa: F401  (pins threads before NumPy/torch load)
 
 import time
@@ -46,16 +48,19 @@ def nominal_peak():
 
 
 def _best_gemm(matmul, n, repeats):
-    best = float("inf")
+    """(GFLOP/s by wall clock, GFLOP/s by process CPU time) of the fastest call."""
+    best_wall = best_cpu = float("inf")
     for _ in range(repeats + 1):        # the first call warms up
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         matmul()
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * n ** 3 / best / 1e9
+        best_wall = min(best_wall, time.perf_counter() - start)
+        best_cpu = min(best_cpu, time.process_time() - cpu_start)
+    flop = 2.0 * n ** 3
+    return flop / best_wall / 1e9, flop / best_cpu / 1e9
 
 
-def measured_peak(n=1024, repeats=7):
-    """{library: GFLOP/s} of a 1-thread float32 n x n GEMM."""
+def measured_peak(n=1024, repeats=10):
+    """{library: (GFLOP/s wall, GFLOP/s CPU time)} of a 1-thread float32 n x n GEMM."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
@@ -87,11 +92,12 @@ def peak(verbose=True):
     if "peak" not in _CACHE:
         nominal, how = nominal_peak()
         gemm = measured_peak()
-        _CACHE["peak"] = max(gemm.values())
+        _CACHE["peak"] = max(cpu for _, cpu in gemm.values())
         _CACHE["lines"] = [
             f"peak, nominal: {how}",
-            "peak, measured: 1-thread float32 GEMM 1024^3, best of 7: " +
-            ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in gemm.items()) +
+            "peak, measured: 1-thread float32 GEMM 1024^3, best of 10, GFLOP/s by wall clock / "
+            "by process CPU time: " +
+            ", ".join(f"{k} {w:.1f} / {c:.1f}" for k, (w, c) in gemm.items()) +
             f" -> using {_CACHE['peak']:.1f} GFLOP/s ({100 * _CACHE['peak'] / nominal:.0f}% "
             "of nominal) as 100%",
             f"BLAS: {blas_description()}"]

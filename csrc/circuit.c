@@ -1,40 +1,48 @@
 /* circuit.c: the exact integer circuit: creation with overflow-checked
- * worst-case bounds, input quantization, and integer inference. */
+ * worst-case bounds of every node, input quantization, and integer
+ * inference one sample at a time (see circuit.h for the operations). */
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "circuit.h"
+#include "conv.h"
 #include "quant.h"
 
-/* Every accumulator and lookup input stays within +-2^62, so rounding and
- * the zero-point offset can be added without leaving int64. */
-#define ACC_LIMIT ((int64_t)1 << 62)
+/* Every node stays within +-2^62, so rounding, zero-point offsets and the
+ * residual add can be applied without leaving int64. */
+#define VALUE_LIMIT ((int64_t)1 << 62)
+/* Largest node or weight tensor (elements); allocation would fail anyway. */
+#define SIZE_LIMIT ((int64_t)1 << 36)
 
 typedef struct {
+    int kind;                  /* qf_op_kind                                    */
     char name[QF_CIRCUIT_NAME_LEN];
-    int in, out;
-    int64_t *weight;          /* (out, in) q_w - Z_w                          */
-    float *bias;              /* (out), zeros when the layer has none         */
-    int64_t *offset;          /* (out) -Z_x sum_i (q_w - Z_w): t = acc + offset */
-    float scale;              /* s_x * s_w                                    */
-    int lsbs;                 /* low bits rounded away before the lookup      */
+    int src, src2;
+    int64_t in_shape[3];       /* (C, H, W) of src                              */
+    int64_t out_shape[3];      /* of the result (DECODE: of src)                */
+    int64_t *weight;           /* DENSE (OC, in) / CONV (OC, C, KH, KW): q_w - Z_w */
+    int64_t oc, kh, kw, sh, sw, ph, pw;
+    int64_t pad;               /* CONV, POOL_SUM: code of padded positions       */
+    int lsbs;
+    int64_t *offset;           /* LOOKUP, DECODE: (channels of src)             */
+    float *scale, *bias;       /* LOOKUP, DECODE: (channels of src)             */
     int relu;
-    int has_quant;
-    qf_quantizer quant;
-    float quant_lo, quant_hi; /* qmin - Z, qmax - Z                           */
-    int node_acc, node_rounded, node_lookup;   /* -1 when absent              */
-} stage;
+    qf_quantizer quant;        /* LOOKUP                                        */
+    float quant_lo, quant_hi;  /* qmin - Z, qmax - Z                            */
+    int axes[2];               /* TRANSPOSE                                     */
+} op;
 
 struct qf_circuit {
     qf_quantizer input;
-    float input_lo, input_hi; /* qmin - Z, qmax - Z of the input quantizer    */
-    int n_stages;
-    stage *stages;            /* (n_stages)                                   */
-    int n_nodes;
-    qf_node_info *nodes;      /* (n_nodes)                                    */
-    int max_width;            /* widest layer: in of stage 0 or any out       */
+    float input_lo, input_hi;  /* qmin - Z, qmax - Z of the input quantizer      */
+    int n_ops;
+    op *ops;                   /* (n_ops), the last one DECODE                  */
+    int n_nodes;               /* n_ops: the input, then one per op but DECODE  */
+    qf_node_info *nodes;       /* (n_nodes)                                     */
+    int64_t *node_start;       /* (n_nodes) where each node sits in a workspace */
+    int64_t workspace_len;     /* sum of the node sizes                          */
 };
 
 static void set_err(char *err, int err_len, const char *fmt, ...)
@@ -47,25 +55,34 @@ static void set_err(char *err, int err_len, const char *fmt, ...)
     va_end(ap);
 }
 
-/* ---- the per-element lookup, shared by inference and the static bounds ---- */
+static int64_t size3(const int64_t *s) { return s[0] * s[1] * s[2]; }
+static int beyond_limit(int64_t v) { return v < -VALUE_LIMIT || v > VALUE_LIMIT; }
 
-/* floor((acc + 2^(l-1)) / 2^l): Concrete's round_bit_pattern, round half up,
- * divided by 2^l.  l >= 1; |acc| <= ACC_LIMIT. */
-static int64_t rounded_msbs(int64_t acc, int l)
+/* *count = the product of n sizes (each >= 0); 0 when it passes SIZE_LIMIT. */
+static int checked_count(int64_t *count, const int64_t *sizes, int n)
+{
+    int64_t p = 1;
+    for (int i = 0; i < n; i++)
+        if (sizes[i] < 0 || __builtin_mul_overflow(p, sizes[i], &p) || p > SIZE_LIMIT)
+            return 0;
+    *count = p;
+    return 1;
+}
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* ---- element functions, shared by inference and the static bounds ---- */
+
+/* floor((v + 2^(l-1)) / 2^l): round half up, divided by 2^l; 1 <= l <= 62,
+ * |v| <= VALUE_LIMIT. */
+static int64_t rounded_msbs(int64_t v, int l)
 {
     int64_t d = (int64_t)1 << l;
-    int64_t v = acc + d / 2;
-    int64_t q = v / d;
-    if (v % d != 0 && v < 0)
+    int64_t t = v + d / 2;
+    int64_t q = t / d;
+    if (t % d != 0 && t < 0)
         q--;
     return q;
-}
-
-/* The lookup's float value before the output quantizer: epilogue and ReLU. */
-static float stage_affine(const stage *s, int o, int64_t acc)
-{
-    float y = qf_affine_epilogue(acc + s->offset[o], s->scale, s->bias[o]);
-    return s->relu && y < 0.0f ? 0.0f : y;
 }
 
 static int64_t quantize_code(const qf_quantizer *q, float lo, float hi, float x)
@@ -73,13 +90,21 @@ static int64_t quantize_code(const qf_quantizer *q, float lo, float hi, float x)
     return (int64_t)qf_quantize_value(x, q->scale, lo, hi) + q->zero_point;
 }
 
-/* Lookup input of an accumulator: itself, or its rounded value. */
-static int64_t lookup_input(const stage *s, int64_t acc)
+/* The float value of a LOOKUP / DECODE of integer t in channel ch, before
+ * the output quantizer: epilogue, then ReLU for a LOOKUP with relu. */
+static float affine_value(const op *p, int64_t ch, int64_t t)
 {
-    return s->lsbs > 0 ? rounded_msbs(acc, s->lsbs) * ((int64_t)1 << s->lsbs) : acc;
+    int64_t v = t * ((int64_t)1 << p->lsbs) + p->offset[ch];
+    float y = qf_affine_epilogue(v, p->scale[ch], p->bias[ch]);
+    return p->relu && y < 0.0f ? 0.0f : y;
 }
 
-/* ---- creation ---- */
+static int64_t lookup_code(const op *p, int64_t ch, int64_t t)
+{
+    return quantize_code(&p->quant, p->quant_lo, p->quant_hi, affine_value(p, ch, t));
+}
+
+/* ---- checks of the spec ---- */
 
 static int quantizer_ok(const qf_quantizer *q, const char *what, char *err, int err_len)
 {
@@ -103,290 +128,446 @@ static int quantizer_ok(const qf_quantizer *q, const char *what, char *err, int 
     return 1;
 }
 
-static qf_status check_spec(const qf_stage_spec *sp, int k, int n_stages, int prev_out,
-                            char *err, int err_len)
+static const char *kind_name(int kind)
 {
-    const char *nm = sp->name ? sp->name : "";
-    if (sp->in_features < 1 || sp->out_features < 1) {
-        set_err(err, err_len, "stage %d (%s): in_features and out_features must be >= 1, "
-                "got %d and %d", k, nm, sp->in_features, sp->out_features);
-        return QF_ERR_ARG;
+    switch (kind) {
+    case QF_OP_DENSE: return "DENSE";
+    case QF_OP_CONV: return "CONV";
+    case QF_OP_POOL_SUM: return "POOL_SUM";
+    case QF_OP_ROUND: return "ROUND";
+    case QF_OP_LOOKUP: return "LOOKUP";
+    case QF_OP_RESHAPE: return "RESHAPE";
+    case QF_OP_TRANSPOSE: return "TRANSPOSE";
+    case QF_OP_ADD: return "ADD";
+    case QF_OP_DECODE: return "DECODE";
     }
-    if (k > 0 && sp->in_features != prev_out) {
-        set_err(err, err_len, "stage %d (%s): in_features %d differs from the previous "
-                "stage's out_features %d", k, nm, sp->in_features, prev_out);
-        return QF_ERR_SHAPE;
-    }
-    if (!sp->weight) {
-        set_err(err, err_len, "stage %d (%s): weight codes are missing", k, nm);
-        return QF_ERR_ARG;
-    }
-    if (!(sp->weight_scale > 0.0f) || !isfinite(sp->weight_scale)) {
-        set_err(err, err_len, "stage %d (%s): weight scale must be a positive finite "
-                "number, got %g", k, nm, (double)sp->weight_scale);
-        return QF_ERR_ARG;
-    }
-    if (sp->lsbs_to_remove < 0 || sp->lsbs_to_remove > QF_CIRCUIT_MAX_LSBS) {
-        set_err(err, err_len, "stage %d (%s): lsbs_to_remove must be in [0, %d], got %d",
-                k, nm, QF_CIRCUIT_MAX_LSBS, sp->lsbs_to_remove);
-        return QF_ERR_ARG;
-    }
-    if (!sp->has_output_quant && k < n_stages - 1) {
-        set_err(err, err_len, "stage %d (%s): every stage but the last needs an output "
-                "quantizer (its codes are the next stage's input)", k, nm);
-        return QF_ERR_ARG;
-    }
-    if (!sp->has_output_quant && sp->relu) {
-        set_err(err, err_len, "stage %d (%s): ReLU in the last stage needs an output "
-                "quantizer", k, nm);
-        return QF_ERR_ARG;
-    }
-    if (sp->has_output_quant) {
-        char what[QF_CIRCUIT_NAME_LEN + 48];
-        snprintf(what, sizeof what, "stage %d (%s) output quantizer", k, nm);
-        if (!quantizer_ok(&sp->output_quant, what, err, err_len))
-            return QF_ERR_ARG;
-    }
-    if (sp->bias) {
-        for (int o = 0; o < sp->out_features; o++) {
-            if (!isfinite(sp->bias[o])) {
-                set_err(err, err_len, "stage %d (%s): bias[%d] is NaN or infinite", k, nm, o);
-                return QF_ERR_NONFINITE;
-            }
-        }
-    }
+    return "?";
+}
+
+/* Shared context of the checks of one op: its index, name and error buffer. */
+typedef struct {
+    int k;
+    const char *name;
+    char *err;
+    int err_len;
+} where;
+
+#define FAIL(w, status, ...) do {                                               \
+        char msg_[200];                                                         \
+        snprintf(msg_, sizeof msg_, __VA_ARGS__);                              \
+        set_err((w)->err, (w)->err_len, "op %d (%s): %s", (w)->k, (w)->name, msg_); \
+        return (status);                                                        \
+    } while (0)
+
+static qf_status check_window(const where *w, const qf_op_spec *sp, int kh, int kw)
+{
+    if (kh < 1 || kw < 1 || sp->stride[0] < 1 || sp->stride[1] < 1)
+        FAIL(w, QF_ERR_ARG, "kernel and stride must be >= 1, got kernel (%d, %d) and stride "
+             "(%d, %d)", kh, kw, sp->stride[0], sp->stride[1]);
+    if (sp->padding[0] < 0 || sp->padding[1] < 0)
+        FAIL(w, QF_ERR_ARG, "padding must be >= 0, got (%d, %d)", sp->padding[0], sp->padding[1]);
+    if (sp->pad_code < -QF_CIRCUIT_CODE_LIMIT || sp->pad_code > QF_CIRCUIT_CODE_LIMIT)
+        FAIL(w, QF_ERR_ARG, "pad_code must lie in [-%d, %d], got %d", QF_CIRCUIT_CODE_LIMIT,
+             QF_CIRCUIT_CODE_LIMIT, (int)sp->pad_code);
     return QF_OK;
 }
 
-static int64_t abs64(int64_t v) { return v < 0 ? -v : v; }
-
-/* Worst-case accumulator range of output o of s for input codes in [lo, hi],
- * with overflow checks; 0 on overflow. */
-static int acc_bounds(const stage *s, int o, int64_t lo, int64_t hi,
-                      int64_t *acc_min, int64_t *acc_max)
+/* Geometry of a CONV / POOL_SUM op p over its input shape; QF_ERR_SHAPE when
+ * the kernel does not fit the padded input. */
+static qf_status set_window(const where *w, op *p, const qf_op_spec *sp, int kh, int kw)
 {
-    int64_t amin = 0, amax = 0;
-    const int64_t *w = s->weight + (int64_t)o * s->in;
-    for (int i = 0; i < s->in; i++) {
-        int64_t p, q;
-        if (__builtin_mul_overflow(lo, w[i], &p) || __builtin_mul_overflow(hi, w[i], &q))
-            return 0;
-        if (__builtin_add_overflow(amin, p < q ? p : q, &amin) ||
-            __builtin_add_overflow(amax, p < q ? q : p, &amax))
-            return 0;
+    qf_status st = check_window(w, sp, kh, kw);
+    if (st != QF_OK)
+        return st;
+    p->kh = kh; p->kw = kw;
+    p->sh = sp->stride[0]; p->sw = sp->stride[1];
+    p->ph = sp->padding[0]; p->pw = sp->padding[1];
+    p->pad = sp->pad_code;
+    int64_t oh = qf_conv_out_dim(p->in_shape[1], p->kh, p->sh, p->ph);
+    int64_t ow = qf_conv_out_dim(p->in_shape[2], p->kw, p->sw, p->pw);
+    if (oh < 1 || ow < 1)
+        FAIL(w, QF_ERR_SHAPE, "kernel (%d, %d) is larger than the padded input (%lld, %lld)",
+             kh, kw, (long long)(p->in_shape[1] + 2 * p->ph),
+             (long long)(p->in_shape[2] + 2 * p->pw));
+    int64_t count, out[3] = {p->in_shape[0], oh, ow};
+    if (oh > QF_CIRCUIT_MAX_DIM || ow > QF_CIRCUIT_MAX_DIM || !checked_count(&count, out, 3))
+        FAIL(w, QF_ERR_ARG, "its output (%lld, %lld) is too large", (long long)oh, (long long)ow);
+    p->out_shape[1] = oh;
+    p->out_shape[2] = ow;
+    return QF_OK;
+}
+
+/* Copy LOOKUP / DECODE parameters (n_channels entries each). */
+static qf_status copy_affine(const where *w, op *p, const qf_op_spec *sp)
+{
+    int64_t ch = p->in_shape[0];
+    if (sp->n_channels != ch)
+        FAIL(w, QF_ERR_SHAPE, "needs one offset, scale and bias per channel of its input "
+             "(%lld), got %d", (long long)ch, sp->n_channels);
+    if (!sp->scale)
+        FAIL(w, QF_ERR_ARG, "scale is missing");
+    if (sp->lsbs < 0 || sp->lsbs > QF_CIRCUIT_MAX_LSBS)
+        FAIL(w, QF_ERR_ARG, "lsbs must lie in [0, %d], got %d", QF_CIRCUIT_MAX_LSBS, sp->lsbs);
+    p->offset = calloc((size_t)ch, sizeof *p->offset);
+    p->scale = calloc((size_t)ch, sizeof *p->scale);
+    p->bias = calloc((size_t)ch, sizeof *p->bias);
+    if (!p->offset || !p->scale || !p->bias)
+        return QF_ERR_NOMEM;
+    for (int64_t c = 0; c < ch; c++) {
+        if (!(sp->scale[c] > 0.0f) || !isfinite(sp->scale[c]))
+            FAIL(w, isfinite(sp->scale[c]) ? QF_ERR_ARG : QF_ERR_NONFINITE,
+                 "scale[%lld] must be a positive finite number, got %g", (long long)c,
+                 (double)sp->scale[c]);
+        if (sp->bias && !isfinite(sp->bias[c]))
+            FAIL(w, QF_ERR_NONFINITE, "bias[%lld] is NaN or infinite", (long long)c);
+        if (sp->offset && beyond_limit(sp->offset[c]))
+            FAIL(w, QF_ERR_OVERFLOW, "offset[%lld] exceeds 2^62 in magnitude", (long long)c);
+        p->scale[c] = sp->scale[c];
+        p->bias[c] = sp->bias ? sp->bias[c] : 0.0f;
+        p->offset[c] = sp->offset ? sp->offset[c] : 0;
     }
-    if (abs64(amin) > ACC_LIMIT || abs64(amax) > ACC_LIMIT)
+    p->lsbs = sp->lsbs;
+    return QF_OK;
+}
+
+/* Copy the weight codes (dims (4) sizes) minus the zero point. */
+static qf_status copy_weight(const where *w, op *p, const qf_op_spec *sp, const int64_t *dims)
+{
+    int64_t count;
+    if (!sp->weight)
+        FAIL(w, QF_ERR_ARG, "weight codes are missing");
+    if (!checked_count(&count, dims, 4))
+        FAIL(w, QF_ERR_ARG, "weight has too many elements");
+    p->weight = malloc((size_t)count * sizeof *p->weight);
+    if (!p->weight)
+        return QF_ERR_NOMEM;
+    for (int64_t j = 0; j < count; j++)
+        p->weight[j] = (int64_t)sp->weight[j] - sp->weight_zero_point;
+    return QF_OK;
+}
+
+/* ---- static bounds ---- */
+
+/* [*lo, *hi] += w times any value in [a, b], overflow-checked; 0 on overflow. */
+static int add_term(int64_t *lo, int64_t *hi, int64_t w, int64_t a, int64_t b)
+{
+    int64_t p, q;
+    if (__builtin_mul_overflow(a, w, &p) || __builtin_mul_overflow(b, w, &q))
         return 0;
-    *acc_min = amin;
-    *acc_max = amax;
+    return !__builtin_add_overflow(*lo, min64(p, q), lo) &&
+           !__builtin_add_overflow(*hi, max64(p, q), hi);
+}
+
+/* Bounds of a DENSE node: per output, the sum of per-term extremes. */
+static int dense_bounds(const op *p, int64_t a, int64_t b, int64_t *lo, int64_t *hi)
+{
+    int64_t in = size3(p->in_shape);
+    *lo = INT64_MAX;
+    *hi = INT64_MIN;
+    for (int64_t o = 0; o < p->oc; o++) {
+        int64_t l = 0, h = 0;
+        for (int64_t i = 0; i < in; i++)
+            if (!add_term(&l, &h, p->weight[o * in + i], a, b))
+                return 0;
+        *lo = min64(*lo, l);
+        *hi = max64(*hi, h);
+    }
     return 1;
 }
 
-/* Copy spec k into s; the input quantizer of the stage has zero point in_zp. */
-static qf_status fill_stage(stage *s, const qf_stage_spec *sp, int k, float in_scale,
-                            int64_t in_zp, char *err, int err_len)
+/* Bounds of a CONV (weight non-NULL) or POOL_SUM (weights 1, one channel
+ * suffices: every channel sees the same box) node, position by position:
+ * a tap in the padding holds pad_code, any other one a value in [a, b]. */
+static int window_bounds(const op *p, int64_t a, int64_t b, int64_t *lo, int64_t *hi)
 {
+    int64_t c_in = p->weight ? p->in_shape[0] : 1, oc = p->weight ? p->oc : 1;
+    *lo = INT64_MAX;
+    *hi = INT64_MIN;
+    for (int64_t o = 0; o < oc; o++)
+        for (int64_t oy = 0; oy < p->out_shape[1]; oy++)
+            for (int64_t ox = 0; ox < p->out_shape[2]; ox++) {
+                int64_t l = 0, h = 0;
+                const int64_t *w = p->weight ? p->weight + o * c_in * p->kh * p->kw : NULL;
+                for (int64_t c = 0; c < c_in; c++)
+                    for (int64_t ky = 0; ky < p->kh; ky++) {
+                        int64_t y = oy * p->sh - p->ph + ky;
+                        for (int64_t kx = 0; kx < p->kw; kx++) {
+                            int64_t x = ox * p->sw - p->pw + kx;
+                            int inside = y >= 0 && y < p->in_shape[1] && x >= 0 &&
+                                         x < p->in_shape[2];
+                            int64_t wt = w ? *w++ : 1;
+                            if (!add_term(&l, &h, wt, inside ? a : p->pad, inside ? b : p->pad))
+                                return 0;
+                        }
+                    }
+                *lo = min64(*lo, l);
+                *hi = max64(*hi, h);
+            }
+    return 1;
+}
+
+/* Bounds of a LOOKUP: each channel's function is non-decreasing (positive
+ * scale, monotone float rounding, ReLU and clamp), so its extremes are its
+ * values at the input's extremes. */
+static int lookup_bounds(const op *p, int64_t a, int64_t b, int64_t *lo, int64_t *hi)
+{
+    int64_t m = (int64_t)1 << p->lsbs, t;
+    *lo = INT64_MAX;
+    *hi = INT64_MIN;
+    for (int64_t c = 0; c < p->in_shape[0]; c++) {
+        if (__builtin_mul_overflow(a, m, &t) || __builtin_add_overflow(t, p->offset[c], &t) ||
+            __builtin_mul_overflow(b, m, &t) || __builtin_add_overflow(t, p->offset[c], &t))
+            return 0;
+        if (p->kind == QF_OP_LOOKUP) {
+            *lo = min64(*lo, lookup_code(p, c, a));
+            *hi = max64(*hi, lookup_code(p, c, b));
+        }
+    }
+    return 1;
+}
+
+/* ---- creation ---- */
+
+/* Fill op k from its spec, set the shape of its result and, except for
+ * DECODE, the kind, shape and static bounds of node k + 1. */
+static qf_status build_op(qf_circuit *c, int k, int n_ops, const qf_op_spec *sp,
+                          char *err, int err_len)
+{
+    op *p = &c->ops[k];
     const char *nm = sp->name ? sp->name : "";
-    snprintf(s->name, sizeof s->name, "%s", nm);
-    s->in = sp->in_features;
-    s->out = sp->out_features;
-    int64_t n_weights = (int64_t)s->in * s->out;
-    s->weight = malloc((size_t)n_weights * sizeof *s->weight);
-    s->bias = calloc((size_t)s->out, sizeof *s->bias);
-    s->offset = malloc((size_t)s->out * sizeof *s->offset);
-    if (!s->weight || !s->bias || !s->offset)
-        return QF_ERR_NOMEM;
-    for (int64_t j = 0; j < n_weights; j++)
-        s->weight[j] = (int64_t)sp->weight[j] - sp->weight_zero_point;
-    if (sp->bias)
-        memcpy(s->bias, sp->bias, (size_t)s->out * sizeof *s->bias);
-    for (int o = 0; o < s->out; o++) {
-        int64_t sum = 0, off;
-        for (int i = 0; i < s->in; i++)
-            if (__builtin_add_overflow(sum, s->weight[(int64_t)o * s->in + i], &sum))
-                goto overflow;
-        if (__builtin_mul_overflow(sum, -in_zp, &off) || abs64(off) > ACC_LIMIT)
-            goto overflow;
-        s->offset[o] = off;
+    snprintf(p->name, sizeof p->name, "%s", nm);
+    where w = {k, p->name, err, err_len};
+    p->kind = sp->kind;
+    if (sp->kind < QF_OP_DENSE || sp->kind > QF_OP_DECODE)
+        FAIL(&w, QF_ERR_ARG, "unknown op kind %d", sp->kind);
+    if ((sp->kind == QF_OP_DECODE) != (k == n_ops - 1))
+        FAIL(&w, QF_ERR_ARG, "%s", k == n_ops - 1 ? "the last op must be DECODE (the client's "
+             "decoding of the returned integers)" : "DECODE may only be the last op");
+    if (sp->src < 0 || sp->src > k)
+        FAIL(&w, QF_ERR_ARG, "%s reads node %d, but only nodes 0..%d exist before it",
+             kind_name(sp->kind), sp->src, k);
+    p->src = sp->src;
+    const qf_node_info *in = &c->nodes[p->src];
+    memcpy(p->in_shape, in->shape, sizeof p->in_shape);
+    memcpy(p->out_shape, in->shape, sizeof p->out_shape);
+    int64_t a = in->static_min, b = in->static_max, lo = a, hi = b;
+    int ok = 1, node_kind = 0;
+    qf_status st = QF_OK;
+    switch (sp->kind) {
+    case QF_OP_DENSE: {
+        const int *ws = sp->weight_shape;
+        if (ws[0] < 1 || ws[1] != size3(p->in_shape) || ws[2] != 1 || ws[3] != 1)
+            FAIL(&w, QF_ERR_SHAPE, "weight must have shape (out >= 1, %lld, 1, 1) for its "
+                 "input of %lld values, got (%d, %d, %d, %d)", (long long)size3(p->in_shape),
+                 (long long)size3(p->in_shape), ws[0], ws[1], ws[2], ws[3]);
+        p->oc = ws[0];
+        int64_t dims[4] = {p->oc, size3(p->in_shape), 1, 1};
+        if ((st = copy_weight(&w, p, sp, dims)) != QF_OK)
+            return st;
+        p->out_shape[0] = p->oc; p->out_shape[1] = 1; p->out_shape[2] = 1;
+        ok = dense_bounds(p, a, b, &lo, &hi);
+        node_kind = QF_NODE_ACCUMULATOR;
+        break;
     }
-    s->scale = in_scale * sp->weight_scale;
-    if (!(s->scale > 0.0f) || !isfinite(s->scale)) {
-        set_err(err, err_len, "stage %d (%s): input scale %g times weight scale %g is not "
-                "a positive finite float32", k, nm, (double)in_scale,
-                (double)sp->weight_scale);
-        return QF_ERR_ARG;
+    case QF_OP_CONV: {
+        const int *ws = sp->weight_shape;
+        if (ws[0] < 1 || ws[1] != p->in_shape[0])
+            FAIL(&w, QF_ERR_SHAPE, "weight (%d, %d, %d, %d) must have %lld input channels, "
+                 "those of its input", ws[0], ws[1], ws[2], ws[3], (long long)p->in_shape[0]);
+        if ((st = set_window(&w, p, sp, ws[2], ws[3])) != QF_OK)
+            return st;
+        p->oc = ws[0];
+        int64_t dims[4] = {p->oc, p->in_shape[0], p->kh, p->kw}, count;
+        if ((st = copy_weight(&w, p, sp, dims)) != QF_OK)
+            return st;
+        p->out_shape[0] = p->oc;
+        if (!checked_count(&count, p->out_shape, 3))
+            FAIL(&w, QF_ERR_ARG, "its result has too many elements");
+        ok = window_bounds(p, a, b, &lo, &hi);
+        node_kind = QF_NODE_ACCUMULATOR;
+        break;
     }
-    s->lsbs = sp->lsbs_to_remove;
-    s->relu = sp->relu;
-    s->has_quant = sp->has_output_quant;
-    if (s->has_quant) {
-        s->quant = sp->output_quant;
-        s->quant_lo = (float)((int64_t)s->quant.qmin - s->quant.zero_point);
-        s->quant_hi = (float)((int64_t)s->quant.qmax - s->quant.zero_point);
-    }
-    return QF_OK;
-overflow:
-    set_err(err, err_len, "stage %d (%s): the zero-point correction of the accumulator "
-            "exceeds 2^62", k, nm);
-    return QF_ERR_OVERFLOW;
-}
-
-/* Worst-case bounds of stage s's nodes for input codes in [*lo, *hi]; on
- * return [*lo, *hi] is the range of its lookup output codes. */
-static qf_status stage_bounds(qf_circuit *c, int k, int64_t *lo, int64_t *hi,
-                              char *err, int err_len)
-{
-    stage *s = &c->stages[k];
-    qf_node_info *acc = &c->nodes[s->node_acc];
-    qf_node_info *rnd = s->node_rounded >= 0 ? &c->nodes[s->node_rounded] : NULL;
-    qf_node_info *lut = s->node_lookup >= 0 ? &c->nodes[s->node_lookup] : NULL;
-    int64_t out_lo = INT64_MAX, out_hi = INT64_MIN;
-    acc->static_min = INT64_MAX;
-    acc->static_max = INT64_MIN;
-    if (rnd) {
-        rnd->static_min = INT64_MAX;
-        rnd->static_max = INT64_MIN;
-    }
-    for (int o = 0; o < s->out; o++) {
-        int64_t amin, amax;
-        if (!acc_bounds(s, o, *lo, *hi, &amin, &amax)) {
-            set_err(err, err_len, "stage %d (%s): output %d's accumulator could exceed "
-                    "2^62 in magnitude for input codes in [%lld, %lld]", k, s->name, o,
-                    (long long)*lo, (long long)*hi);
-            return QF_ERR_OVERFLOW;
+    case QF_OP_POOL_SUM:
+        if ((st = set_window(&w, p, sp, sp->kernel[0], sp->kernel[1])) != QF_OK)
+            return st;
+        ok = window_bounds(p, a, b, &lo, &hi);
+        node_kind = QF_NODE_POOL_SUM;
+        break;
+    case QF_OP_ROUND:
+        if (sp->lsbs < 1 || sp->lsbs > QF_CIRCUIT_MAX_LSBS)
+            FAIL(&w, QF_ERR_ARG, "lsbs must lie in [1, %d], got %d", QF_CIRCUIT_MAX_LSBS,
+                 sp->lsbs);
+        p->lsbs = sp->lsbs;
+        lo = rounded_msbs(a, p->lsbs);
+        hi = rounded_msbs(b, p->lsbs);
+        node_kind = QF_NODE_ROUNDED;
+        break;
+    case QF_OP_LOOKUP:
+    case QF_OP_DECODE:
+        if ((st = copy_affine(&w, p, sp)) != QF_OK)
+            return st;
+        if (sp->kind == QF_OP_DECODE && sp->relu)
+            FAIL(&w, QF_ERR_ARG, "DECODE applies no ReLU; quantize the output with a LOOKUP "
+                 "first");
+        if (sp->kind == QF_OP_LOOKUP) {
+            char what[QF_CIRCUIT_NAME_LEN + 48];
+            snprintf(what, sizeof what, "op %d (%s) output quantizer", k, p->name);
+            if (!quantizer_ok(&sp->quant, what, err, err_len))
+                return QF_ERR_ARG;
+            p->relu = sp->relu != 0;
+            p->quant = sp->quant;
+            p->quant_lo = (float)((int64_t)p->quant.qmin - p->quant.zero_point);
+            p->quant_hi = (float)((int64_t)p->quant.qmax - p->quant.zero_point);
         }
-        if (amin < acc->static_min) acc->static_min = amin;
-        if (amax > acc->static_max) acc->static_max = amax;
-        if (rnd) {
-            int64_t rmin = rounded_msbs(amin, s->lsbs), rmax = rounded_msbs(amax, s->lsbs);
-            if (rmin < rnd->static_min) rnd->static_min = rmin;
-            if (rmax > rnd->static_max) rnd->static_max = rmax;
+        ok = lookup_bounds(p, a, b, &lo, &hi);
+        if (sp->kind == QF_OP_DECODE) {
+            lo = a;
+            hi = b;
         }
-        if (s->has_quant) {
-            /* The lookup is non-decreasing in the accumulator (positive scale,
-             * monotone float rounding, ReLU and clamp), so its extremes are
-             * reached at the accumulator's extremes. */
-            int64_t qlo = quantize_code(&s->quant, s->quant_lo, s->quant_hi,
-                                        stage_affine(s, o, lookup_input(s, amin)));
-            int64_t qhi = quantize_code(&s->quant, s->quant_lo, s->quant_hi,
-                                        stage_affine(s, o, lookup_input(s, amax)));
-            if (qlo < out_lo) out_lo = qlo;
-            if (qhi > out_hi) out_hi = qhi;
-        }
+        node_kind = QF_NODE_LOOKUP_OUTPUT;
+        break;
+    case QF_OP_RESHAPE: {
+        int64_t count, dims[3] = {sp->shape[0], sp->shape[1], sp->shape[2]};
+        if (sp->shape[0] < 1 || sp->shape[1] < 1 || sp->shape[2] < 1 ||
+            !checked_count(&count, dims, 3) || count != size3(p->in_shape))
+            FAIL(&w, QF_ERR_SHAPE, "cannot reshape %lld values to (%d, %d, %d)",
+                 (long long)size3(p->in_shape), sp->shape[0], sp->shape[1], sp->shape[2]);
+        for (int d = 0; d < 3; d++)
+            p->out_shape[d] = sp->shape[d];
+        node_kind = QF_NODE_RESHAPE;
+        break;
     }
-    if (lut) {
-        lut->static_min = out_lo;
-        lut->static_max = out_hi;
-        *lo = out_lo;
-        *hi = out_hi;
+    case QF_OP_TRANSPOSE:
+        if (sp->dims[0] < 0 || sp->dims[0] > 2 || sp->dims[1] < 0 || sp->dims[1] > 2)
+            FAIL(&w, QF_ERR_ARG, "dims must be axes of (C, H, W), 0..2, got (%d, %d)",
+                 sp->dims[0], sp->dims[1]);
+        p->axes[0] = sp->dims[0];
+        p->axes[1] = sp->dims[1];
+        p->out_shape[p->axes[0]] = p->in_shape[p->axes[1]];
+        p->out_shape[p->axes[1]] = p->in_shape[p->axes[0]];
+        node_kind = QF_NODE_TRANSPOSE;
+        break;
+    case QF_OP_ADD: {
+        if (sp->src2 < 0 || sp->src2 > k)
+            FAIL(&w, QF_ERR_ARG, "ADD reads node %d, but only nodes 0..%d exist before it",
+                 sp->src2, k);
+        const qf_node_info *in2 = &c->nodes[sp->src2];
+        if (memcmp(in2->shape, in->shape, sizeof in->shape) != 0)
+            FAIL(&w, QF_ERR_SHAPE, "operands have shapes (%lld, %lld, %lld) and (%lld, %lld, "
+                 "%lld); ADD needs one shape", (long long)in->shape[0], (long long)in->shape[1],
+                 (long long)in->shape[2], (long long)in2->shape[0], (long long)in2->shape[1],
+                 (long long)in2->shape[2]);
+        p->src2 = sp->src2;
+        ok = !__builtin_add_overflow(a, in2->static_min, &lo) &&
+             !__builtin_add_overflow(b, in2->static_max, &hi);
+        node_kind = QF_NODE_ADD;
+        break;
     }
-    return QF_OK;
-}
-
-/* Assign node indices and allocate the node table. */
-static qf_status layout_nodes(qf_circuit *c)
-{
-    int n = 1;
-    for (int k = 0; k < c->n_stages; k++) {
-        stage *s = &c->stages[k];
-        s->node_acc = n++;
-        s->node_rounded = s->lsbs > 0 ? n++ : -1;
-        s->node_lookup = s->has_quant ? n++ : -1;
     }
-    c->nodes = calloc((size_t)n, sizeof *c->nodes);
-    if (!c->nodes)
-        return QF_ERR_NOMEM;
-    c->n_nodes = n;
-    c->nodes[0] = (qf_node_info){-1, QF_NODE_INPUT, c->input.qmin, c->input.qmax};
-    for (int k = 0; k < c->n_stages; k++) {
-        stage *s = &c->stages[k];
-        c->nodes[s->node_acc] = (qf_node_info){k, QF_NODE_ACCUMULATOR, 0, 0};
-        if (s->node_rounded >= 0)
-            c->nodes[s->node_rounded] = (qf_node_info){k, QF_NODE_ROUNDED, 0, 0};
-        if (s->node_lookup >= 0)
-            c->nodes[s->node_lookup] = (qf_node_info){k, QF_NODE_LOOKUP_OUTPUT, 0, 0};
-    }
+    if (!ok || beyond_limit(lo) || beyond_limit(hi))
+        FAIL(&w, QF_ERR_OVERFLOW, "its values could exceed 2^62 in magnitude for input values "
+             "in [%lld, %lld]", (long long)a, (long long)b);
+    if (sp->kind == QF_OP_DECODE)
+        return QF_OK;
+    qf_node_info *node = &c->nodes[k + 1];
+    node->op = k;
+    node->kind = node_kind;
+    memcpy(node->shape, p->out_shape, sizeof node->shape);
+    node->static_min = lo;
+    node->static_max = hi;
     return QF_OK;
 }
 
 qf_status qf_circuit_create(qf_circuit **out, const qf_quantizer *input_quant,
-                            const qf_stage_spec *stages, int n_stages,
+                            const int64_t in_shape[3], const qf_op_spec *ops, int n_ops,
                             char *err, int err_len)
 {
     set_err(err, err_len, "%s", "");
     *out = NULL;
-    if (!input_quant || !stages || n_stages < 1) {
-        set_err(err, err_len, "a circuit needs an input quantizer and at least one stage");
+    if (!input_quant || !in_shape || !ops || n_ops < 1) {
+        set_err(err, err_len, "a circuit needs an input quantizer, an input shape and at "
+                "least one op (DECODE)");
         return QF_ERR_ARG;
     }
     if (!quantizer_ok(input_quant, "input quantizer", err, err_len))
         return QF_ERR_ARG;
-    for (int k = 0; k < n_stages; k++) {
-        qf_status st = check_spec(&stages[k], k, n_stages,
-                                  k ? stages[k - 1].out_features : 0, err, err_len);
-        if (st != QF_OK)
-            return st;
+    for (int d = 0; d < 3; d++) {
+        if (in_shape[d] < 1 || in_shape[d] > QF_CIRCUIT_MAX_DIM) {
+            set_err(err, err_len, "input shape must be three sizes in [1, %d], got (%lld, "
+                    "%lld, %lld)", QF_CIRCUIT_MAX_DIM, (long long)in_shape[0],
+                    (long long)in_shape[1], (long long)in_shape[2]);
+            return QF_ERR_ARG;
+        }
+    }
+    if (size3(in_shape) > SIZE_LIMIT) {
+        set_err(err, err_len, "input has too many elements (%lld)", (long long)size3(in_shape));
+        return QF_ERR_ARG;
     }
     qf_circuit *c = calloc(1, sizeof *c);
     if (!c)
         return QF_ERR_NOMEM;
-    c->stages = calloc((size_t)n_stages, sizeof *c->stages);
-    if (!c->stages) {
-        free(c);
-        return QF_ERR_NOMEM;
-    }
-    c->n_stages = n_stages;
+    c->n_ops = n_ops;
+    c->n_nodes = n_ops;
     c->input = *input_quant;
     c->input_lo = (float)((int64_t)input_quant->qmin - input_quant->zero_point);
     c->input_hi = (float)((int64_t)input_quant->qmax - input_quant->zero_point);
-    c->max_width = stages[0].in_features;
+    c->ops = calloc((size_t)n_ops, sizeof *c->ops);
+    c->nodes = calloc((size_t)n_ops, sizeof *c->nodes);
+    c->node_start = calloc((size_t)n_ops, sizeof *c->node_start);
     qf_status st = QF_OK;
-    const qf_quantizer *in_q = input_quant;
-    for (int k = 0; k < n_stages && st == QF_OK; k++) {
-        st = fill_stage(&c->stages[k], &stages[k], k, in_q->scale, in_q->zero_point,
-                        err, err_len);
-        in_q = &stages[k].output_quant;
-        if (stages[k].out_features > c->max_width)
-            c->max_width = stages[k].out_features;
+    if (!c->ops || !c->nodes || !c->node_start) {
+        st = QF_ERR_NOMEM;
+        goto fail;
     }
-    if (st == QF_OK)
-        st = layout_nodes(c);
-    int64_t lo = input_quant->qmin, hi = input_quant->qmax;
-    for (int k = 0; k < n_stages && st == QF_OK; k++)
-        st = stage_bounds(c, k, &lo, &hi, err, err_len);
-    if (st != QF_OK) {
-        if (st == QF_ERR_NOMEM)
-            set_err(err, err_len, "out of memory building the circuit");
-        qf_circuit_free(c);
-        return st;
+    c->nodes[0] = (qf_node_info){-1, QF_NODE_INPUT, {in_shape[0], in_shape[1], in_shape[2]},
+                                 input_quant->qmin, input_quant->qmax};
+    for (int k = 0; k < n_ops && st == QF_OK; k++)
+        st = build_op(c, k, n_ops, &ops[k], err, err_len);
+    if (st != QF_OK)
+        goto fail;
+    int64_t total = 0;
+    for (int j = 0; j < c->n_nodes; j++) {
+        c->node_start[j] = total;
+        total += size3(c->nodes[j].shape);
     }
+    c->workspace_len = total;
     *out = c;
     return QF_OK;
+fail:
+    if (st == QF_ERR_NOMEM)
+        set_err(err, err_len, "out of memory building the circuit");
+    qf_circuit_free(c);
+    return st;
 }
 
 void qf_circuit_free(qf_circuit *c)
 {
     if (!c)
         return;
-    for (int k = 0; k < c->n_stages; k++) {
-        free(c->stages[k].weight);
-        free(c->stages[k].bias);
-        free(c->stages[k].offset);
+    for (int k = 0; c->ops && k < c->n_ops; k++) {
+        free(c->ops[k].weight);
+        free(c->ops[k].offset);
+        free(c->ops[k].scale);
+        free(c->ops[k].bias);
     }
-    free(c->stages);
+    free(c->ops);
     free(c->nodes);
+    free(c->node_start);
     free(c);
 }
 
-int qf_circuit_n_stages(const qf_circuit *c) { return c->n_stages; }
-int qf_circuit_in_features(const qf_circuit *c) { return c->stages[0].in; }
-int qf_circuit_out_features(const qf_circuit *c) { return c->stages[c->n_stages - 1].out; }
-int qf_circuit_n_nodes(const qf_circuit *c) { return c->n_nodes; }
-int64_t qf_circuit_workspace_len(const qf_circuit *c) { return 2 * (int64_t)c->max_width; }
-
-const char *qf_circuit_stage_name(const qf_circuit *c, int stage)
+int qf_circuit_n_ops(const qf_circuit *c) { return c->n_ops; }
+int64_t qf_circuit_in_size(const qf_circuit *c) { return size3(c->nodes[0].shape); }
+int64_t qf_circuit_out_size(const qf_circuit *c)
 {
-    return stage >= 0 && stage < c->n_stages ? c->stages[stage].name : "input";
+    return size3(c->ops[c->n_ops - 1].out_shape);
+}
+int qf_circuit_n_nodes(const qf_circuit *c) { return c->n_nodes; }
+int64_t qf_circuit_workspace_len(const qf_circuit *c) { return c->workspace_len; }
+
+const char *qf_circuit_op_name(const qf_circuit *c, int k)
+{
+    return k >= 0 && k < c->n_ops ? c->ops[k].name : "input";
 }
 
 const qf_node_info *qf_circuit_node(const qf_circuit *c, int node)
@@ -396,57 +577,117 @@ const qf_node_info *qf_circuit_node(const qf_circuit *c, int node)
 
 /* ---- inference ---- */
 
-/* One sample: codes (in) is overwritten; out (out_features). */
-static void run_sample(const qf_circuit *c, float *out, int64_t *out_int, qf_range *ranges,
-                       int64_t *codes, int64_t *next)
+static void run_dense(const op *p, int64_t *dst, const int64_t *src)
 {
-    if (ranges)
-        for (int i = 0; i < c->stages[0].in; i++)
-            qf_range_update(&ranges[0], codes[i]);
-    for (int k = 0; k < c->n_stages; k++) {
-        const stage *s = &c->stages[k];
-        int last = k == c->n_stages - 1;
-        for (int o = 0; o < s->out; o++) {
-            const int64_t *w = s->weight + (int64_t)o * s->in;
-            int64_t acc = 0;
-            for (int i = 0; i < s->in; i++)
-                acc += codes[i] * w[i];
-            int64_t a = acc;
-            if (s->lsbs > 0) {
-                int64_t r = rounded_msbs(acc, s->lsbs);
-                a = r * ((int64_t)1 << s->lsbs);
-                if (ranges)
-                    qf_range_update(&ranges[s->node_rounded], r);
+    int64_t in = size3(p->in_shape);
+    for (int64_t o = 0; o < p->oc; o++) {
+        const int64_t *w = p->weight + o * in;
+        int64_t acc = 0;
+        for (int64_t i = 0; i < in; i++)
+            acc += src[i] * w[i];
+        dst[o] = acc;
+    }
+}
+
+/* CONV (weight non-NULL: dst (OC, OH, OW)) or POOL_SUM (dst (C, OH, OW)):
+ * the same window walk, in the order of the static bounds. */
+static void run_window(const op *p, int64_t *dst, const int64_t *src)
+{
+    int64_t h = p->in_shape[1], wd = p->in_shape[2];
+    int conv = p->weight != NULL;
+    int64_t planes = conv ? p->oc : p->in_shape[0];
+    int64_t c_in = conv ? p->in_shape[0] : 1;
+    for (int64_t o = 0; o < planes; o++)
+        for (int64_t oy = 0; oy < p->out_shape[1]; oy++)
+            for (int64_t ox = 0; ox < p->out_shape[2]; ox++) {
+                const int64_t *w = conv ? p->weight + o * c_in * p->kh * p->kw : NULL;
+                int64_t acc = 0;
+                for (int64_t ci = 0; ci < c_in; ci++) {
+                    const int64_t *plane = src + (conv ? ci : o) * h * wd;
+                    for (int64_t ky = 0; ky < p->kh; ky++) {
+                        int64_t y = oy * p->sh - p->ph + ky;
+                        for (int64_t kx = 0; kx < p->kw; kx++) {
+                            int64_t x = ox * p->sw - p->pw + kx;
+                            int64_t v = y >= 0 && y < h && x >= 0 && x < wd ? plane[y * wd + x]
+                                                                            : p->pad;
+                            acc += conv ? v * *w++ : v;
+                        }
+                    }
+                }
+                *dst++ = acc;
             }
-            if (ranges)
-                qf_range_update(&ranges[s->node_acc], acc);
-            float y = stage_affine(s, o, a);
-            if (!s->has_quant) {
-                out[o] = y;
+}
+
+static void run_transpose(const op *p, int64_t *dst, const int64_t *src)
+{
+    const int64_t *is = p->in_shape, *os = p->out_shape;
+    int64_t stride_in[3] = {is[1] * is[2], is[2], 1};
+    int64_t st[3] = {stride_in[0], stride_in[1], stride_in[2]};
+    st[p->axes[0]] = stride_in[p->axes[1]];
+    st[p->axes[1]] = stride_in[p->axes[0]];
+    for (int64_t i = 0; i < os[0]; i++)
+        for (int64_t j = 0; j < os[1]; j++)
+            for (int64_t k = 0; k < os[2]; k++)
+                *dst++ = src[i * st[0] + j * st[1] + k * st[2]];
+}
+
+/* One sample: node 0 of ws holds the input codes; out (out_size). */
+static void run_sample(const qf_circuit *c, float *out, int64_t *out_int, qf_range *ranges,
+                       int64_t *ws)
+{
+    for (int k = 0; k < c->n_ops; k++) {
+        const op *p = &c->ops[k];
+        const int64_t *src = ws + c->node_start[p->src];
+        int64_t n_in = size3(p->in_shape), plane = p->in_shape[1] * p->in_shape[2];
+        if (p->kind == QF_OP_DECODE) {
+            for (int64_t i = 0; i < n_in; i++) {
+                out[i] = affine_value(p, i / plane, src[i]);
                 if (out_int)
-                    out_int[o] = a;
-                continue;
+                    out_int[i] = src[i];
             }
-            int64_t q = quantize_code(&s->quant, s->quant_lo, s->quant_hi, y);
-            if (ranges)
-                qf_range_update(&ranges[s->node_lookup], q);
-            next[o] = q;
-            if (last) {
-                out[o] = s->quant.scale * (float)(q - s->quant.zero_point);
-                if (out_int)
-                    out_int[o] = q;
-            }
+            break;
         }
-        int64_t *t = codes;
-        codes = next;
-        next = t;
+        int64_t *dst = ws + c->node_start[k + 1];
+        int64_t n_out = size3(p->out_shape);
+        switch (p->kind) {
+        case QF_OP_DENSE:
+            run_dense(p, dst, src);
+            break;
+        case QF_OP_CONV:
+        case QF_OP_POOL_SUM:
+            run_window(p, dst, src);
+            break;
+        case QF_OP_ROUND:
+            for (int64_t i = 0; i < n_in; i++)
+                dst[i] = rounded_msbs(src[i], p->lsbs);
+            break;
+        case QF_OP_LOOKUP:
+            for (int64_t i = 0; i < n_in; i++)
+                dst[i] = lookup_code(p, i / plane, src[i]);
+            break;
+        case QF_OP_RESHAPE:
+            memcpy(dst, src, (size_t)n_in * sizeof *dst);
+            break;
+        case QF_OP_TRANSPOSE:
+            run_transpose(p, dst, src);
+            break;
+        case QF_OP_ADD: {
+            const int64_t *src2 = ws + c->node_start[p->src2];
+            for (int64_t i = 0; i < n_in; i++)
+                dst[i] = src[i] + src2[i];
+            break;
+        }
+        }
+        if (ranges)
+            for (int64_t i = 0; i < n_out; i++)
+                qf_range_update(&ranges[k + 1], dst[i]);
     }
 }
 
 qf_status qf_circuit_quantize_input(const qf_circuit *c, int64_t *codes, const float *x,
                                     int64_t n, char *err, int err_len)
 {
-    int64_t total = n * c->stages[0].in;
+    int64_t total = n * qf_circuit_in_size(c);
     for (int64_t j = 0; j < total; j++) {
         if (!isfinite(x[j])) {
             set_err(err, err_len, "input contains NaN or infinity (first at flat index %lld); "
@@ -458,24 +699,31 @@ qf_status qf_circuit_quantize_input(const qf_circuit *c, int64_t *codes, const f
     return QF_OK;
 }
 
+static void update_input_range(const qf_circuit *c, qf_range *ranges, const int64_t *codes)
+{
+    if (ranges)
+        for (int64_t i = 0; i < qf_circuit_in_size(c); i++)
+            qf_range_update(&ranges[0], codes[i]);
+}
+
 qf_status qf_circuit_run_codes(const qf_circuit *c, float *out, int64_t *out_int,
                                qf_range *ranges, const int64_t *codes, int64_t n,
                                int64_t *workspace, char *err, int err_len)
 {
-    int in = c->stages[0].in, n_out = qf_circuit_out_features(c);
-    int64_t *cur = workspace, *next = workspace + c->max_width;
+    int64_t in = qf_circuit_in_size(c), n_out = qf_circuit_out_size(c);
     for (int64_t r = 0; r < n; r++) {
-        for (int i = 0; i < in; i++) {
+        for (int64_t i = 0; i < in; i++) {
             int64_t q = codes[r * in + i];
             if (q < c->input.qmin || q > c->input.qmax) {
-                set_err(err, err_len, "input code %lld at row %lld, column %d lies outside "
+                set_err(err, err_len, "input code %lld at row %lld, column %lld lies outside "
                         "the input quantizer's range [%d, %d]", (long long)q, (long long)r,
-                        i, (int)c->input.qmin, (int)c->input.qmax);
+                        (long long)i, (int)c->input.qmin, (int)c->input.qmax);
                 return QF_ERR_ARG;
             }
-            cur[i] = q;
+            workspace[i] = q;
         }
-        run_sample(c, out + r * n_out, out_int ? out_int + r * n_out : NULL, ranges, cur, next);
+        update_input_range(c, ranges, workspace);
+        run_sample(c, out + r * n_out, out_int ? out_int + r * n_out : NULL, ranges, workspace);
     }
     return QF_OK;
 }
@@ -483,16 +731,16 @@ qf_status qf_circuit_run_codes(const qf_circuit *c, float *out, int64_t *out_int
 qf_status qf_circuit_run(const qf_circuit *c, float *out, int64_t *out_int, qf_range *ranges,
                          const float *x, int64_t n, int64_t *workspace, char *err, int err_len)
 {
-    int in = c->stages[0].in, n_out = qf_circuit_out_features(c);
-    int64_t *cur = workspace, *next = workspace + c->max_width;
+    int64_t in = qf_circuit_in_size(c), n_out = qf_circuit_out_size(c);
     for (int64_t r = 0; r < n; r++) {
-        qf_status st = qf_circuit_quantize_input(c, cur, x + r * in, 1, err, err_len);
+        qf_status st = qf_circuit_quantize_input(c, workspace, x + r * in, 1, err, err_len);
         if (st != QF_OK) {
             set_err(err, err_len, "input contains NaN or infinity (first at row %lld); "
                     "expected finite values", (long long)r);
             return st;
         }
-        run_sample(c, out + r * n_out, out_int ? out_int + r * n_out : NULL, ranges, cur, next);
+        update_input_range(c, ranges, workspace);
+        run_sample(c, out + r * n_out, out_int ? out_int + r * n_out : NULL, ranges, workspace);
     }
     return QF_OK;
 }

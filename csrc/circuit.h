@@ -2,38 +2,48 @@
  * (REFERENCE.md sections 5 and 6), the way Concrete-ML runs it under FHE.
  *
  * The client quantizes the float input to integer codes with the input
- * quantizer.  Each stage (a fully connected layer; conv stages can be added as
- * another stage kind) then computes, per output element o, the exact integer
- * accumulator
- *     acc[o] = sum_i q_x[i] (q_w[o, i] - Z_w)  = sum q_x q_w - Z_w sum q_x
- * (the only encrypted arithmetic), optionally rounds away its low bits
- * (Concrete-ML's rounding_threshold_bits; round half up, as Concrete's
- * round_bit_pattern), and applies one univariate function of it, a table
- * lookup (TLU), which holds every constant and float operation:
- *     t    = acc - Z_x sum_i (q_w[o, i] - Z_w)            (exact integer)
- *     y    = qf_affine_epilogue(t, s_x * s_w, b[o])          (float32)
- *     y    = max(y, 0)                                       (with relu)
- *     q    = qf_quantize_value(y, s, qmin - Z, qmax - Z) + Z (output quantizer)
- * The codes q feed the next stage.  The last stage either has no output
- * quantizer, and then its float y is the circuit's output (the accumulator is
- * returned and dequantized in the clear, as Concrete-ML does for a final
- * Gemm), or it has one and the output is s (q - Z) in float32.
+ * quantizer.  The circuit is then a list of integer operations, each reading
+ * earlier values ("nodes") and producing one new node, a tensor of integers
+ * of shape (C, H, W) per sample:
  *
- * Using the project's one rounding rule and one epilogue (quant.h) makes the
- * circuit agree bit for bit with the engine's eval-mode fake-quant forward.
+ *   DENSE      acc[o] = sum_i src[i] (q_w[o, i] - Z_w)          (src flattened)
+ *   CONV       acc[o, y, x] = sum_{c, ky, kx} src[c, y s_h - p_h + ky,
+ *                  x s_w - p_w + kx] (q_w[o, c, ky, kx] - Z_w); positions in
+ *                  the zero padding hold the code pad_code (the input's Z_x)
+ *   POOL_SUM   sum[c, y, x] = the window sum of src (padding = pad_code):
+ *                  average pooling before its division, which the lookup does
+ *   ROUND      r = floor((src + 2^(l-1)) / 2^l): src with its l low bits
+ *                  rounded away (Concrete's round_bit_pattern, round half up)
+ *   LOOKUP     one table lookup (TLU) per element, the univariate function
+ *                  of channel c (c = the element's index along C):
+ *                  v = src 2^l + offset[c]                       (exact integer)
+ *                  y = qf_affine_epilogue(v, scale[c], bias[c])  (float32)
+ *                  y = max(y, 0)                                 (with relu)
+ *                  q = qf_quantize_value(y, s, qmin - Z, qmax - Z) + Z
+ *   RESHAPE    the same integers under a new shape (Flatten, Reshape)
+ *   TRANSPOSE  the integers re-indexed with two of (C, H, W) swapped
+ *   ADD        src + src2, same shapes (the residual add of two code tensors
+ *                  sharing one scale; the compiler guarantees the sharing)
+ *   DECODE     the last operation, done by the client in the clear and not a
+ *                  node: the float output y of the LOOKUP formula without
+ *                  ReLU and quantizer.  A network ending in a linear layer
+ *                  returns its accumulators, as Concrete-ML does for a final
+ *                  Gemm; one ending in a quantizer returns codes, decoded
+ *                  with offset -Z, scale s and bias 0.
  *
- * Integer safety: at creation the circuit bounds every accumulator over all
- * possible input codes with overflow-checked int64 arithmetic and refuses
- * (QF_ERR_OVERFLOW) a circuit whose values could leave int64, so running it
- * never overflows.  Those bounds are the static worst case of the bit-width
- * analysis.
+ * DENSE, CONV, POOL_SUM, ROUND, ADD and the re-indexing ops are integer
+ * operations on encrypted values; everything in float happens inside a LOOKUP.  Using the
+ * project's one rounding rule and one epilogue (quant.h) makes the circuit
+ * agree bit for bit with the engine's eval-mode fake-quant forward.
  *
- * Value nodes, in order (each kind is one integer value per element):
- *   node 0                  INPUT           the input codes
- *   per stage:              ACCUMULATOR     acc
- *     (lsbs_to_remove > 0)  ROUNDED         the rounded accumulator divided by
- *                                           2^lsbs_to_remove: the lookup's input
- *     (output quantizer)    LOOKUP_OUTPUT   the codes q */
+ * Nodes: node 0 is the input codes; op k (k < n_ops - 1) produces node k + 1.
+ *
+ * Integer safety: at creation every node is bounded over all possible input
+ * codes with overflow-checked int64 arithmetic, each node's range taken as
+ * a box (any element anywhere in it); a circuit whose values could pass
+ * 2^62 in magnitude is refused (QF_ERR_OVERFLOW), so running never
+ * overflows.  Those bounds are the static worst case of the bit-width
+ * analysis (exact for a DENSE or CONV reading the input codes). */
 #ifndef QF_CIRCUIT_H
 #define QF_CIRCUIT_H
 
@@ -43,8 +53,9 @@
 #include "status.h"
 
 #define QF_CIRCUIT_NAME_LEN 64
-#define QF_CIRCUIT_CODE_LIMIT (1 << 23)   /* |qmin|, |qmax|, |Z| of quantizers */
+#define QF_CIRCUIT_CODE_LIMIT (1 << 23)   /* |qmin|, |qmax|, |Z|, |pad_code|  */
 #define QF_CIRCUIT_MAX_LSBS 62
+#define QF_CIRCUIT_MAX_DIM (1 << 30)      /* every dimension of every node    */
 
 /* A uniform quantizer with zero point: q = clamp(rint(x / s), qmin - Z,
  * qmax - Z) + Z, so q in [qmin, qmax]; dequantized value s (q - Z). */
@@ -54,76 +65,106 @@ typedef struct {
     int32_t qmin, qmax;       /* code range, zero point included             */
 } qf_quantizer;
 
+typedef enum {
+    QF_OP_DENSE = 1,
+    QF_OP_CONV = 2,
+    QF_OP_POOL_SUM = 3,
+    QF_OP_ROUND = 4,
+    QF_OP_LOOKUP = 5,
+    QF_OP_RESHAPE = 6,
+    QF_OP_TRANSPOSE = 7,
+    QF_OP_ADD = 8,
+    QF_OP_DECODE = 9
+} qf_op_kind;
+
+/* One operation; the fields an op kind does not list are ignored. */
 typedef struct {
-    const char *name;         /* shown in reports and errors; copied         */
-    int in_features;
-    int out_features;
-    const int32_t *weight;    /* (out, in) weight codes q_w; copied          */
-    int32_t weight_zero_point; /* Z_w                                        */
-    float weight_scale;       /* s_w > 0                                     */
-    const float *bias;        /* (out) float bias or NULL; copied            */
-    int lsbs_to_remove;       /* 0..QF_CIRCUIT_MAX_LSBS                      */
-    int relu;                 /* the lookup applies ReLU before quantizing   */
-    int has_output_quant;     /* 1 for every stage but possibly the last     */
-    qf_quantizer output_quant;
-} qf_stage_spec;
+    int kind;                 /* qf_op_kind                                   */
+    const char *name;         /* shown in reports and errors; copied          */
+    int src;                  /* node read by every op                        */
+    int src2;                 /* ADD: the second operand                      */
+    const int32_t *weight;    /* DENSE (out, size of src, 1, 1) or CONV (OC,
+                                 C, KH, KW) weight codes q_w; copied          */
+    int weight_shape[4];      /* DENSE, CONV: as above                        */
+    int32_t weight_zero_point; /* DENSE, CONV: Z_w                            */
+    int kernel[2];            /* POOL_SUM (CONV takes weight_shape[2..3])     */
+    int stride[2];            /* CONV, POOL_SUM: >= 1                          */
+    int padding[2];           /* CONV, POOL_SUM: >= 0                          */
+    int32_t pad_code;         /* CONV, POOL_SUM: code of padded positions     */
+    int lsbs;                 /* ROUND: bits rounded away (1..62); LOOKUP,
+                                 DECODE: src is multiplied by 2^lsbs (0..62)  */
+    int n_channels;           /* LOOKUP, DECODE: entries of offset, scale and
+                                 bias = channels (C) of src                   */
+    const int64_t *offset;    /* LOOKUP, DECODE: (n_channels) or NULL (0)     */
+    const float *scale;       /* LOOKUP, DECODE: (n_channels), > 0, finite    */
+    const float *bias;        /* LOOKUP, DECODE: (n_channels) or NULL (0)     */
+    int relu;                 /* LOOKUP: ReLU before quantizing               */
+    qf_quantizer quant;       /* LOOKUP: the output quantizer                 */
+    int shape[3];             /* RESHAPE: new (C, H, W), same size            */
+    int dims[2];              /* TRANSPOSE: two axes of (C, H, W), 0..2       */
+} qf_op_spec;
 
 typedef enum {
-    QF_NODE_INPUT = 0,
-    QF_NODE_ACCUMULATOR = 1,
-    QF_NODE_ROUNDED = 2,
-    QF_NODE_LOOKUP_OUTPUT = 3
+    QF_NODE_INPUT = 0,        /* the input codes                              */
+    QF_NODE_ACCUMULATOR = 1,  /* DENSE, CONV                                  */
+    QF_NODE_POOL_SUM = 2,
+    QF_NODE_ROUNDED = 3,
+    QF_NODE_LOOKUP_OUTPUT = 4,
+    QF_NODE_RESHAPE = 5,
+    QF_NODE_TRANSPOSE = 6,
+    QF_NODE_ADD = 7
 } qf_node_kind;
 
 typedef struct {
-    int stage;                /* -1 for the input node                       */
-    int kind;                 /* qf_node_kind                                */
-    int64_t static_min;       /* worst case over all possible input codes    */
+    int op;                   /* the op that produces it, -1 for the input    */
+    int kind;                 /* qf_node_kind                                 */
+    int64_t shape[3];         /* (C, H, W) per sample                         */
+    int64_t static_min;       /* worst case over all possible input codes     */
     int64_t static_max;
 } qf_node_info;
 
 typedef struct qf_circuit qf_circuit;
 
-/* Build a circuit of n_stages stages after input_quant.  Status:
- *   QF_ERR_ARG       a field out of range (err names the stage and field);
- *   QF_ERR_SHAPE     a stage's in_features differs from the previous out_features;
- *   QF_ERR_NONFINITE a NaN or infinite bias;
- *   QF_ERR_OVERFLOW  some accumulator could leave int64;
+/* Build a circuit reading input codes of shape in_shape (C, H, W) quantized
+ * by input_quant, from n_ops ops whose last one (only) is DECODE.  Status:
+ *   QF_ERR_ARG       a field out of range (err names the op and field);
+ *   QF_ERR_SHAPE     sizes that do not agree (weights, channels, reshape, add);
+ *   QF_ERR_NONFINITE a NaN or infinite bias or scale;
+ *   QF_ERR_OVERFLOW  some value could pass 2^62 in magnitude;
  *   QF_ERR_NOMEM.
  * On failure *out is NULL. */
 qf_status qf_circuit_create(qf_circuit **out, const qf_quantizer *input_quant,
-                            const qf_stage_spec *stages, int n_stages,
+                            const int64_t in_shape[3], const qf_op_spec *ops, int n_ops,
                             char *err, int err_len);
 void qf_circuit_free(qf_circuit *c);      /* accepts NULL */
 
-int qf_circuit_n_stages(const qf_circuit *c);
-int qf_circuit_in_features(const qf_circuit *c);
-int qf_circuit_out_features(const qf_circuit *c);
-const char *qf_circuit_stage_name(const qf_circuit *c, int stage);
+int qf_circuit_n_ops(const qf_circuit *c);
+int64_t qf_circuit_in_size(const qf_circuit *c);     /* C * H * W of the input    */
+int64_t qf_circuit_out_size(const qf_circuit *c);    /* size of the decoded output */
+const char *qf_circuit_op_name(const qf_circuit *c, int op);   /* "input" for -1 */
 int qf_circuit_n_nodes(const qf_circuit *c);
 const qf_node_info *qf_circuit_node(const qf_circuit *c, int node);
 
 /* int64 elements of scratch memory one run call needs. */
 int64_t qf_circuit_workspace_len(const qf_circuit *c);
 
-/* codes (n, in) = the input quantizer applied to x (n, in).
+/* codes (n, in_size) = the input quantizer applied to x (n, in_size).
  * QF_ERR_NONFINITE (err gives the flat index) for NaN or infinity. */
 qf_status qf_circuit_quantize_input(const qf_circuit *c, int64_t *codes, const float *x,
                                     int64_t n, char *err, int err_len);
 
-/* Run the circuit on input codes (n, in): out (n, out_features) float32.
- * out_int (n, out_features) or NULL receives the integers the encrypted
- * circuit returns: the last stage's lookup input (its accumulator, rounded
- * when lsbs_to_remove > 0) when it has no output quantizer, else its codes;
- * the client turns them into out.
- * ranges (n_nodes) or NULL: min/max of every node widened by this batch
- * (start from qf_range_reset).  workspace: qf_circuit_workspace_len int64s.
- * QF_ERR_ARG when a code lies outside the input quantizer's range. */
+/* Run the circuit on input codes (n, in_size): out (n, out_size) float32 is
+ * the decoded output; out_int (n, out_size) or NULL receives the integers
+ * the encrypted circuit returns (the node DECODE reads), which the client
+ * decodes into out.  ranges (n_nodes) or NULL: min/max of every node
+ * widened by this batch (start from qf_range_reset).  workspace:
+ * qf_circuit_workspace_len int64s.  QF_ERR_ARG when a code lies outside the
+ * input quantizer's range. */
 qf_status qf_circuit_run_codes(const qf_circuit *c, float *out, int64_t *out_int,
                                qf_range *ranges, const int64_t *codes, int64_t n,
                                int64_t *workspace, char *err, int err_len);
 
-/* Quantize x (n, in) one sample at a time and run it, as above.
+/* Quantize x (n, in_size) one sample at a time and run it, as above.
  * QF_ERR_NONFINITE (err gives the row) for NaN or infinity in x. */
 qf_status qf_circuit_run(const qf_circuit *c, float *out, int64_t *out_int, qf_range *ranges,
                          const float *x, int64_t n, int64_t *workspace, char *err, int err_len);

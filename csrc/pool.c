@@ -3,9 +3,11 @@
 #include "pool.h"
 #include "quant.h"
 
-static float window_sum(const float *plane, const qf_conv_geom *g, int64_t oy, int64_t ox)
+/* Sum in double: exact for integer codes (any window of 16-bit codes), and the float
+ * path's average is taken from the same sum. */
+static double window_sum(const float *plane, const qf_conv_geom *g, int64_t oy, int64_t ox)
 {
-    float sum = 0.0f;
+    double sum = 0.0;
     for (int64_t ky = 0; ky < g->kh; ky++) {
         int64_t y = oy * g->sh - g->ph + ky;
         if (y < 0 || y >= g->h)
@@ -28,9 +30,9 @@ void qf_avgpool_forward(float *out, const float *x, const qf_conv_geom *g,
         float *o = out + c * g->oh * g->ow;
         for (int64_t oy = 0; oy < g->oh; oy++)
             for (int64_t ox = 0; ox < g->ow; ox++) {
-                float sum = window_sum(plane, g, oy, ox);   /* exact for codes < 2^24 */
+                double sum = window_sum(plane, g, oy, ox);
                 o[oy * g->ow + ox] = codes ? qf_affine_epilogue((int64_t)sum, scale, 0.0f)
-                                           : sum / count;
+                                           : (float)sum / count;
             }
     }
 }

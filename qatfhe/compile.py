@@ -3,16 +3,21 @@
 `compile_model(net, X_calib, n_bits=3)` quantizes a float network after training, as
 Concrete-ML's `compile_torch_model`; `compile_qat_model(net, X_calib)` imports a
 quantization-aware network, as `compile_brevitas_qat_model`.  Both return a
-`QuantizedModule` whose circuit lives in C (csrc/circuit.h):
+`QuantizedModule` whose circuit lives in C (csrc/circuit.h), a list of integer ops:
 
-    input codes q_x = clip(rint(x / s_x), qmin - Z_x, qmax - Z_x) + Z_x      (client)
-    per layer, per output o:
-        acc  = sum_i q_x[i] q_w[o, i]              encrypted integer (weights have Z_w = 0)
-        acc' = acc rounded to a multiple of 2^l   only with rounding_threshold_bits
-        one table lookup of acc': y = float32(acc' - Z_x sum_i q_w[o, i]) * (s_x s_w) + b[o],
-        ReLU, and requantisation to the next layer's codes
-    the last layer's acc is returned and dequantized in the clear (its y is the output),
-    as Concrete-ML does for a final Gemm; a network ending in an activation quantizes it.
+    input codes q_x = clip(rint(x / s_x), qmin - Z_x, qmax - Z_x) + Z_x    (client)
+    Linear / Conv2d   acc = sum q_x q_w over the inputs or the patch      (encrypted)
+                      (zero padding holds the code Z_x, so it stands for 0.0)
+    AvgPool2d         S = integer window sum of the codes                 (encrypted)
+    Flatten, Reshape, Transpose   the codes re-indexed                    (encrypted)
+    residual add      q_skip + q_block, two code tensors of one scale     (encrypted)
+    table lookup      one univariate function per element, holding every float
+                      operation: t = acc - Z_x sum q_w (pool: S - k Z_x),
+                      y = float32(t) * scale + b (Linear/Conv: scale = s_x s_w[o],
+                      per output channel; pool: s_x / float32(kh kw), b = 0), ReLU,
+                      and requantisation to the next quantizer's codes
+    the last op's integers are returned and decoded in the clear: the accumulator of a
+    final Linear (as Concrete-ML does for a final Gemm), or s (q - Z) for final codes.
 
 Modes, as in Concrete-ML: fhe="disable" runs the quantized model in the clear (NumPy, here),
 fhe="simulate" runs the integer circuit (C) with the same integers and the same float32
@@ -25,11 +30,24 @@ so for a QAT network `simulate` reproduces the eval-mode network bit for bit (on
 a network ending with a quantizer outputs s * q, and where the engine's float code q is
 -0.0 the circuit's integer code gives +0.0; the values are equal).
 
+What a QAT network must look like (Concrete-ML's rules; each violation raises ValueError
+naming the layer): a QuantIdentity first; QuantLinear / QuantConv2d, AvgPool2d, Flatten,
+Reshape and Transpose read integer codes, so each needs a QuantIdentity or QuantReLU (or
+another op carrying codes) before it; no float Linear or Conv2d; a float ReLU only right
+after a QuantLinear, QuantConv2d or AvgPool2d, followed by a quantizer.  A quantizer that
+reads codes (QuantReLU after a residual add, a Residual after a QuantReLU) is one more table
+lookup, a requantisation.  The residual add needs both operands on one scale: nn.Residual
+guarantees it by construction (one quantizer for both), so the add is an exact integer sum
+whose result lies in the doubled code range [2 qmin, 2 qmax] with the same scale; the
+compiler checks the two scales anyway.
+
 Choices where Concrete-ML offers several (documented here, tested in tests/test_compile.py):
 - An integer n_bits sets all four of model_inputs, op_inputs, op_weights and model_outputs
   (the tutorial's "3-bit weights and activations"; current Concrete-ML raises model_inputs
   and model_outputs to at least 5 bits: pass a dict to get that).  In a dict, op_inputs and
   op_weights are required; model_inputs and model_outputs default to op_inputs.
+- PTQ quantizes (op_inputs bits) the float output of a Linear, Conv2d or AvgPool2d (after
+  its ReLU) before the next op that reads codes; weights are per tensor.
 - model_outputs only matters for a network ending in ReLU: the last Linear's accumulator is
   returned unquantized (Concrete-ML's graph-output Gemm) and needs no output bits.
 - Zero points enter as q = clamp(rint(x / s), qmin - Z, qmax - Z) + Z, the engine's rule,
@@ -37,16 +55,20 @@ Choices where Concrete-ML offers several (documented here, tested in tests/test_
 - Scales are computed in float64 as Concrete-ML does and stored in float32, the precision of
   the circuit's lookups.  A constant tensor gets scale |value| (Concrete-ML: value itself),
   with a zero point that keeps it exact, so every scale stays positive.
-- rounding_threshold_bits (int in [2, 16], or {"n_bits": int, "method": "exact"}): per
-  hidden layer, lsbs = (bits of its accumulator on the calibration set) - n_bits low bits
-  are rounded away (round half up, Concrete's round_bit_pattern) before its lookup, which
-  then sees a narrower integer; the last layer is not rounded (its accumulator is returned).
-- Bit widths (section 6) are measured per integer value: "input" codes, "accumulator",
-  "rounded" accumulator (the lookup's input when rounding) and "lookup_output" codes.
-  max_bit_width is the largest over all of them; the max_bits check (the 16-bit table-lookup
-  limit) applies to every value except an accumulator that is rounded before its lookup
+- rounding_threshold_bits (int in [2, 16], or {"n_bits": int, "method": "exact"}): before
+  each table lookup that reads an accumulator or a pool sum, lsbs = (its bits on the
+  calibration set) - n_bits low bits are rounded away (round half up, Concrete's
+  round_bit_pattern), so the lookup sees a narrower integer of n_bits bits, or n_bits + 1
+  where rounding up reaches the next power of two (as in Concrete-ML); the returned last
+  accumulator is not rounded.
+- Bit widths (section 6) are measured per integer value (node): "input" codes,
+  "accumulator" (Linear/Conv), "pool_sum", "rounded" (the lookup's input when rounding),
+  "lookup_output" codes, "reshape" / "transpose" (re-indexed codes, same range) and "add"
+  (residual sums).  max_bit_width is the largest over all of them; the max_bits check (the
+  16-bit table-lookup limit) applies to every value except one rounded before its lookup
   (rounding is what relaxes that limit, as in Concrete-ML).  worst_case_bit_width bounds
-  every value over all possible input codes."""
+  every value over all possible input codes (static analysis in C, each node's range taken
+  as a box)."""
 import json
 import numbers
 import os
@@ -61,10 +83,12 @@ from . import _core
 __all__ = ["compile_model", "compile_qat_model", "QuantizedModule", "BitWidthError"]
 
 FORMAT = "qatfhe-quantized-module"
-VERSION = 1
+VERSION = 2
 N_BITS_KEYS = ("model_inputs", "op_inputs", "op_weights", "model_outputs")
 STABILITY_CONST = 1e-6      # Concrete-ML: a range narrower than this is one value
 F32 = np.float32
+EXACT_F64 = 2.0 ** 52       # integer sums below this are exact in float64 BLAS
+CHUNK = 1 << 22             # elements of patch matrices per NumPy block
 
 
 class BitWidthError(ValueError):
@@ -87,6 +111,11 @@ class _Quantizer:
 
     def dequantize(self, q):
         return self.scale * (np.asarray(q, np.int64) - self.zero_point).astype(F32)
+
+    def doubled(self):
+        """What the sum of two code tensors of this quantizer means: same scale, zero
+        point 2 Z, codes in [2 qmin, 2 qmax]."""
+        return _Quantizer(self.scale, 2 * self.zero_point, 2 * self.qmin, 2 * self.qmax)
 
     def as_tuple(self):
         return (float(self.scale), self.zero_point, self.qmin, self.qmax)
@@ -126,51 +155,193 @@ def _symmetric_weights(w, n_bits):
     return codes, F32(scale)
 
 
-# ------------------------------------------------------------------ one stage, in NumPy
+# ------------------------------------------------------------------ ops, in NumPy
 
-class _Stage:
-    """One fully connected layer of the circuit and the lookup after it."""
+_ARRAY_FIELDS = {"weight": np.int32, "offset": np.int64, "scale": F32, "bias": F32}
+_INT_FIELDS = ("src", "src2", "weight_zero_point", "pad_code", "lsbs", "relu")
+_TUPLE_FIELDS = ("kernel", "stride", "padding", "shape", "dims")
+_NODE_KIND = {"dense": "accumulator", "conv": "accumulator", "pool_sum": "pool_sum",
+              "round": "rounded", "lookup": "lookup_output", "reshape": "reshape",
+              "transpose": "transpose", "add": "add"}
 
-    def __init__(self, name, layer, weight, weight_scale, bias, relu, input_quant):
-        self.name, self.layer = name, int(layer)
-        self.weight = np.ascontiguousarray(weight, np.int32)            # (out, in) codes
-        self.weight_scale = F32(weight_scale)
-        self.bias = None if bias is None else np.ascontiguousarray(bias, F32)
-        self.relu = bool(relu)
-        self.input_quant = input_quant
-        self.output_quant = None
-        self.lsbs = 0
 
-    def accumulate(self, codes):
-        """acc (n, out) = codes (n, in) @ q_w^T, exact: float64 BLAS when every partial
-        sum stays below 2^53, int64 otherwise."""
-        w = self.weight.astype(np.int64)
-        bound = float(np.abs(codes).max(initial=0)) * float(np.abs(w).sum(axis=1).max(initial=0))
-        if bound < 2.0 ** 52:
-            return (codes.astype(np.float64) @ w.T.astype(np.float64)).astype(np.int64)
-        return codes @ w.T
+def _exact_matmul(a, b):
+    """a (m, k) @ b (k, n) of int64, exact: float64 BLAS while every partial sum stays
+    below 2^52, int64 otherwise."""
+    bound = float(np.abs(a).max(initial=0)) * float(np.abs(b).sum(axis=0).max(initial=0))
+    if bound < EXACT_F64:
+        return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
+    return a @ b
 
-    def lookup_input(self, acc):
-        """(the value the lookup reads, the rounded integer or None)."""
-        if self.lsbs == 0:
-            return acc, None
-        rounded = (acc + (1 << (self.lsbs - 1))) >> self.lsbs     # floor: round half up
-        return rounded << self.lsbs, rounded
 
-    def affine(self, a):
-        """The lookup's float part: float32(a - Z_x sum q_w) * (s_x s_w) + b, then ReLU."""
-        zx = self.input_quant.zero_point
-        t = a - zx * self.weight.astype(np.int64).sum(axis=1)
-        scale = F32(self.input_quant.scale) * self.weight_scale
-        bias = np.zeros(self.weight.shape[0], F32) if self.bias is None else self.bias
-        y = t.astype(F32) * scale + bias
+def _windows(x, op):
+    """(n, C, OH, OW, KH, KW) view of the padded int64 codes x (n, C, H, W)."""
+    (kh, kw), (sh, sw), (ph, pw) = op.window
+    if ph or pw:
+        x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=op.pad_code)
+    view = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))
+    return view[:, :, ::sh, ::sw]
+
+
+class _Op:
+    """One operation of the circuit (csrc/circuit.h) and its NumPy twin.
+
+    kind: "dense", "conv", "pool_sum", "round", "lookup", "reshape", "transpose", "add" or
+    "decode"; name: the layer it comes from; layer: that layer's C index (None for the
+    input's); src/src2: the nodes it reads; the other fields as in qf_op_spec, with weight
+    (int32), offset (int64), scale and bias (float32) arrays, quant (a _Quantizer) for a
+    lookup, and weight_scale (float32, scalar or per channel) kept as a description of a
+    dense or conv op's weights (their scale lives in the lookup after it)."""
+
+    def __init__(self, kind, name, layer=None, src=0, **fields):
+        self.kind, self.name, self.layer, self.src = kind, name, layer, int(src)
+        self.src2 = self.weight_zero_point = self.pad_code = self.lsbs = self.relu = 0
+        self.kernel = self.stride = self.padding = self.shape = self.dims = None
+        self.weight = self.offset = self.scale = self.bias = None
+        self.quant = self.weight_scale = None
+        for key, value in fields.items():
+            if key in _ARRAY_FIELDS:
+                value = None if value is None else np.ascontiguousarray(value, _ARRAY_FIELDS[key])
+            elif key in _TUPLE_FIELDS:
+                value = tuple(int(v) for v in value)
+            elif key in _INT_FIELDS:
+                value = int(value)
+            elif key not in ("quant", "weight_scale"):
+                raise TypeError(f"unknown op field {key!r}")
+            setattr(self, key, value)
+
+    @property
+    def window(self):
+        """((KH, KW), stride, padding) of a conv or pool op."""
+        kernel = self.weight.shape[2:] if self.kind == "conv" else self.kernel
+        return tuple(kernel), self.stride, self.padding
+
+    def __repr__(self):
+        return f"_Op({self.kind!r}, {self.name!r}, src={self.src})"
+
+    # --- the C description
+    def core_spec(self):
+        spec = {"kind": self.kind, "name": self.name, "src": self.src, "src2": self.src2,
+                "weight_zero_point": self.weight_zero_point, "pad_code": self.pad_code,
+                "lsbs": self.lsbs, "relu": self.relu}
+        for key in _TUPLE_FIELDS + tuple(_ARRAY_FIELDS):
+            if getattr(self, key) is not None:
+                spec[key] = getattr(self, key)
+        if self.quant is not None:
+            spec["quant"] = self.quant.as_tuple()
+        return spec
+
+    # --- persistence
+    def to_header(self, prefix, arrays):
+        header = {"kind": self.kind, "name": self.name, "layer": self.layer}
+        for key in _INT_FIELDS:
+            header[key] = getattr(self, key)
+        for key in _TUPLE_FIELDS:
+            value = getattr(self, key)
+            header[key] = None if value is None else list(value)
+        for key in _ARRAY_FIELDS:
+            if getattr(self, key) is not None:
+                arrays[f"{prefix}/{key}"] = getattr(self, key)
+        header["quant"] = None if self.quant is None else self.quant.to_dict()
+        ws = self.weight_scale
+        header["weight_scale"] = None if ws is None else np.asarray(ws, F32).tolist()
+        return header
+
+    @classmethod
+    def from_header(cls, header, prefix, arrays):
+        fields = {key: header[key] for key in _INT_FIELDS}
+        for key in _TUPLE_FIELDS:
+            if header[key] is not None:
+                fields[key] = header[key]
+        for key, dtype in _ARRAY_FIELDS.items():
+            if f"{prefix}/{key}" in arrays:
+                value = arrays[f"{prefix}/{key}"]
+                if value.dtype != dtype:
+                    raise ValueError(f"{prefix}/{key} has dtype {value.dtype}, expected "
+                                     f"{np.dtype(dtype)}")
+                fields[key] = value
+        if header["quant"] is not None:
+            fields["quant"] = _Quantizer(**header["quant"])
+        if header["weight_scale"] is not None:
+            fields["weight_scale"] = F32(header["weight_scale"]) if np.ndim(
+                header["weight_scale"]) == 0 else np.asarray(header["weight_scale"], F32)
+        return cls(header["kind"], header["name"], header["layer"], **fields)
+
+    # --- NumPy twin
+    def affine(self, x):
+        """The float part of a lookup or decode: float32(x 2^l + offset[c]) * scale[c] +
+        bias[c], then ReLU for a lookup with relu; x (n, C, H, W) int64."""
+        shape = (1, -1, 1, 1)
+        v = x * (1 << self.lsbs)
+        if self.offset is not None:
+            v = v + self.offset.reshape(shape)
+        y = v.astype(F32) * self.scale.reshape(shape)
+        y = y + (self.bias.reshape(shape) if self.bias is not None else F32(0))
         return np.where(y < 0, F32(0), y) if self.relu else y
 
-    def core_spec(self):
-        return {"name": self.name, "weight": self.weight, "weight_scale": float(self.weight_scale),
-                "bias": self.bias, "lsbs_to_remove": self.lsbs, "relu": int(self.relu),
-                "output_quant": None if self.output_quant is None else
-                self.output_quant.as_tuple()}
+    def run(self, values):
+        """This op's result from the list of node values (n, C, H, W) int64; a decode op
+        returns float32 (n, size)."""
+        x = values[self.src]
+        n = x.shape[0]
+        kind = self.kind
+        if kind == "dense":
+            w = self.weight.astype(np.int64) - self.weight_zero_point
+            return _exact_matmul(x.reshape(n, -1), w.T).reshape(n, -1, 1, 1)
+        if kind == "conv":
+            return self._conv(x)
+        if kind == "pool_sum":
+            return _windows(x, self).sum(axis=(-2, -1))
+        if kind == "round":
+            return (x + (1 << (self.lsbs - 1))) >> self.lsbs      # floor: round half up
+        if kind == "lookup":
+            return self.quant.quantize(self.affine(x))
+        if kind == "decode":
+            return self.affine(x).reshape(n, -1)
+        if kind == "reshape":
+            return x.reshape((n,) + self.shape)
+        if kind == "transpose":
+            return np.ascontiguousarray(np.swapaxes(x, self.dims[0] + 1, self.dims[1] + 1))
+        if kind == "add":
+            return x + values[self.src2]
+        raise ValueError(f"unknown op kind {kind!r}")
+
+    def _conv(self, x):
+        w = self.weight.astype(np.int64) - self.weight_zero_point
+        oc = w.shape[0]
+        w = w.reshape(oc, -1).T                                      # (K, OC)
+        win = _windows(x, self)                                      # (n, C, OH, OW, KH, KW)
+        n, _, oh, ow = win.shape[:4]
+        per_sample = oh * ow * w.shape[0]
+        out = np.empty((n, oh, ow, oc), np.int64)
+        step = max(1, CHUNK // max(per_sample, 1))
+        for s in range(0, n, step):
+            cols = win[s:s + step].transpose(0, 2, 3, 1, 4, 5).reshape(-1, w.shape[0])
+            out[s:s + step] = _exact_matmul(cols, w).reshape(-1, oh, ow, oc)
+        return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+def _run_ops(ops, codes, want_ranges=True):
+    """(decoded float32 (n, out), returned integers (n, out), [(min, max)] per node) of the
+    ops on input codes (n, C, H, W); node values are dropped after their last use."""
+    last_use = {}
+    for k, op in enumerate(ops):
+        last_use[op.src] = k
+        if op.kind == "add":
+            last_use[op.src2] = k
+    values = [codes]
+    ranges = [(int(codes.min()), int(codes.max()))]
+    for k, op in enumerate(ops):
+        if op.kind == "decode":
+            x = values[op.src]
+            return op.run(values), x.reshape(x.shape[0], -1), ranges
+        result = op.run(values)
+        values.append(result)
+        ranges.append((int(result.min()), int(result.max())) if want_ranges else None)
+        for j, last in last_use.items():
+            if last == k:
+                values[j] = None
+    raise ValueError("the ops do not end with a decode op")
 
 
 # ------------------------------------------------------------------ argument checks
@@ -238,83 +409,188 @@ def _check_limits(max_bits, on_overflow):
     return max_bits, on_overflow
 
 
-def _layer_name(net, i):
-    return f"layer {i} ({type(net[i]).__name__})"
+def _net_samples(net, X, name):
+    """X as float32 (n, C, H, W) for net, whose input shape it sets: X is (n, C, H, W), or
+    (n, features) for a fully connected network or a flattened image of the known shape."""
+    if net._features is not None:
+        X = _checks.features(X, net._features, name)
+    arr = _checks.samples(X, name)
+    if arr.ndim == 2:
+        c, h, w = net._core.in_shape
+        if h * w > 1 and arr.shape[1] == c * h * w:
+            return arr.reshape(len(arr), c, h, w)
+        if h * w == 0:
+            raise ValueError(f"{name} must have shape (n_samples, channels, height, width) for "
+                             f"a convolutional network, got {arr.shape}")
+        arr = arr.reshape(len(arr), -1, 1, 1)
+    net._core.set_input_shape(tuple(int(d) for d in arr.shape[1:]))
+    return arr
 
 
 # ------------------------------------------------------------------ network structure
 
-def _ptq_plan(net):
-    """[(linear index, relu)] for Linear [ReLU] Linear [ReLU] ... ; refuses anything else."""
+class _Entry:
+    """One C layer of a network: its index, a name for messages, the Python layer and its
+    role ("layer", "begin" for a Residual's quantizer, "add" for a Residual's add)."""
+
+    def __init__(self, index, name, layer, role="layer"):
+        self.index, self.name, self.layer, self.role = index, name, layer, role
+
+
+def _flatten(net):
+    """The network's C layers in order, Residual blocks expanded."""
     from . import nn
-    plan = []
+    entries = []
     for i, layer in enumerate(net):
-        if isinstance(layer, (nn.QuantLinear, nn.QuantIdentity, nn.QuantReLU)):
-            raise ValueError(f"{_layer_name(net, i)} is already quantized: compile networks "
-                             f"trained with quantizers with compile_qat_model")
-        if isinstance(layer, nn.Linear):
-            plan.append([i, False])
-        elif isinstance(layer, nn.ReLU):
-            if not plan:
-                raise ValueError(f"{_layer_name(net, i)} comes before any Linear layer: the "
-                                 f"network must start with a Linear layer")
-            if plan[-1][1]:
-                raise ValueError(f"{_layer_name(net, i)} follows another ReLU: remove one")
-            plan[-1][1] = True
+        if isinstance(layer, nn.Residual):
+            quant = layer.quant
+            entries.append(_Entry(quant.index, f"layer {i}.quant ({type(quant).__name__})",
+                                  quant, "begin"))
+            for j, inner in enumerate(layer.block):
+                entries.append(_Entry(inner.index, f"layer {i}.block[{j}] "
+                                      f"({type(inner).__name__})", inner))
+            entries.append(_Entry(layer.index, f"layer {i} (Residual add)", layer, "add"))
         else:
-            raise ValueError(f"{_layer_name(net, i)} cannot be compiled: supported layers are "
-                             f"Linear and ReLU")
-    return [tuple(p) for p in plan]
+            entries.append(_Entry(layer.index, f"layer {i} ({type(layer).__name__})", layer))
+    return entries
 
 
-def _qat_plan(net):
-    """[(linear index, relu, quantizer index or None)] for QuantIdentity, then QuantLinear
-    [ReLU] (QuantIdentity | QuantReLU) ... QuantLinear [quantizer]; refuses anything else,
-    naming the layer and what to add."""
-    from . import nn
-    act = (nn.QuantIdentity, nn.QuantReLU)
-    layers = list(net)
-    if not isinstance(layers[0], nn.QuantIdentity):
-        raise ValueError(f"{_layer_name(net, 0)} does not quantize the input: a network is "
-                         f"compiled only if it is quantized end to end; add "
-                         f"nn.QuantIdentity(...) as its first layer")
-    plan, i, quantized_input = [], 1, True
-    while i < len(layers):
-        layer = layers[i]
-        if isinstance(layer, nn.QuantLinear):
-            if not quantized_input:
-                raise ValueError(f"{_layer_name(net, i)} receives float values: add a "
-                                 f"QuantIdentity (or QuantReLU) before it")
-            linear, relu, quant = i, False, None
-            i += 1
-            if i < len(layers) and isinstance(layers[i], nn.ReLU):
-                relu, relu_at = True, i
-                i += 1
-            if i < len(layers) and isinstance(layers[i], act):
-                quant = i
-                relu = relu or isinstance(layers[i], nn.QuantReLU)
-                i += 1
-            elif relu:
-                raise ValueError(f"{_layer_name(net, relu_at)} outputs float values: replace "
-                                 f"it with QuantReLU or add a QuantIdentity after it")
-            quantized_input = quant is not None
-            plan.append((linear, relu, quant))
-        elif isinstance(layer, nn.Linear):
-            raise ValueError(f"{_layer_name(net, i)} is a float layer: the network must be "
-                             f"quantized end to end; replace it with QuantLinear")
-        elif isinstance(layer, act):
-            raise ValueError(f"{_layer_name(net, i)} follows another quantizer "
-                             f"({_layer_name(net, i - 1)}): keep one quantizer between "
-                             f"QuantLinear layers")
-        elif isinstance(layer, nn.ReLU):
-            raise ValueError(f"{_layer_name(net, i)} applies a float ReLU to quantized values: "
-                             f"put it right after a QuantLinear (followed by a QuantIdentity), "
-                             f"or use QuantReLU")
+class _Codes:
+    """A node holding integer codes and what they mean (a _Quantizer)."""
+
+    def __init__(self, node, quant, producer):
+        self.node, self.quant, self.producer = node, quant, producer
+
+
+class _Chain:
+    """A float value waiting for its table lookup: relu?(float32(node + offset[c]) *
+    scale[c] + bias[c]) of an integer node; producer names the last layer that shaped it;
+    roundable: the node is a sum (accumulator or pool sum) that rounding may shorten."""
+
+    def __init__(self, node, offset, scale, bias, producer, roundable, relu=False):
+        self.node, self.offset, self.scale, self.bias = node, offset, scale, bias
+        self.producer, self.roundable, self.relu = producer, roundable, relu
+
+
+def _float_advice(entry, chain):
+    what = type(entry.layer).__name__
+    return (f"{entry.name} receives float values from {chain.producer}: a {what} in the "
+            f"integer circuit reads integer codes, so add a QuantIdentity (or QuantReLU) "
+            f"between them" + (" or replace the ReLU with QuantReLU"
+                               if chain.producer.endswith("(ReLU)") else ""))
+
+
+class _Builder:
+    """Appends ops to a circuit while evaluating them on the calibration codes (NumPy);
+    node values no longer needed are dropped (a residual's skip operand is pinned)."""
+
+    def __init__(self, input_quant, codes, rounding):
+        self.input_quant = input_quant
+        self.ops, self.values = [], [codes]
+        self.shapes, self.kinds = [codes.shape[1:]], ["input"]
+        self.rounding, self.pinned = rounding, set()
+
+    def add(self, op):
+        result = op.run(self.values)
+        self.values.append(result)
+        self.shapes.append(result.shape[1:])
+        self.kinds.append(_NODE_KIND[op.kind])
+        self.ops.append(op)
+        for j in (op.src, op.src2 if op.kind == "add" else None):
+            if j is not None and j not in self.pinned:
+                self.values[j] = None
+        return len(self.values) - 1
+
+    def channels(self, node):
+        return self.shapes[node][0]
+
+    def lookup(self, chain, quant, name, layer, relu=False):
+        """Codes of chain through one table lookup (rounding its input first when set);
+        quant is a _Quantizer or a function of the float values that calibrates one."""
+        src, lsbs = chain.node, 0
+        if self.rounding is not None and chain.roundable:
+            acc = self.values[src]
+            lsbs = max(0, _core.bits_for_range(int(acc.min()), int(acc.max())) - self.rounding)
+            if lsbs:
+                src = self.add(_Op("round", self.ops[chain.node - 1].name,
+                                   self.ops[chain.node - 1].layer, src=src, lsbs=lsbs))
+        op = _Op("lookup", name, layer, src=src, lsbs=lsbs, offset=chain.offset,
+                 scale=chain.scale, bias=chain.bias, relu=chain.relu or relu)
+        if not isinstance(quant, _Quantizer):
+            quant = quant(op.affine(self.values[src]))
+        op.quant = quant
+        return _Codes(self.add(op), quant, name)
+
+    def as_chain(self, codes):
+        """Codes read back as the float values they stand for: s (q - Z)."""
+        c, q = self.channels(codes.node), codes.quant
+        return _Chain(codes.node, np.full(c, -q.zero_point), np.full(c, q.scale, F32),
+                      None, codes.producer, False)
+
+    def quantize(self, value, quant, name, layer, relu=False):
+        """value (_Codes or _Chain) through quantizer quant: a lookup (a requantisation
+        when value already holds codes)."""
+        chain = self.as_chain(value) if isinstance(value, _Codes) else value
+        return self.lookup(chain, quant, name, layer, relu)
+
+    def weighted(self, entry, codes, weight, weight_scale, bias):
+        """A dense or conv op on codes; returns the chain of its float output."""
+        layer, q = entry.layer, codes.quant
+        conv = weight.ndim == 4
+        fields = {"stride": layer.stride, "padding": layer.padding,
+                  "pad_code": q.zero_point} if conv else {}
+        node = self.add(_Op("conv" if conv else "dense", entry.name, entry.index,
+                            src=codes.node, weight=weight, weight_scale=weight_scale, **fields))
+        w = np.asarray(weight, np.int64).reshape(len(weight), -1)
+        offset = np.array([-q.zero_point * int(s) for s in w.sum(axis=1)], np.int64)
+        scale = q.scale * np.broadcast_to(np.asarray(weight_scale, F32), (len(weight),))
+        bias = np.zeros(len(weight), F32) if bias is None else np.asarray(bias, F32)
+        return _Chain(node, offset, scale.astype(F32), bias, entry.name, True)
+
+    def pool(self, entry, codes):
+        """A window sum of codes; returns the chain of the average (float32 division of
+        the scale by the window size, done once, as the engine does)."""
+        layer, q = entry.layer, codes.quant
+        kh, kw = layer.kernel_size
+        node = self.add(_Op("pool_sum", entry.name, entry.index, src=codes.node,
+                            kernel=layer.kernel_size, stride=layer.stride,
+                            padding=layer.padding, pad_code=q.zero_point))
+        c = self.channels(node)
+        return _Chain(node, np.full(c, -kh * kw * q.zero_point),
+                      np.full(c, q.scale / F32(kh * kw), F32), None, entry.name, True)
+
+    def reindex(self, entry, codes):
+        """Flatten, Reshape or Transpose of codes."""
+        from . import nn
+        layer, shape = entry.layer, self.shapes[codes.node]
+        if isinstance(layer, nn.Transpose):
+            op = _Op("transpose", entry.name, entry.index, src=codes.node,
+                     dims=(layer.dim0 - 1, layer.dim1 - 1))
         else:
-            raise ValueError(f"{_layer_name(net, i)} cannot be compiled")
-    if not plan:
-        raise ValueError("the network has no QuantLinear layer to compile")
-    return plan
+            target = layer._core_spec()["shape"]
+            if target == (0, 0, 0):
+                target = (int(np.prod(shape)), 1, 1)
+            op = _Op("reshape", entry.name, entry.index, src=codes.node, shape=target)
+        return _Codes(self.add(op), codes.quant, entry.name)
+
+    def residual_add(self, entry, skip, block):
+        """skip + block, two code tensors that must share one quantizer."""
+        if (skip.quant.scale, skip.quant.zero_point) != (block.quant.scale,
+                                                         block.quant.zero_point):
+            raise ValueError(f"{entry.name}: the operands have scales {skip.quant.scale} and "
+                             f"{block.quant.scale}; an integer add needs one scale (one shared "
+                             f"quantizer, as nn.Residual provides)")
+        node = self.add(_Op("add", entry.name, entry.index, src=skip.node, src2=block.node))
+        self.pinned.discard(skip.node)
+        return _Codes(node, skip.quant.doubled(), entry.name)
+
+    def finish(self, value, name):
+        """Append the decode op; returns the ops."""
+        if isinstance(value, _Codes):
+            value = self.as_chain(value)
+        self.ops.append(_Op("decode", name, None, src=value.node, offset=value.offset,
+                            scale=value.scale, bias=value.bias))
+        return self.ops
 
 
 def _act_quantizer(layer):
@@ -322,45 +598,137 @@ def _act_quantizer(layer):
     return _Quantizer(layer.scale(), 0, q.qmin, q.qmax)
 
 
+def _qat_ops(net, X, rounding):
+    """The ops of a quantization-aware network, walking its layers (module docstring)."""
+    from . import nn
+    entries = _flatten(net)
+    first = entries[0]
+    if not isinstance(first.layer, nn.QuantIdentity):
+        raise ValueError(f"{first.name} does not quantize the input: a network is compiled "
+                         f"only if it is quantized end to end; add nn.QuantIdentity(...) as "
+                         f"its first layer")
+    input_quant = _act_quantizer(first.layer)
+    b = _Builder(input_quant, input_quant.quantize(X), rounding)
+    value = _Codes(0, input_quant, first.name)
+    skips = {}
+    if first.role == "begin":
+        skips[first.index] = value
+        b.pinned.add(0)
+    for entry in entries[1:]:
+        value = _qat_step(b, entry, value, skips)
+    if isinstance(value, _Chain) and value.relu:
+        raise ValueError(f"{value.producer} leaves the network with float values after a ReLU: "
+                         f"replace it with QuantReLU or add a QuantIdentity after it")
+    return input_quant, b.finish(value, "output")
+
+
+def _qat_step(b, entry, value, skips):
+    """The value after one more layer of a QAT network."""
+    from . import nn
+    layer, name = entry.layer, entry.name
+    if entry.role == "add":
+        skip = skips.pop(layer.quant.index)
+        block = b.quantize(value, skip.quant, name, entry.index,
+                           relu=isinstance(layer.quant, nn.QuantReLU))
+        return b.residual_add(entry, skip, block)
+    if isinstance(layer, (nn.QuantIdentity, nn.QuantReLU)):
+        codes = b.quantize(value, _act_quantizer(layer), name, entry.index,
+                           relu=isinstance(layer, nn.QuantReLU))
+        if entry.role == "begin":
+            skips[layer.index] = codes
+            b.pinned.add(codes.node)
+        return codes
+    if isinstance(layer, nn.ReLU):
+        if isinstance(value, _Codes):
+            raise ValueError(f"{name} applies a float ReLU to quantized values: put it right "
+                             f"after a QuantLinear, QuantConv2d or AvgPool2d (followed by a "
+                             f"QuantIdentity), or use QuantReLU")
+        if value.relu:
+            raise ValueError(f"{name} follows another ReLU: remove one")
+        value.relu, value.producer = True, name
+        return value
+    if isinstance(layer, (nn.Linear, nn.Conv2d)) and not isinstance(
+            layer, (nn.QuantLinear, nn.QuantConv2d)):
+        quant_name = "QuantConv2d" if isinstance(layer, nn.Conv2d) else "QuantLinear"
+        raise ValueError(f"{name} is a float layer: the network must be quantized end to "
+                         f"end; replace it with {quant_name} (or compile a float network with "
+                         f"compile_model)")
+    supported = (nn.QuantLinear, nn.QuantConv2d, nn.AvgPool2d, nn.Flatten, nn.Reshape,
+                 nn.Transpose)
+    if not isinstance(layer, supported):
+        raise ValueError(f"{name} cannot be compiled")
+    if isinstance(value, _Chain):
+        raise ValueError(_float_advice(entry, value))
+    if isinstance(layer, (nn.QuantLinear, nn.QuantConv2d)):
+        weight, scale = layer.quant_weight()
+        return b.weighted(entry, value, weight, scale, layer.bias)
+    if isinstance(layer, nn.AvgPool2d):
+        return b.pool(entry, value)
+    return b.reindex(entry, value)
+
+
+def _ptq_ops(net, X, bits, rounding):
+    """The ops of a float network quantized after training (module docstring)."""
+    from . import nn
+    input_quant = _asymmetric(X, bits["model_inputs"])
+    b = _Builder(input_quant, input_quant.quantize(X), rounding)
+    value = _Codes(0, input_quant, "input")
+
+    def codes_of(value):
+        if isinstance(value, _Codes):
+            return value
+        return b.lookup(value, lambda y: _asymmetric(y, bits["op_inputs"]), value.producer,
+                        b.ops[value.node - 1].layer)
+
+    for entry in _flatten(net):
+        layer, name = entry.layer, entry.name
+        if isinstance(layer, (nn.QuantLinear, nn.QuantConv2d, nn.QuantIdentity, nn.QuantReLU,
+                              nn.Residual)) or entry.role != "layer":
+            raise ValueError(f"{name} is already quantized: compile networks trained with "
+                             f"quantizers with compile_qat_model")
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            weight, scale = _symmetric_weights(layer.weight, bits["op_weights"])
+            value = b.weighted(entry, codes_of(value), weight, scale, layer.bias)
+        elif isinstance(layer, nn.ReLU):
+            if isinstance(value, _Codes):
+                raise ValueError(f"{name} does not follow a Linear, Conv2d or AvgPool2d layer: "
+                                 f"the network must start with a Linear or Conv2d layer, and a "
+                                 f"ReLU joins the table lookup after one of them")
+            if value.relu:
+                raise ValueError(f"{name} follows another ReLU: remove one")
+            value.relu, value.producer = True, name
+        elif isinstance(layer, nn.AvgPool2d):
+            value = b.pool(entry, codes_of(value))
+        elif isinstance(layer, (nn.Flatten, nn.Reshape, nn.Transpose)):
+            value = b.reindex(entry, codes_of(value))
+        else:
+            raise ValueError(f"{name} cannot be compiled: supported layers are Linear, Conv2d, "
+                             f"ReLU, AvgPool2d, Flatten, Reshape and Transpose")
+    if isinstance(value, _Chain) and value.relu:
+        value = b.lookup(value, lambda y: _asymmetric(y, bits["model_outputs"]),
+                         value.producer, b.ops[value.node - 1].layer)
+    return input_quant, b.finish(value, "output")
+
+
 # ------------------------------------------------------------------ compilation
-
-def _calibrate_stage(stage, codes, rounding_bits, last):
-    """Run one stage on the calibration codes; set its rounding; return its float y."""
-    acc = stage.accumulate(codes)
-    if rounding_bits is not None and not last:
-        bits = _core.bits_for_range(int(acc.min()), int(acc.max()))
-        stage.lsbs = max(0, bits - rounding_bits)
-    a, _ = stage.lookup_input(acc)
-    return stage.affine(a)
-
 
 def compile_model(net, X_calib, n_bits=3, rounding_threshold_bits=None, max_bits=16,
                   on_overflow="raise"):
-    """Post-training quantization of a float network (Linear and ReLU layers), as
-    Concrete-ML's compile_torch_model: symmetric per-tensor weights (op_weights bits),
-    the input and every activation asymmetric, calibrated by min/max over X_calib layer by
-    layer on the quantized outputs of the previous layer (model_inputs / op_inputs /
-    model_outputs bits).  Returns a QuantizedModule; raises BitWidthError (or warns, with
+    """Post-training quantization of a float network (Linear, Conv2d, ReLU, AvgPool2d,
+    Flatten, Reshape, Transpose), as Concrete-ML's compile_torch_model: symmetric per-tensor
+    weights (op_weights bits), the input and every activation asymmetric, calibrated by
+    min/max over X_calib layer by layer on the quantized outputs of the previous layer
+    (model_inputs / op_inputs / model_outputs bits).  X_calib is (n, features) or
+    (n, C, H, W).  Returns a QuantizedModule; raises BitWidthError (or warns, with
     on_overflow="warn") when a value exceeds max_bits on the calibration set."""
     bits = _check_n_bits(n_bits)
     rounding = _check_rounding(rounding_threshold_bits)
     max_bits, on_overflow = _check_limits(max_bits, on_overflow)
-    plan = _ptq_plan(net)
-    X = _checks.features(X_calib, net.in_features, "X_calib")
-    input_quant = _asymmetric(X, bits["model_inputs"])
-    codes, x_quant, stages = input_quant.quantize(X), input_quant, []
-    for k, (index, relu) in enumerate(plan):
-        layer, last = net[index], k == len(plan) - 1
-        weight, scale = _symmetric_weights(layer.weight, bits["op_weights"])
-        stage = _Stage(_layer_name(net, index), index, weight, scale, layer.bias, relu, x_quant)
-        y = _calibrate_stage(stage, codes, rounding, last)
-        if not last or relu:
-            stage.output_quant = _asymmetric(y, bits["model_outputs" if last else "op_inputs"])
-            codes, x_quant = stage.output_quant.quantize(y), stage.output_quant
-        stages.append(stage)
+    X = _net_samples(net, X_calib, "X_calib")
+    input_quant, ops = _ptq_ops(net, X, bits, rounding)
     info = {"mode": "ptq", "n_bits": bits, "rounding_threshold_bits": rounding,
             "max_bits": max_bits}
-    module = QuantizedModule(input_quant, stages, info)
+    module = QuantizedModule(input_quant, X.shape[1:], ops, info)
     module._calibrate(X)
     module.check_bit_widths(on_overflow=on_overflow)
     return module
@@ -370,28 +738,17 @@ def compile_qat_model(net, X_calib, rounding_threshold_bits=None, max_bits=16,
                       on_overflow="raise"):
     """Import a quantization-aware network, as Concrete-ML's compile_brevitas_qat_model:
     scales, zero points (0) and bit widths come from its quantizers in eval mode (no new
-    calibration); X_calib only measures bit widths and, with rounding_threshold_bits,
-    calibrates the rounding.  The network must be quantized end to end: a QuantIdentity
-    first, a quantizer between QuantLinear layers, no float Linear.  Returns a
-    QuantizedModule whose fhe="simulate" output equals the eval-mode network's."""
+    calibration); X_calib ((n, features) or (n, C, H, W)) only measures bit widths and,
+    with rounding_threshold_bits, calibrates the rounding.  The network must be quantized
+    end to end (module docstring); a layer breaking the rules raises ValueError naming it.
+    Returns a QuantizedModule whose fhe="simulate" output equals the eval-mode network's."""
     rounding = _check_rounding(rounding_threshold_bits)
     max_bits, on_overflow = _check_limits(max_bits, on_overflow)
-    plan = _qat_plan(net)
-    X = _checks.features(X_calib, net.in_features, "X_calib")
-    input_quant = _act_quantizer(net[0])
-    codes, x_quant, stages = input_quant.quantize(X), input_quant, []
-    for k, (index, relu, quant_index) in enumerate(plan):
-        layer, last = net[index], k == len(plan) - 1
-        weight, scale = layer.quant_weight()
-        stage = _Stage(_layer_name(net, index), index, weight, scale, layer.bias, relu, x_quant)
-        y = _calibrate_stage(stage, codes, rounding, last)
-        if quant_index is not None:
-            stage.output_quant = _act_quantizer(net[quant_index])
-            codes, x_quant = stage.output_quant.quantize(y), stage.output_quant
-        stages.append(stage)
+    X = _net_samples(net, X_calib, "X_calib")
+    input_quant, ops = _qat_ops(net, X, rounding)
     info = {"mode": "qat", "n_bits": None, "rounding_threshold_bits": rounding,
             "max_bits": max_bits}
-    module = QuantizedModule(input_quant, stages, info)
+    module = QuantizedModule(input_quant, X.shape[1:], ops, info)
     module._calibrate(X)
     module.check_bit_widths(on_overflow=on_overflow)
     return module
@@ -402,17 +759,25 @@ def compile_qat_model(net, X_calib, rounding_threshold_bits=None, max_bits=16,
 class QuantizedModule:
     """A compiled network: an exact integer circuit in C plus its NumPy twin."""
 
-    def __init__(self, input_quant, stages, info, report=None):
+    def __init__(self, input_quant, in_shape, ops, info, report=None):
         self.input_quant = input_quant
-        self.stages = stages
+        self.in_shape = tuple(int(d) for d in in_shape)
+        self.ops = list(ops)
         self.info = dict(info)
-        self._circuit = _core.Circuit(input_quant.as_tuple(), [s.core_spec() for s in stages])
+        self._circuit = _core.Circuit(input_quant.as_tuple(), self.in_shape,
+                                      [op.core_spec() for op in self.ops])
         self._nodes = self._circuit.nodes()
+        self._consumers = [[] for _ in self._nodes]
+        for op in self.ops:
+            self._consumers[op.src].append(op.kind)
+            if op.kind == "add":
+                self._consumers[op.src2].append(op.kind)
         self._report = report
 
     # --- description
     @property
     def in_features(self):
+        """Input values per sample (C * H * W)."""
         return self._circuit.in_features
 
     @property
@@ -432,8 +797,8 @@ class QuantizedModule:
         return self.info["max_bits"]
 
     def __repr__(self):
-        return (f"QuantizedModule({self.info['mode']}, {self.in_features} -> "
-                f"{self.out_features}, {len(self.stages)} layers, max_bit_width="
+        return (f"QuantizedModule({self.info['mode']}, {self.in_shape} -> "
+                f"{self.out_features}, {len(self.ops)} ops, max_bit_width="
                 f"{self.max_bit_width})")
 
     # --- inference
@@ -445,18 +810,30 @@ class QuantizedModule:
         if fhe not in ("disable", "simulate"):
             raise ValueError(f"fhe must be 'disable', 'simulate' or 'execute', got {fhe!r}")
 
+    def _samples(self, X, name):
+        """X (n, C, H, W) of the compiled shape or (n, in_features) as float32
+        (n, in_features)."""
+        if np.ndim(X) == 4 and self.in_shape[1:] != (1, 1):
+            arr = _checks.samples(X, name)
+            if arr.shape[1:] != self.in_shape:
+                raise ValueError(f"{name} must have samples of shape {self.in_shape}, got "
+                                 f"{arr.shape[1:]}")
+            return arr.reshape(len(arr), -1)
+        return _checks.features(X, self.in_features, name)
+
     def quantize_input(self, X):
-        """int64 input codes (n, in_features) of float X."""
-        X = _checks.features(X, self.in_features, "X")
-        return self.input_quant.quantize(X)
+        """int64 input codes (n, in_features) of float X ((n, C, H, W) or flat)."""
+        return self.input_quant.quantize(self._samples(X, "X"))
 
     def _check_codes(self, q_x):
         q = np.asarray(q_x)
         if q.dtype == object or not np.issubdtype(q.dtype, np.integer):
             raise TypeError(f"q_x must hold integer input codes, got dtype {q.dtype}")
+        if q.ndim == 4 and q.shape[1:] == self.in_shape:
+            q = q.reshape(len(q), -1)
         if q.ndim != 2 or q.shape[1] != self.in_features or q.shape[0] == 0:
-            raise ValueError(f"q_x must have shape (n_samples >= 1, {self.in_features}), got "
-                             f"{q.shape}")
+            raise ValueError(f"q_x must have shape (n_samples >= 1, {self.in_features}) or "
+                             f"(n_samples, {', '.join(map(str, self.in_shape))}), got {q.shape}")
         lo, hi = self.input_quant.qmin, self.input_quant.qmax
         if q.min() < lo or q.max() > hi:
             raise ValueError(f"q_x must hold codes in [{lo}, {hi}], got values in "
@@ -480,16 +857,15 @@ class QuantizedModule:
         if q.ndim != 2 or q.shape[1] != self.out_features:
             raise ValueError(f"q_y must have shape (n_samples, {self.out_features}), got "
                              f"{q.shape}")
-        last = self.stages[-1]
-        if last.output_quant is not None:
-            return last.output_quant.dequantize(q)
-        return last.affine(q.astype(np.int64))
+        decode = self.ops[-1]
+        shape = tuple(self._nodes[decode.src]["shape"])
+        return decode.affine(q.astype(np.int64).reshape((len(q),) + shape)).reshape(len(q), -1)
 
     def forward(self, X, fhe="disable"):
-        """Float outputs (n, out_features): quantize X, run the circuit (fhe="simulate", C)
-        or its clear NumPy twin (fhe="disable"), dequantize."""
+        """Float outputs (n, out_features): quantize X ((n, C, H, W) or flat), run the
+        circuit (fhe="simulate", C) or its clear NumPy twin (fhe="disable"), decode."""
         self._check_fhe(fhe)
-        X = _checks.features(X, self.in_features, "X")
+        X = self._samples(X, "X")
         if fhe == "simulate":
             return self._circuit.run(X)[0]
         return self._numpy_run(self.input_quant.quantize(X))[0]
@@ -502,34 +878,18 @@ class QuantizedModule:
 
     def _numpy_run(self, codes):
         """(out float32, returned integers int64, node ranges [(min, max)]) in NumPy."""
-        ranges = [(codes.min(), codes.max())]
-        out = returned = None
-        for k, stage in enumerate(self.stages):
-            acc = stage.accumulate(codes)
-            ranges.append((acc.min(), acc.max()))
-            a, rounded = stage.lookup_input(acc)
-            if rounded is not None:
-                ranges.append((rounded.min(), rounded.max()))
-            y = stage.affine(a)
-            if stage.output_quant is None:
-                out, returned = y, a
-                continue
-            codes = stage.output_quant.quantize(y)
-            ranges.append((codes.min(), codes.max()))
-            if k == len(self.stages) - 1:
-                out, returned = stage.output_quant.dequantize(codes), codes
-        return out, returned, [(int(lo), int(hi)) for lo, hi in ranges]
+        return _run_ops(self.ops, codes.reshape((len(codes),) + self.in_shape))
 
     # --- bit widths
     def bit_width_report(self, X=None):
-        """One dict per integer value of the circuit: node, name (layer), kind ("input",
-        "accumulator", "rounded", "lookup_output"), min, max, bits (measured on X, default
-        the calibration set), static_min, static_max, static_bits (over all possible
-        inputs), checked (whether max_bits applies to it)."""
+        """One dict per integer value (node) of the circuit: node, name (layer), kind
+        ("input", "accumulator", "pool_sum", "rounded", "lookup_output", "reshape",
+        "transpose", "add"), min, max, bits (measured on X, default the calibration set),
+        static_min, static_max, static_bits (over all possible inputs), checked (whether
+        max_bits applies to it)."""
         if X is None:
             return [dict(r) for r in self._report]
-        X = _checks.features(X, self.in_features, "X")
-        ranges = self._circuit.run(X)[2]
+        ranges = self._circuit.run(self._samples(X, "X"))[2]
         report = []
         for j, node in enumerate(self._nodes):
             lo, hi = int(ranges[j, 0]), int(ranges[j, 1])
@@ -541,29 +901,36 @@ class QuantizedModule:
         return report
 
     def _is_checked(self, j):
-        """Every value counts against max_bits except an accumulator rounded before its
-        lookup (the rounded node that follows it is the lookup's input)."""
-        node = self._nodes[j]
-        return not (node["kind"] == "accumulator" and self.stages[node["stage"]].lsbs > 0)
+        """Every value counts against max_bits except one rounded before its lookup (all
+        its readers are round ops: the rounded node is the lookup's input)."""
+        readers = self._consumers[j]
+        return not readers or any(kind != "round" for kind in readers)
 
     def _role(self, j):
         """What a value is used for, in the words of the max_bits error."""
-        node = self._nodes[j]
-        if node["kind"] == "input":
-            return "is an encrypted input of the circuit"
-        if node["kind"] == "lookup_output":
-            return "is the output of a table lookup"
-        if self.stages[node["stage"]].output_quant is None:
+        readers = self._consumers[j]
+        if "lookup" in readers:
+            return "is used as an input to a table lookup"
+        if "decode" in readers:
             return "is returned by the circuit"
-        return "is used as an input to a table lookup"
+        if self._nodes[j]["kind"] == "input":
+            return "is an encrypted input of the circuit"
+        if self._nodes[j]["kind"] == "lookup_output":
+            return "is the output of a table lookup"
+        return "is an encrypted integer of the circuit"
 
     def _calibrate(self, X):
-        self._report = self.bit_width_report(X)
+        self._report = self.bit_width_report(np.reshape(X, (len(X), -1)))
 
     @property
     def max_bit_width(self):
         """Largest bit width of any integer value, measured on the calibration set."""
         return max(r["bits"] for r in self._report)
+
+    @property
+    def accumulator_bit_width(self):
+        """Largest measured bit width of a Linear / Conv2d accumulator."""
+        return max((r["bits"] for r in self._report if r["kind"] == "accumulator"), default=0)
 
     @property
     def worst_case_bit_width(self):
@@ -596,42 +963,27 @@ class QuantizedModule:
     # --- persistence
     def save(self, path):
         """Write the module to one .npz file (no pickle): a JSON header with a format
-        version, the weight codes and biases."""
+        version and the ops, their weight codes, offsets, scales and biases as arrays."""
         from .io import write_npz
-        arrays, stages = {}, []
-        for k, s in enumerate(self.stages):
-            arrays[f"stage{k}/weight"] = s.weight
-            if s.bias is not None:
-                arrays[f"stage{k}/bias"] = s.bias
-            stages.append({"name": s.name, "layer": s.layer, "weight_scale": float(s.weight_scale),
-                           "relu": s.relu, "lsbs_to_remove": s.lsbs, "has_bias": s.bias is not None,
-                           "output_quant": None if s.output_quant is None
-                           else s.output_quant.to_dict()})
+        arrays = {}
+        ops = [op.to_header(f"op{k}", arrays) for k, op in enumerate(self.ops)]
         header = {"format": FORMAT, "version": VERSION, "info": self.info,
-                  "input_quant": self.input_quant.to_dict(), "stages": stages,
-                  "report": self._report}
+                  "input_quant": self.input_quant.to_dict(), "in_shape": list(self.in_shape),
+                  "ops": ops, "report": self._report}
         write_npz(path, header, arrays)
 
     @classmethod
     def load(cls, path):
-        """A module written by save(path); ValueError for a truncated or foreign file."""
+        """A module written by save(path); ValueError for a truncated, corrupt or foreign
+        file."""
+        from .io import verify_checksum
         header, arrays = _read(path)
         try:
             input_quant = _Quantizer(**header["input_quant"])
-            stages, x_quant = [], input_quant
-            for k, d in enumerate(header["stages"]):
-                weight = arrays[f"stage{k}/weight"]
-                bias = arrays[f"stage{k}/bias"] if d["has_bias"] else None
-                if weight.dtype != np.int32 or weight.ndim != 2 or (
-                        bias is not None and (bias.dtype != F32 or bias.shape != weight.shape[:1])):
-                    raise ValueError(f"stage {k} arrays have the wrong dtype or shape")
-                stage = _Stage(d["name"], d["layer"], weight, d["weight_scale"], bias, d["relu"],
-                               x_quant)
-                stage.lsbs = int(d["lsbs_to_remove"])
-                if d["output_quant"] is not None:
-                    stage.output_quant = x_quant = _Quantizer(**d["output_quant"])
-                stages.append(stage)
-            module = cls(input_quant, stages, header["info"], report=header["report"])
+            ops = [_Op.from_header(d, f"op{k}", arrays) for k, d in enumerate(header["ops"])]
+            verify_checksum(path, header, arrays)
+            module = cls(input_quant, header["in_shape"], ops, header["info"],
+                         report=header["report"])
             if len(module._report) != len(module._nodes):
                 raise ValueError("the bit-width report does not match the circuit")
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
@@ -648,7 +1000,7 @@ def _read(path):
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, AttributeError) as exc:
         raise ValueError(f"{path!r} is not a readable qatfhe file (truncated or foreign?): "
                          f"{exc}") from None
     if "__header__" not in arrays:

@@ -26,6 +26,25 @@ class Module:
     net = None
     index = None
 
+    def __init_subclass__(cls, **kwargs):
+        """Constructor errors start with the layer's class: "Conv2d: stride must be ..."."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        def checked_init(self, *args, _init=init, **kw):
+            try:
+                _init(self, *args, **kw)
+            except (TypeError, ValueError) as exc:
+                prefix = f"{cls.__name__}: "
+                if str(exc).startswith(prefix) or type(self) is not cls:
+                    raise
+                raise type(exc)(prefix + str(exc)) from None
+        checked_init.__doc__ = init.__doc__
+        checked_init.__wrapped__ = init
+        cls.__init__ = checked_init
+
     def _core_spec(self):
         raise NotImplementedError
 
@@ -46,6 +65,7 @@ class Module:
         if self.net is not None:
             raise ValueError(f"{self!r} already belongs to a network; create a new layer")
         self.net, self.index = net, index
+        net._c_layers.append(self)
 
     def _tensor(self, suffix):
         if self.net is None:
@@ -551,6 +571,7 @@ class Sequential(Module):
         self._core = _core.Net(specs, shape, self.seed)
         # an MLP's expected feature count, for a plain error message on wrong X
         self._features = shape[0] if shape[1:] == (1, 1) and input_shape is None else None
+        self._c_layers = []          # every layer object in C order (Residuals expanded)
         index = 0
         for layer in layers:
             index = layer._attach_all(self, index)
@@ -635,7 +656,39 @@ class Sequential(Module):
         if X.ndim == 2 and self._features is not None and X.shape[1] != self._features:
             raise ValueError(f"{name} must have {self._features} features per sample, got "
                              f"{X.shape[1]}")
+        try:
+            self._core.set_input_shape(tuple(X.shape[1:]))
+        except ValueError as exc:
+            raise ValueError(f"{name} of per-sample shape {tuple(X.shape[1:])}: "
+                             f"{self._name_layers(str(exc))}") from None
         return X
+
+    def layer_path(self, c_index):
+        """Where the layer with C index c_index sits: "2" for net[2], "3.block.0" for the
+        first layer of the Residual net[3], "3.quant" for its quantizer."""
+        target = self._c_layers[c_index]
+        for i, layer in enumerate(self._layers):
+            if layer is target:
+                return str(i)
+            if isinstance(layer, Residual):
+                if layer.quant is target:
+                    return f"{i}.quant"
+                for j, inner in enumerate(layer.block):
+                    if inner is target:
+                        return f"{i}.block.{j}"
+        return str(c_index)
+
+    def _name_layers(self, message):
+        """Replace the core's "layer N (Kind)" by the Python position and class name."""
+        import re
+
+        def name(match):
+            index = int(match.group(1))
+            if index >= len(self._c_layers):
+                return match.group(0)
+            layer = self._c_layers[index]
+            return f"layer {self.layer_path(index)} ({type(layer).__name__})"
+        return re.sub(r"layer (\d+) \([^)]*\)", name, message)
 
     def forward(self, X):
         X = self._samples(X)

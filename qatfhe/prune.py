@@ -173,18 +173,18 @@ def sparsity(net):
 
 
 def prune_net(net, max_non_zero):
-    """The tutorial's PrunedQuantNet.prune: for every QuantLinear,
-    zeros = (in_features - max_non_zero) * out_features and, when positive,
-    l1_unstructured(layer, "weight", zeros) over the whole tensor (not per
-    neuron). Call once after init; the masks then stay fixed during training.
-    Returns {tensor name: weights masked}."""
-    from . import nn
-
+    """The tutorial's PrunedQuantNet.prune: for every weight layer (Linear, QuantLinear,
+    Conv2d, QuantConv2d, inside Residual blocks too), zeros = (fan_in - max_non_zero) *
+    out_features, fan_in the weights per output (in_features, or in_channels * kh * kw),
+    and, when positive, l1_unstructured(layer, "weight", zeros) over the whole tensor
+    (not per neuron: use fan_in() for a per-neuron bound). Call once after init; the masks
+    then stay fixed during training. Returns {tensor name: weights masked}."""
     if not _is_sequential(net):
         raise TypeError(f"net must be an nn.Sequential, got {type(net).__name__}")
     max_non_zero = _check_count(max_non_zero, "max_non_zero", 1)
-    plan = [(layer, (layer.in_features - max_non_zero) * layer.out_features)
-            for layer in net if isinstance(layer, nn.QuantLinear)]
+    weighted = [layer for layer in net._c_layers if _has_weight(layer)]
+    plan = [(layer, (layer.weight[0].size - max_non_zero) * layer.weight.shape[0])
+            for layer in weighted]
     plan = [(layer, zeros) for layer, zeros in plan if zeros > 0]
     for layer, zeros in plan:                  # refuse before changing anything
         current = layer.weight_mask

@@ -16,7 +16,6 @@ def _progress(total, enabled, desc):
 
 def fit(net, X, y, epochs=1, batch_size=1, optimizer=None, seed=None, progress=True):
     X = net._samples(X)
-    net._core.set_input_shape(tuple(X.shape[1:]))
     y = _checks.labels(y, len(X), net._core.out_size)
     epochs = _checks.positive_int(epochs, "epochs", minimum=0)
     batch_size = _checks.positive_int(batch_size, "batch_size")

@@ -189,8 +189,13 @@ def test_ptq_quantizer_parameters_follow_r5():
     q = module.input_quant
     assert (q.scale, q.zero_point, q.qmin, q.qmax) == (F32(S), Z, lo, hi)
     codes, Sw = ref_symmetric(net[0].weight, 4)
-    np.testing.assert_array_equal(module.stages[0].weight, codes)
-    assert module.stages[0].weight_scale == F32(Sw)
+    dense = [op for op in module.ops if op.kind == "dense"]
+    np.testing.assert_array_equal(dense[0].weight, codes)
+    assert dense[0].weight_scale == F32(Sw)
+    # the lookup after it multiplies by float32(S_x) * float32(S_w)
+    lookup = module.ops[1]
+    assert lookup.kind == "lookup" and lookup.src == 1
+    np.testing.assert_array_equal(lookup.scale, np.full(8, F32(S) * F32(Sw)))
     # Concrete-ML's form clip(rint(x/S + Z)) differs from the circuit's only on exact ties
     concrete = np.clip(np.rint(X.astype(np.float64) / S + Z), lo, hi)
     assert np.mean(concrete == module.quantize_input(X)) > 0.999
@@ -207,9 +212,10 @@ def test_ptq_simulate_equals_disable_with_rounding_and_final_relu():
     np.testing.assert_array_equal(module.predict(Xt, "simulate"), module.predict(Xt, "disable"))
     report = module.bit_width_report()
     rounded = [r for r in report if r["kind"] == "rounded"]
-    assert len(rounded) == 2 and all(r["bits"] <= 5 for r in rounded)
+    # every lookup reading an accumulator is rounded, the final ReLU's too
+    assert len(rounded) == 3 and all(r["bits"] <= 5 for r in rounded)
     accs = [r for r in report if r["kind"] == "accumulator"]
-    assert [r["checked"] for r in accs] == [False, False, True]
+    assert [r["checked"] for r in accs] == [False, False, False]
     assert report[-1]["kind"] == "lookup_output" and report[-1]["max"] <= 63   # model_outputs 6
 
 
@@ -222,7 +228,8 @@ def test_rounding_rule_is_round_half_up():
     module = compile_model(net, X, n_bits=6, rounding_threshold_bits=4)
     acc0 = plain.bit_width_report()[1]
     lsbs = ref_bits(acc0["min"], acc0["max"]) - 4
-    assert module.stages[0].lsbs == lsbs > 0
+    assert [op.kind for op in module.ops[:3]] == ["dense", "round", "lookup"]
+    assert module.ops[1].lsbs == module.ops[2].lsbs == lsbs > 0
     rounded = module.bit_width_report()[2]
     assert (rounded["min"], rounded["max"]) == (
         math.floor((acc0["min"] + 2 ** (lsbs - 1)) / 2 ** lsbs),
@@ -268,7 +275,11 @@ def test_qat_untrained_statistics_and_signed_relu_quantizers():
     # equal as numbers; a quantized zero output may be -0.0 in the engine (s * rint(-0.1))
     # and +0.0 in the circuit, whose codes are integers
     np.testing.assert_array_equal(module.forward(Xt, "simulate"), net(Xt))
-    assert module.stages[0].relu and module.stages[-1].output_quant is not None
+    kinds = [op.kind for op in module.ops]
+    assert kinds == ["dense", "lookup", "dense", "lookup", "decode"]
+    assert module.ops[1].relu and not module.ops[3].relu
+    # the output quantizer's codes are returned and decoded as s q
+    assert module.ops[3].quant.scale == F32(net[5].scale())
 
 
 def test_integer_api_composes_to_forward(trained_qat):
@@ -303,7 +314,7 @@ def test_worst_case_bounds_measured_and_is_exact_for_first_layer():
             assert r["max"] <= reached[j, 1] <= r["static_max"]
             assert r["static_bits"] >= r["bits"]
         # first accumulator: sum of per-term extremes, reached by some input codes
-        w = module.stages[0].weight.astype(np.int64)
+        w = module.ops[0].weight.astype(np.int64)
         lo = np.where(w < 0, w * q.qmax, w * q.qmin).sum(axis=1).min()
         hi = np.where(w < 0, w * q.qmin, w * q.qmax).sum(axis=1).max()
         first = module.bit_width_report()[1]
@@ -432,11 +443,32 @@ def test_uncompilable_networks():
                                nn.QuantLinear(4, 2), seed=0)
     with pytest.raises(ValueError, match=r"layer 2 \(ReLU\).*QuantReLU"):
         compile_qat_model(float_relu, X)
-    double_quant = nn.Sequential(nn.QuantIdentity(), nn.QuantReLU(), nn.QuantLinear(2, 2),
-                                 seed=0)
-    with pytest.raises(ValueError, match=r"layer 1 \(QuantReLU\)"):
-        compile_qat_model(double_quant, X)
+    double_relu = nn.Sequential(nn.QuantIdentity(), nn.QuantLinear(2, 4), nn.ReLU(), nn.ReLU(),
+                                nn.QuantIdentity(), nn.QuantLinear(4, 2), seed=0)
+    with pytest.raises(ValueError, match=r"layer 3 \(ReLU\) follows another ReLU"):
+        compile_qat_model(double_relu, X)
     with pytest.raises(ValueError, match="compile_qat_model"):
         compile_model(qat_net(), X)
     with pytest.raises(ValueError, match=r"layer 0 \(ReLU\)"):
         compile_model(nn.Sequential(nn.ReLU(), nn.Linear(2, 2), seed=0), X)
+
+
+def test_quantizer_on_codes_is_a_requantization():
+    """A quantizer reading codes (QuantIdentity -> QuantReLU) is one more table lookup from
+    codes to codes: s_1 q_1 through relu and the second quantizer, as the engine computes."""
+    net = nn.Sequential(nn.QuantIdentity(bit_width=5), nn.QuantReLU(bit_width=3),
+                        nn.QuantLinear(2, 6, weight_bit_width=4), nn.QuantReLU(bit_width=4),
+                        nn.QuantIdentity(bit_width=3), nn.QuantLinear(6, 2), seed=3)
+    X, y = checker(400, 5)
+    net.fit(X - 0.5, y, epochs=1, batch_size=8, seed=0, progress=False)
+    net.eval()
+    module = compile_qat_model(net, X - 0.5)
+    assert [op.kind for op in module.ops] == ["lookup", "dense", "lookup", "lookup", "dense",
+                                              "decode"]
+    requant = module.ops[0]
+    assert requant.relu and requant.src == 0 and requant.quant.qmin == 0
+    np.testing.assert_array_equal(requant.scale, [F32(net[0].scale())] * 2)
+    Xt = np.random.RandomState(8).uniform(-1.5, 1.5, size=(3000, 2)).astype(F32)
+    want = net(Xt)
+    for fhe in ("simulate", "disable"):
+        assert np.array_equal(module.forward(Xt, fhe).view(np.int32), want.view(np.int32))

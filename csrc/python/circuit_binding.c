@@ -1,17 +1,24 @@
 /* circuit_binding.c: qatfhe._core.Circuit, the Python face of qf_circuit
  * (csrc/circuit.h), and _core.bits_for_range (csrc/bitwidth.h).
  *
- *   Circuit(input_quant, stages)
+ *   Circuit(input_quant, in_shape, ops)
  *     input_quant  (scale, zero_point, qmin, qmax)
- *     stages       list of dicts: name (str), weight (int32 (out, in) codes),
- *                  weight_scale (float), weight_zero_point (int, 0), bias
- *                  (float32 (out,) or None), lsbs_to_remove (int, 0), relu (bool),
- *                  output_quant ((scale, zero_point, qmin, qmax) or None)
+ *     in_shape     (C, H, W) of one input sample
+ *     ops          list of dicts, one per op, key "kind" one of "dense", "conv",
+ *                  "pool_sum", "round", "lookup", "reshape", "transpose",
+ *                  "add", "decode" (the last op), and the keys its kind reads:
+ *                  name (str), src, src2 (node indices), weight (int32 (out, in)
+ *                  for dense, (OC, C, KH, KW) for conv), weight_zero_point (0),
+ *                  kernel, stride, padding (pairs), pad_code, lsbs, offset
+ *                  (int64 (C,) or None), scale (float32 (C,)), bias (float32
+ *                  (C,) or None), relu (bool), quant ((scale, zero_point, qmin,
+ *                  qmax)), shape ((C, H, W)), dims (pair of axes 0..2)
  *   run(X) / run_codes(codes) -> (out float32 (n, out), out_int int64 (n, out),
  *                                  ranges int64 (n_nodes, 2))
- *     out_int: the integers the encrypted circuit returns (circuit.h)
- *   quantize_input(X) -> int64 codes (n, in)
- *   nodes() -> list of dicts {name, stage, kind, static_min, static_max, static_bits}
+ *     X and codes are (n, in_size); out_int: the integers the encrypted
+ *     circuit returns (circuit.h)
+ *   quantize_input(X) -> int64 codes (n, in_size)
+ *   nodes() -> list of dicts {name, op, kind, shape, static_min, static_max, static_bits}
  * A circuit is immutable once built, so runs from several threads may overlap. */
 #include "bindings.h"
 #include "../circuit.h"
@@ -23,7 +30,10 @@ typedef struct {
 
 _Static_assert(sizeof(qf_range) == 2 * sizeof(int64_t), "ranges are returned as (n_nodes, 2) int64");
 
-static const char *KIND_NAMES[] = {"input", "accumulator", "rounded", "lookup_output"};
+static const char *NODE_KINDS[] = {"input", "accumulator", "pool_sum", "rounded",
+                                   "lookup_output", "reshape", "transpose", "add"};
+static const char *OP_KINDS[] = {"", "dense", "conv", "pool_sum", "round", "lookup", "reshape",
+                                 "transpose", "add", "decode"};
 
 /* ------------------------------------------------------------ spec parsing */
 
@@ -51,90 +61,167 @@ static int parse_quantizer(PyObject *obj, const char *what, qf_quantizer *q)
     return 0;
 }
 
-static int dict_long(PyObject *d, const char *key, long fallback, long *out)
+/* An int field of op k: fallback when absent or None. */
+static int field_int(PyObject *d, int k, const char *key, long fallback, int *out)
 {
     PyObject *v = PyDict_GetItemString(d, key);
-    if (!v || v == Py_None) { *out = fallback; return 0; }
-    long x = PyLong_AsLong(v);
-    if (x == -1 && PyErr_Occurred()) {
-        PyErr_Format(PyExc_TypeError, "stage field %s must be an integer", key);
+    long x = fallback;
+    if (v && v != Py_None) {
+        x = PyLong_AsLong(v);
+        if (x == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "op %d: field %s must be an integer", k, key);
+            return -1;
+        }
+    }
+    if (x < INT32_MIN || x > INT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "op %d: field %s = %ld does not fit int32", k, key, x);
         return -1;
     }
-    *out = x;
+    *out = (int)x;
     return 0;
 }
 
-/* Fill spec from one stage dict; the arrays it points into are appended to
- * keep (they must outlive qf_circuit_create, which copies them). */
-static int parse_stage(PyObject *d, int k, qf_stage_spec *spec, PyObject *keep)
+/* A tuple of n ints of op k (zeros when absent). */
+static int field_ints(PyObject *d, int k, const char *key, int n, int *out)
+{
+    PyObject *v = PyDict_GetItemString(d, key);
+    for (int i = 0; i < n; i++)
+        out[i] = 0;
+    if (!v || v == Py_None)
+        return 0;
+    PyObject *seq = PySequence_Fast(v, "");
+    if (!seq || PySequence_Fast_GET_SIZE(seq) != n) {
+        Py_XDECREF(seq);
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "op %d: field %s must be a sequence of %d integers", k,
+                     key, n);
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        long x = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
+        if ((x == -1 && PyErr_Occurred()) || x < INT32_MIN || x > INT32_MAX) {
+            Py_DECREF(seq);
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "op %d: field %s must hold %d int32 integers", k,
+                         key, n);
+            return -1;
+        }
+        out[i] = (int)x;
+    }
+    Py_DECREF(seq);
+    return 0;
+}
+
+/* *out = array field `key` of op k as dtype with ndim dims (NULL when absent
+ * or None); the array is appended to keep, which outlives the call to
+ * qf_circuit_create that copies it. */
+static int field_array(PyObject *d, int k, const char *key, int dtype, int ndim,
+                       PyObject *keep, PyArrayObject **out)
+{
+    *out = NULL;
+    PyObject *v = PyDict_GetItemString(d, key);
+    if (!v || v == Py_None)
+        return 0;
+    char what[48];
+    snprintf(what, sizeof what, "op %d %s", k, key);
+    PyArrayObject *a = qfpy_array(v, what, dtype, ndim, 0);
+    if (!a)
+        return -1;
+    int rc = PyList_Append(keep, (PyObject *)a);
+    Py_DECREF(a);
+    if (rc < 0)
+        return -1;
+    if (PyArray_SIZE(a) > INT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "op %d: %s is too large", k, key);
+        return -1;
+    }
+    *out = a;
+    return 0;
+}
+
+static int op_kind(PyObject *d, int k)
+{
+    PyObject *v = PyDict_GetItemString(d, "kind");
+    const char *s = v && PyUnicode_Check(v) ? PyUnicode_AsUTF8(v) : NULL;
+    for (int i = QF_OP_DENSE; s && i <= QF_OP_DECODE; i++)
+        if (strcmp(s, OP_KINDS[i]) == 0)
+            return i;
+    PyErr_Clear();
+    PyErr_Format(PyExc_ValueError, "op %d: kind must be one of dense, conv, pool_sum, round, "
+                 "lookup, reshape, transpose, add, decode", k);
+    return -1;
+}
+
+/* Fill spec from one op dict. */
+static int parse_op(PyObject *d, int k, qf_op_spec *spec, PyObject *keep)
 {
     if (!PyDict_Check(d)) {
-        PyErr_Format(PyExc_TypeError, "stage %d must be a dict", k);
+        PyErr_Format(PyExc_TypeError, "op %d must be a dict", k);
         return -1;
     }
     memset(spec, 0, sizeof *spec);
+    if ((spec->kind = op_kind(d, k)) < 0)
+        return -1;
     PyObject *name = PyDict_GetItemString(d, "name");
     spec->name = name && PyUnicode_Check(name) ? PyUnicode_AsUTF8(name) : "";
-    if (!spec->name) return -1;
-
-    PyObject *wobj = PyDict_GetItemString(d, "weight");
-    if (!wobj) {
-        PyErr_Format(PyExc_ValueError, "stage %d has no weight", k);
+    if (!spec->name)
         return -1;
-    }
-    PyArrayObject *w = qfpy_array(wobj, "weight", NPY_INT32, 2, 0);
-    if (!w) return -1;
-    int rc = PyList_Append(keep, (PyObject *)w);
-    Py_DECREF(w);
-    if (rc < 0) return -1;
-    if (PyArray_DIM(w, 0) > INT32_MAX || PyArray_DIM(w, 1) > INT32_MAX) {
-        PyErr_Format(PyExc_ValueError, "stage %d: weight is too large", k);
+    int zw, pad, lsbs, relu;
+    if (field_int(d, k, "src", -1, &spec->src) < 0 || field_int(d, k, "src2", -1, &spec->src2) < 0 ||
+        field_int(d, k, "weight_zero_point", 0, &zw) < 0 ||
+        field_int(d, k, "pad_code", 0, &pad) < 0 || field_int(d, k, "lsbs", 0, &lsbs) < 0 ||
+        field_int(d, k, "relu", 0, &relu) < 0 ||
+        field_ints(d, k, "kernel", 2, spec->kernel) < 0 ||
+        field_ints(d, k, "stride", 2, spec->stride) < 0 ||
+        field_ints(d, k, "padding", 2, spec->padding) < 0 ||
+        field_ints(d, k, "shape", 3, spec->shape) < 0 || field_ints(d, k, "dims", 2, spec->dims) < 0)
         return -1;
-    }
-    spec->out_features = (int)PyArray_DIM(w, 0);
-    spec->in_features = (int)PyArray_DIM(w, 1);
-    spec->weight = PyArray_DATA(w);
-
-    PyObject *bobj = PyDict_GetItemString(d, "bias");
-    if (bobj && bobj != Py_None) {
-        PyArrayObject *b = qfpy_array(bobj, "bias", NPY_FLOAT32, 1, 0);
-        if (!b) return -1;
-        rc = PyList_Append(keep, (PyObject *)b);
-        Py_DECREF(b);
-        if (rc < 0) return -1;
-        if (PyArray_DIM(b, 0) != spec->out_features) {
-            PyErr_Format(PyExc_ValueError, "stage %d: bias has %zd entries, expected %d", k,
-                         (Py_ssize_t)PyArray_DIM(b, 0), spec->out_features);
-            return -1;
-        }
-        spec->bias = PyArray_DATA(b);
-    }
-    PyObject *s = PyDict_GetItemString(d, "weight_scale");
-    if (!s) {
-        PyErr_Format(PyExc_ValueError, "stage %d has no weight_scale", k);
-        return -1;
-    }
-    double ws = PyFloat_AsDouble(s);
-    if (ws == -1.0 && PyErr_Occurred()) return -1;
-    spec->weight_scale = (float)ws;
-
-    long zw, lsbs, relu;
-    if (dict_long(d, "weight_zero_point", 0, &zw) < 0 ||
-        dict_long(d, "lsbs_to_remove", 0, &lsbs) < 0 || dict_long(d, "relu", 0, &relu) < 0)
-        return -1;
-    if (zw < INT32_MIN || zw > INT32_MAX || lsbs < 0 || lsbs > QF_CIRCUIT_MAX_LSBS) {
-        PyErr_Format(PyExc_ValueError, "stage %d: weight_zero_point must fit int32 and "
-                     "lsbs_to_remove lie in [0, %d]", k, QF_CIRCUIT_MAX_LSBS);
-        return -1;
-    }
-    spec->weight_zero_point = (int32_t)zw;
-    spec->lsbs_to_remove = (int)lsbs;
+    spec->weight_zero_point = zw;
+    spec->pad_code = pad;
+    spec->lsbs = lsbs;
     spec->relu = relu != 0;
-    PyObject *oq = PyDict_GetItemString(d, "output_quant");
-    if (oq && oq != Py_None) {
-        spec->has_output_quant = 1;
-        if (parse_quantizer(oq, "output_quant", &spec->output_quant) < 0) return -1;
+
+    PyArrayObject *w = NULL, *offset = NULL, *scale = NULL, *bias = NULL;
+    int w_ndim = spec->kind == QF_OP_CONV ? 4 : 2;
+    if (field_array(d, k, "weight", NPY_INT32, w_ndim, keep, &w) < 0 ||
+        field_array(d, k, "offset", NPY_INT64, 1, keep, &offset) < 0 ||
+        field_array(d, k, "scale", NPY_FLOAT32, 1, keep, &scale) < 0 ||
+        field_array(d, k, "bias", NPY_FLOAT32, 1, keep, &bias) < 0)
+        return -1;
+    if (w) {
+        spec->weight = PyArray_DATA(w);
+        for (int i = 0; i < 4; i++)
+            spec->weight_shape[i] = i < w_ndim ? (int)PyArray_DIM(w, i) : 1;
     }
+    if (scale) {
+        spec->scale = PyArray_DATA(scale);
+        spec->n_channels = (int)PyArray_DIM(scale, 0);
+    }
+    if ((offset && (!scale || PyArray_DIM(offset, 0) != spec->n_channels)) ||
+        (bias && (!scale || PyArray_DIM(bias, 0) != spec->n_channels))) {
+        PyErr_Format(PyExc_ValueError, "op %d: offset, scale and bias must have one entry per "
+                     "channel each", k);
+        return -1;
+    }
+    spec->offset = offset ? PyArray_DATA(offset) : NULL;
+    spec->bias = bias ? PyArray_DATA(bias) : NULL;
+    PyObject *q = PyDict_GetItemString(d, "quant");
+    if (q && q != Py_None && parse_quantizer(q, "quant", &spec->quant) < 0)
+        return -1;
+    return 0;
+}
+
+static int parse_shape(PyObject *obj, int64_t shape[3])
+{
+    long long s[3];
+    if (!PyTuple_Check(obj) || !PyArg_ParseTuple(obj, "LLL", &s[0], &s[1], &s[2])) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_TypeError, "in_shape must be a tuple (C, H, W) of integers");
+        return -1;
+    }
+    for (int d = 0; d < 3; d++)
+        shape[d] = s[d];
     return 0;
 }
 
@@ -142,18 +229,21 @@ static int parse_stage(PyObject *d, int k, qf_stage_spec *spec, PyObject *keep)
 
 static int Circuit_init(CircuitObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"input_quant", "stages", NULL};
-    PyObject *iq, *stages;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!", kwlist, &iq, &PyList_Type, &stages))
+    static char *kwlist[] = {"input_quant", "in_shape", "ops", NULL};
+    PyObject *iq, *shape_obj, *ops;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO!", kwlist, &iq, &shape_obj, &PyList_Type,
+                                     &ops))
         return -1;
     qf_quantizer input;
-    if (parse_quantizer(iq, "input_quant", &input) < 0) return -1;
-    Py_ssize_t n = PyList_GET_SIZE(stages);
-    if (n < 1 || n > 4096) {
-        PyErr_SetString(PyExc_ValueError, "stages must be a list of 1 to 4096 stage dicts");
+    int64_t in_shape[3];
+    if (parse_quantizer(iq, "input_quant", &input) < 0 || parse_shape(shape_obj, in_shape) < 0)
+        return -1;
+    Py_ssize_t n = PyList_GET_SIZE(ops);
+    if (n < 1 || n > 100000) {
+        PyErr_SetString(PyExc_ValueError, "ops must be a list of 1 to 100000 op dicts");
         return -1;
     }
-    qf_stage_spec *specs = PyMem_Calloc((size_t)n, sizeof *specs);
+    qf_op_spec *specs = PyMem_Calloc((size_t)n, sizeof *specs);
     PyObject *keep = PyList_New(0);
     int rc = -1;
     if (!specs || !keep) {
@@ -161,11 +251,14 @@ static int Circuit_init(CircuitObject *self, PyObject *args, PyObject *kwds)
         goto done;
     }
     for (Py_ssize_t k = 0; k < n; k++)
-        if (parse_stage(PyList_GET_ITEM(stages, k), (int)k, &specs[k], keep) < 0)
+        if (parse_op(PyList_GET_ITEM(ops, k), (int)k, &specs[k], keep) < 0)
             goto done;
     char err[256] = "";
     qf_circuit *c = NULL;
-    qf_status st = qf_circuit_create(&c, &input, specs, (int)n, err, sizeof err);
+    qf_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = qf_circuit_create(&c, &input, in_shape, specs, (int)n, err, sizeof err);
+    Py_END_ALLOW_THREADS
     if (st != QF_OK) {
         qfpy_raise(st, err);
         goto done;
@@ -194,14 +287,15 @@ static int ready(CircuitObject *self)
     return 1;
 }
 
-/* A C-contiguous (n, in_features) array of dtype from obj, or NULL. */
+/* A C-contiguous (n, in_size) array of dtype from obj, or NULL. */
 static PyArrayObject *batch(CircuitObject *self, PyObject *obj, const char *name, int dtype)
 {
     PyArrayObject *a = qfpy_array(obj, name, dtype, 2, 0);
     if (!a) return NULL;
-    if (PyArray_DIM(a, 1) != qf_circuit_in_features(self->circuit)) {
-        PyErr_Format(PyExc_ValueError, "%s must have %d features per sample, got %zd", name,
-                     qf_circuit_in_features(self->circuit), (Py_ssize_t)PyArray_DIM(a, 1));
+    int64_t in = qf_circuit_in_size(self->circuit);
+    if (PyArray_DIM(a, 1) != in) {
+        PyErr_Format(PyExc_ValueError, "%s must have %lld values per sample, got %zd", name,
+                     (long long)in, (Py_ssize_t)PyArray_DIM(a, 1));
         Py_DECREF(a);
         return NULL;
     }
@@ -218,7 +312,7 @@ static PyObject *run_common(CircuitObject *self, PyObject *arg, int from_codes)
                              from_codes ? NPY_INT64 : NPY_FLOAT32);
     if (!x) return NULL;
     npy_intp n = PyArray_DIM(x, 0);
-    npy_intp out_dims[2] = {n, qf_circuit_out_features(c)};
+    npy_intp out_dims[2] = {n, (npy_intp)qf_circuit_out_size(c)};
     npy_intp range_dims[2] = {qf_circuit_n_nodes(c), 2};
     PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(2, out_dims, NPY_FLOAT32);
     PyArrayObject *out_int = (PyArrayObject *)PyArray_SimpleNew(2, out_dims, NPY_INT64);
@@ -293,8 +387,9 @@ static PyObject *Circuit_nodes(CircuitObject *self, PyObject *unused)
     for (int j = 0; j < qf_circuit_n_nodes(c); j++) {
         const qf_node_info *nd = qf_circuit_node(c, j);
         PyObject *d = Py_BuildValue(
-            "{s:s,s:i,s:s,s:L,s:L,s:i}", "name", qf_circuit_stage_name(c, nd->stage),
-            "stage", nd->stage, "kind", KIND_NAMES[nd->kind],
+            "{s:s,s:i,s:s,s:(LLL),s:L,s:L,s:i}", "name", qf_circuit_op_name(c, nd->op),
+            "op", nd->op, "kind", NODE_KINDS[nd->kind], "shape", (long long)nd->shape[0],
+            (long long)nd->shape[1], (long long)nd->shape[2],
             "static_min", (long long)nd->static_min, "static_max", (long long)nd->static_max,
             "static_bits", qf_bits_for_range(nd->static_min, nd->static_max));
         if (!d || PyList_Append(list, d) < 0) {
@@ -310,13 +405,13 @@ static PyObject *Circuit_nodes(CircuitObject *self, PyObject *unused)
 static PyObject *Circuit_get_in(CircuitObject *self, void *unused)
 {
     if (!ready(self)) return NULL;
-    return PyLong_FromLong(qf_circuit_in_features(self->circuit));
+    return PyLong_FromLongLong(qf_circuit_in_size(self->circuit));
 }
 
 static PyObject *Circuit_get_out(CircuitObject *self, void *unused)
 {
     if (!ready(self)) return NULL;
-    return PyLong_FromLong(qf_circuit_out_features(self->circuit));
+    return PyLong_FromLongLong(qf_circuit_out_size(self->circuit));
 }
 
 static PyObject *Circuit_get_n_nodes(CircuitObject *self, void *unused)
@@ -344,13 +439,13 @@ static PyMethodDef Circuit_methods[] = {
     {"quantize_input", (PyCFunction)Circuit_quantize_input, METH_O,
      "quantize_input(X) -> int64 codes (n, in)"},
     {"nodes", (PyCFunction)Circuit_nodes, METH_NOARGS,
-     "nodes() -> list of {name, stage, kind, static_min, static_max, static_bits}"},
+     "nodes() -> list of {name, op, kind, shape, static_min, static_max, static_bits}"},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef Circuit_getset[] = {
-    {"in_features", (getter)Circuit_get_in, NULL, "input features", NULL},
-    {"out_features", (getter)Circuit_get_out, NULL, "output features", NULL},
+    {"in_features", (getter)Circuit_get_in, NULL, "input values per sample (C * H * W)", NULL},
+    {"out_features", (getter)Circuit_get_out, NULL, "output values per sample", NULL},
     {"n_nodes", (getter)Circuit_get_n_nodes, NULL, "number of integer value nodes", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };

@@ -1,7 +1,9 @@
 /* test_circuit.c: the integer circuit against a naive computation written
- * from the formulas of REFERENCE.md sections 5 and 6, its worst-case bounds
- * against brute force over every input code, the bits formula on its edge
- * cases, and its refusal of bad specs and overflowing circuits. */
+ * from the formulas of REFERENCE.md sections 5 and 6 and circuit.h (every op
+ * kind: dense, conv with zero-point padding and strides, pool sums, rounding,
+ * lookups, transpose, reshape, add, decode), its worst-case bounds against
+ * brute force over every input code, the rounding rule, the bits formula on
+ * its edge cases, and its refusal of bad specs and overflowing circuits. */
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
@@ -11,8 +13,6 @@
 #include "../bitwidth.h"
 #include "../circuit.h"
 #include "../rng.h"
-
-#define NO_QUANT {0.0f, 0, 0, 0}
 
 /* ---- bits formula ---- */
 
@@ -86,53 +86,9 @@ static void test_bits(void)
     }
 }
 
-/* ---- a random three-stage circuit and its naive twin ---- */
+/* ---- the naive twin: plain loops over explicitly padded arrays ---- */
 
-#define N_IN 3
-#define N_H1 5
-#define N_H2 4
-#define N_OUT 2
-
-typedef struct {
-    qf_quantizer input, q1, q2;
-    int32_t w0[N_H1 * N_IN], w1[N_H2 * N_H1], w2[N_OUT * N_H2];
-    int32_t zw[3];
-    float sw[3];
-    float b0[N_H1], b1[N_H2], b2[N_OUT];
-    int lsbs[3];
-} net3;
-
-static void make_net3(net3 *n, qf_rng *rng, int with_rounding)
-{
-    /* asymmetric unsigned input, ReLU + unsigned codes, then signed codes */
-    n->input = (qf_quantizer){0.0625f, 7, 0, 15};
-    n->q1 = (qf_quantizer){0.5f, 0, 0, 7};
-    n->q2 = (qf_quantizer){0.25f, -1, -8, 7};
-    int32_t *ws[3] = {n->w0, n->w1, n->w2};
-    int sizes[3] = {N_H1 * N_IN, N_H2 * N_H1, N_OUT * N_H2};
-    for (int k = 0; k < 3; k++)
-        for (int j = 0; j < sizes[k]; j++)
-            ws[k][j] = (int32_t)qf_rng_below(rng, 15) - 7;
-    n->zw[0] = 0; n->zw[1] = 1; n->zw[2] = -2;
-    n->sw[0] = 0.125f; n->sw[1] = 0.2f; n->sw[2] = 0.3f;
-    qf_rng_fill_uniform(rng, n->b0, N_H1, -1.0f, 1.0f);
-    qf_rng_fill_uniform(rng, n->b1, N_H2, -1.0f, 1.0f);
-    qf_rng_fill_uniform(rng, n->b2, N_OUT, -1.0f, 1.0f);
-    n->lsbs[0] = 0;
-    n->lsbs[1] = with_rounding ? 2 : 0;
-    n->lsbs[2] = with_rounding ? 1 : 0;
-}
-
-static qf_status build_net3(qf_circuit **c, const net3 *n, char *err)
-{
-    qf_stage_spec st[3] = {
-        {"fc1", N_IN, N_H1, n->w0, n->zw[0], n->sw[0], n->b0, n->lsbs[0], 1, 1, n->q1},
-        {"fc2", N_H1, N_H2, n->w1, n->zw[1], n->sw[1], n->b1, n->lsbs[1], 0, 1, n->q2},
-        {"fc3", N_H2, N_OUT, n->w2, n->zw[2], n->sw[2], n->b2, n->lsbs[2], 0, 0, NO_QUANT},
-    };
-    return qf_circuit_create(c, &n->input, st, 3, err, 256);
-}
-
+/* q = clamp(rintf(x / s), qmin - Z, qmax - Z) + Z with the C library's rintf. */
 static int64_t naive_quantize(float x, const qf_quantizer *q)
 {
     float r = rintf(x / q->scale);
@@ -141,338 +97,543 @@ static int64_t naive_quantize(float x, const qf_quantizer *q)
     return (int64_t)r + q->zero_point;
 }
 
-/* One naive layer: textbook sum (q_x - Z_x)(q_w - Z_w), the encrypted part
- * sum q_x q_w - Z_w sum q_x for the ranges, rounding by floor in double. */
-static void naive_layer(float *y, int64_t *acc, const int64_t *qx, const qf_quantizer *in_q,
-                        const int32_t *w, int32_t zw, float sw, const float *b, int lsbs,
-                        int n_in, int n_out)
+/* (v + 2^(l-1)) / 2^l rounded down, in long double (exact below 2^63). */
+static int64_t naive_round(int64_t v, int l)
 {
-    for (int o = 0; o < n_out; o++) {
-        int64_t full = 0, mixed = 0, sum_x = 0, sum_w = 0;
-        for (int i = 0; i < n_in; i++) {
-            full += (qx[i] - in_q->zero_point) * (int64_t)(w[o * n_in + i] - zw);
-            mixed += qx[i] * (int64_t)w[o * n_in + i];
-            sum_x += qx[i];
-            sum_w += w[o * n_in + i];
+    long double d = ldexpl(1.0L, l);
+    return (int64_t)floorl(((long double)v + d / 2.0L) / d);
+}
+
+/* float32(v) * s + b in two separate float32 operations. */
+static float naive_affine(int64_t v, float s, float b)
+{
+    volatile float a = (float)v;
+    volatile float p = a * s;
+    return p + b;
+}
+
+/* out (OC, OH, OW) = window sums over x (C, H, W) padded with pad; weights
+ * w (OC, C, KH, KW) minus zw, or all 1 and one plane per channel (w NULL). */
+static void naive_window(int64_t *out, const int64_t *x, int c, int h, int wd, const int32_t *w,
+                         int32_t zw, int oc, int kh, int kw, int sh, int sw, int ph, int pw,
+                         int64_t pad, int *oh_out, int *ow_out)
+{
+    int hp = h + 2 * ph, wp = wd + 2 * pw;
+    int64_t *padded = malloc(sizeof(int64_t) * (size_t)(c * hp * wp));
+    for (int i = 0; i < c * hp * wp; i++)
+        padded[i] = pad;
+    for (int ci = 0; ci < c; ci++)
+        for (int y = 0; y < h; y++)
+            for (int xx = 0; xx < wd; xx++)
+                padded[(ci * hp + y + ph) * wp + xx + pw] = x[(ci * h + y) * wd + xx];
+    int oh = (hp - kh) / sh + 1, ow = (wp - kw) / sw + 1;
+    int planes = w ? oc : c;
+    for (int o = 0; o < planes; o++)
+        for (int oy = 0; oy < oh; oy++)
+            for (int ox = 0; ox < ow; ox++) {
+                int64_t acc = 0;
+                for (int ci = 0; ci < c; ci++) {
+                    if (!w && ci != o)
+                        continue;
+                    for (int ky = 0; ky < kh; ky++)
+                        for (int kx = 0; kx < kw; kx++) {
+                            int64_t v = padded[(ci * hp + oy * sh + ky) * wp + ox * sw + kx];
+                            acc += w ? v * ((int64_t)w[((o * c + ci) * kh + ky) * kw + kx] - zw)
+                                     : v;
+                        }
+                }
+                out[(o * oh + oy) * ow + ox] = acc;
+            }
+    free(padded);
+    *oh_out = oh;
+    *ow_out = ow;
+}
+
+/* A lookup of x (C, plane) (lsbs, offset, scale, bias, relu, quantizer). */
+static void naive_lookup(int64_t *out, const int64_t *x, int c, int plane, int lsbs,
+                         const int64_t *offset, const float *scale, const float *bias, int relu,
+                         const qf_quantizer *q)
+{
+    for (int ci = 0; ci < c; ci++)
+        for (int i = 0; i < plane; i++) {
+            int64_t v = x[ci * plane + i] * ((int64_t)1 << lsbs) + offset[ci];
+            float y = naive_affine(v, scale[ci], bias[ci]);
+            if (relu && y < 0.0f)
+                y = 0.0f;
+            out[ci * plane + i] = naive_quantize(y, q);
         }
-        acc[o] = mixed - zw * sum_x;
-        int64_t corr = 0;
-        if (lsbs > 0) {
-            double d = ldexp(1.0, lsbs);
-            int64_t rounded = (int64_t)(floor(((double)acc[o] + d / 2) / d) * d);
-            corr = rounded - acc[o];
-        }
-        (void)sum_w;
-        float scale = in_q->scale * sw;
-        float a = (float)(full + corr);
-        y[o] = a * scale + b[o];
+}
+
+static void widen(qf_range *r, const int64_t *x, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (x[i] < r->min) r->min = x[i];
+        if (x[i] > r->max) r->max = x[i];
     }
 }
 
-static void naive_net3(float *out, int64_t *final_int, qf_range *nodes, const net3 *n,
-                       const int64_t *q0)
+/* ---- a random circuit using every op kind ---- */
+
+/* input (2, 5, 6) -> conv (3, 5, 4) -> lookup -> pool (3, 3, 3) -> lookup ->
+ * transpose (3, 3, 3) -> requantizing lookup -> add -> reshape (27) ->
+ * dense (4) -> round -> lookup -> dense (2) -> decode */
+#define N_OPS 13
+#define N_NODES 13
+typedef struct {
+    qf_quantizer input, q1, q3, q5, q10;
+    int32_t wc[3 * 2 * 3 * 2], wd1[4 * 27], wd2[2 * 4];
+    int64_t off1[3], off3[3], off5[3], off10[4], off_out[2];
+    float s1[3], b1[3], s3[3], s5[3], s10[4], b10[4], s_out[2], b_out[2];
+} rnd_circuit;
+
+static void make_random(rnd_circuit *r, qf_rng *rng)
 {
-    int64_t acc0[N_H1], acc1[N_H2], acc2[N_OUT], q1[N_H1], q2[N_H2];
-    float y0[N_H1], y1[N_H2];
-    for (int i = 0; i < N_IN; i++) qf_range_update(&nodes[0], q0[i]);
-    naive_layer(y0, acc0, q0, &n->input, n->w0, n->zw[0], n->sw[0], n->b0, n->lsbs[0], N_IN, N_H1);
-    for (int o = 0; o < N_H1; o++) {
-        q1[o] = naive_quantize(y0[o] > 0.0f ? y0[o] : 0.0f, &n->q1);
-        qf_range_update(&nodes[1], acc0[o]);
-        qf_range_update(&nodes[2], q1[o]);
+    r->input = (qf_quantizer){0.0625f, 7, 0, 15};     /* asymmetric: padding holds 7 */
+    r->q1 = (qf_quantizer){0.5f, 0, 0, 7};
+    r->q3 = (qf_quantizer){0.25f, -1, -8, 7};
+    r->q5 = (qf_quantizer){0.3f, 0, -4, 4};
+    r->q10 = (qf_quantizer){0.1f, 3, 0, 31};
+    for (int j = 0; j < 36; j++) r->wc[j] = (int32_t)qf_rng_below(rng, 15) - 7;
+    for (int j = 0; j < 108; j++) r->wd1[j] = (int32_t)qf_rng_below(rng, 7) - 3;
+    for (int j = 0; j < 8; j++) r->wd2[j] = (int32_t)qf_rng_below(rng, 7) - 3;
+    for (int c = 0; c < 3; c++) {
+        int64_t sum = 0;
+        for (int j = 0; j < 12; j++)
+            sum += r->wc[c * 12 + j] - 1;               /* Z_w = 1 */
+        r->off1[c] = -7 * sum;                          /* -Z_x sum (q_w - Z_w) */
+        r->s1[c] = 0.0625f * (0.05f + 0.05f * (float)c);
+        r->off3[c] = 0;
+        r->s3[c] = 0.5f / 4.0f;
+        r->off5[c] = 1;                                 /* -Z of q3 */
+        r->s5[c] = 0.25f;
     }
-    naive_layer(y1, acc1, q1, &n->q1, n->w1, n->zw[1], n->sw[1], n->b1, n->lsbs[1], N_H1, N_H2);
-    for (int o = 0; o < N_H2; o++) {
-        q2[o] = naive_quantize(y1[o], &n->q2);
-        qf_range_update(&nodes[3], acc1[o]);
-        qf_range_update(&nodes[4], q2[o]);
+    qf_rng_fill_uniform(rng, r->b1, 3, -1.0f, 1.0f);
+    for (int o = 0; o < 4; o++) {
+        r->off10[o] = (int64_t)qf_rng_below(rng, 41) - 20;
+        r->s10[o] = 0.01f * (float)(o + 1);
     }
-    naive_layer(out, acc2, q2, &n->q2, n->w2, n->zw[2], n->sw[2], n->b2, n->lsbs[2], N_H2, N_OUT);
-    for (int o = 0; o < N_OUT; o++) {
-        qf_range_update(&nodes[5], acc2[o]);
-        double d = ldexp(1.0, n->lsbs[2]);
-        final_int[o] = n->lsbs[2] ? (int64_t)(floor(((double)acc2[o] + d / 2) / d) * d) : acc2[o];
+    qf_rng_fill_uniform(rng, r->b10, 4, -0.5f, 0.5f);
+    r->off_out[0] = -3; r->off_out[1] = 5;
+    r->s_out[0] = 0.125f; r->s_out[1] = 0.0375f;
+    qf_rng_fill_uniform(rng, r->b_out, 2, -1.0f, 1.0f);
+}
+
+static void random_specs(qf_op_spec *ops, const rnd_circuit *r)
+{
+    memset(ops, 0, sizeof(qf_op_spec) * N_OPS);
+    ops[0] = (qf_op_spec){.kind = QF_OP_CONV, .name = "conv", .src = 0, .weight = r->wc,
+                          .weight_shape = {3, 2, 3, 2}, .weight_zero_point = 1,
+                          .stride = {1, 2}, .padding = {1, 1}, .pad_code = 7};
+    ops[1] = (qf_op_spec){.kind = QF_OP_LOOKUP, .name = "relu1", .src = 1, .n_channels = 3,
+                          .offset = r->off1, .scale = r->s1, .bias = r->b1, .relu = 1,
+                          .quant = r->q1};
+    ops[2] = (qf_op_spec){.kind = QF_OP_POOL_SUM, .name = "pool", .src = 2, .kernel = {2, 2},
+                          .stride = {2, 1}, .padding = {1, 0}, .pad_code = 0};
+    ops[3] = (qf_op_spec){.kind = QF_OP_LOOKUP, .name = "avg", .src = 3, .n_channels = 3,
+                          .offset = r->off3, .scale = r->s3, .quant = r->q3};
+    ops[4] = (qf_op_spec){.kind = QF_OP_TRANSPOSE, .name = "transpose", .src = 4,
+                          .dims = {0, 2}};
+    ops[5] = (qf_op_spec){.kind = QF_OP_LOOKUP, .name = "requant", .src = 5, .n_channels = 3,
+                          .offset = r->off5, .scale = r->s5, .quant = r->q5};
+    ops[6] = (qf_op_spec){.kind = QF_OP_ADD, .name = "add", .src = 6, .src2 = 5};
+    ops[7] = (qf_op_spec){.kind = QF_OP_RESHAPE, .name = "flatten", .src = 7,
+                          .shape = {27, 1, 1}};
+    ops[8] = (qf_op_spec){.kind = QF_OP_DENSE, .name = "fc1", .src = 8, .weight = r->wd1,
+                          .weight_shape = {4, 27, 1, 1}, .weight_zero_point = -2};
+    ops[9] = (qf_op_spec){.kind = QF_OP_ROUND, .name = "round", .src = 9, .lsbs = 2};
+    ops[10] = (qf_op_spec){.kind = QF_OP_LOOKUP, .name = "q10", .src = 10, .lsbs = 2,
+                           .n_channels = 4, .offset = r->off10, .scale = r->s10, .bias = r->b10,
+                           .quant = r->q10};
+    ops[11] = (qf_op_spec){.kind = QF_OP_DENSE, .name = "fc2", .src = 11, .weight = r->wd2,
+                           .weight_shape = {2, 4, 1, 1}};
+    ops[12] = (qf_op_spec){.kind = QF_OP_DECODE, .name = "output", .src = 12, .n_channels = 2,
+                           .offset = r->off_out, .scale = r->s_out, .bias = r->b_out};
+}
+
+/* The naive twin of the random circuit on input codes q0 (60). */
+static void naive_random(float *out, int64_t *out_int, qf_range *nodes, const rnd_circuit *r,
+                         const int64_t *q0)
+{
+    int64_t n1[60], n2[60], n3[27], n4[27], n5[27], n6[27], n7[27], n9[4], n10[4], n11[4],
+            n12[2];
+    int oh, ow;
+    widen(&nodes[0], q0, 60);
+    naive_window(n1, q0, 2, 5, 6, r->wc, 1, 3, 3, 2, 1, 2, 1, 1, 7, &oh, &ow);
+    CHECK(oh == 5 && ow == 4, "naive conv output %d x %d", oh, ow);
+    widen(&nodes[1], n1, 60);
+    naive_lookup(n2, n1, 3, 20, 0, r->off1, r->s1, r->b1, 1, &r->q1);
+    widen(&nodes[2], n2, 60);
+    naive_window(n3, n2, 3, 5, 4, NULL, 0, 0, 2, 2, 2, 1, 1, 0, 0, &oh, &ow);
+    CHECK(oh == 3 && ow == 3, "naive pool output %d x %d", oh, ow);
+    widen(&nodes[3], n3, 27);
+    float zeros[3] = {0};
+    naive_lookup(n4, n3, 3, 9, 0, r->off3, r->s3, zeros, 0, &r->q3);
+    widen(&nodes[4], n4, 27);
+    for (int c = 0; c < 3; c++)          /* (C, H, W) -> (W, H, C) */
+        for (int y = 0; y < 3; y++)
+            for (int x = 0; x < 3; x++)
+                n5[(x * 3 + y) * 3 + c] = n4[(c * 3 + y) * 3 + x];
+    widen(&nodes[5], n5, 27);
+    naive_lookup(n6, n5, 3, 9, 0, r->off5, r->s5, zeros, 0, &r->q5);
+    widen(&nodes[6], n6, 27);
+    for (int i = 0; i < 27; i++)
+        n7[i] = n6[i] + n5[i];
+    widen(&nodes[7], n7, 27);
+    widen(&nodes[8], n7, 27);           /* reshape: the same integers */
+    for (int o = 0; o < 4; o++) {
+        n9[o] = 0;
+        for (int i = 0; i < 27; i++)
+            n9[o] += n7[i] * ((int64_t)r->wd1[o * 27 + i] + 2);
+        n10[o] = naive_round(n9[o], 2);
     }
+    widen(&nodes[9], n9, 4);
+    widen(&nodes[10], n10, 4);
+    naive_lookup(n11, n10, 4, 1, 2, r->off10, r->s10, r->b10, 0, &r->q10);
+    widen(&nodes[11], n11, 4);
+    for (int o = 0; o < 2; o++) {
+        n12[o] = 0;
+        for (int i = 0; i < 4; i++)
+            n12[o] += n11[i] * r->wd2[o * 4 + i];
+        out[o] = naive_affine(n12[o] + r->off_out[o], r->s_out[o], r->b_out[o]);
+        out_int[o] = n12[o];
+    }
+    widen(&nodes[12], n12, 2);
 }
 
 static void test_against_naive(void)
 {
+    enum { N = 400, IN = 60 };
     qf_rng rng;
     qf_rng_seed(&rng, 11, 0);
-    net3 n;
-    make_net3(&n, &rng, 0);
+    rnd_circuit r;
+    make_random(&r, &rng);
+    qf_op_spec ops[N_OPS];
+    random_specs(ops, &r);
     char err[256];
-    qf_circuit *c;
-    qf_status st = build_net3(&c, &n, err);
-    CHECK(st == QF_OK, "create: %s", err);
-    if (st != QF_OK)
+    qf_circuit *c = NULL;
+    int64_t in_shape[3] = {2, 5, 6};
+    qf_status st = qf_circuit_create(&c, &r.input, in_shape, ops, N_OPS, err, 256);
+    CHECK(st == QF_OK && c, "create: %s", err);
+    if (!c)
         return;
-    CHECK(qf_circuit_n_nodes(c) == 6, "nodes %d", qf_circuit_n_nodes(c));
-    CHECK(qf_circuit_in_features(c) == N_IN && qf_circuit_out_features(c) == N_OUT, "sizes");
-    enum { N = 2000 };
-    static float x[N * N_IN], out[N * N_OUT];
-    static int64_t codes[N * N_IN], out_int[N * N_OUT];
-    qf_rng_fill_uniform(&rng, x, N * N_IN, -0.7f, 0.8f);   /* beyond the input range too */
-    int64_t ws[64];
-    CHECK(qf_circuit_workspace_len(c) <= 64, "workspace %lld",
-          (long long)qf_circuit_workspace_len(c));
-    qf_range ranges[6], want[6];
-    qf_range_reset(ranges, 6);
-    qf_range_reset(want, 6);
+    CHECK(qf_circuit_n_nodes(c) == N_NODES && qf_circuit_in_size(c) == IN &&
+          qf_circuit_out_size(c) == 2, "nodes %d, in %lld, out %lld", qf_circuit_n_nodes(c),
+          (long long)qf_circuit_in_size(c), (long long)qf_circuit_out_size(c));
+    int64_t want_shapes[N_NODES][3] = {{2, 5, 6}, {3, 5, 4}, {3, 5, 4}, {3, 3, 3}, {3, 3, 3},
+                                       {3, 3, 3}, {3, 3, 3}, {3, 3, 3}, {27, 1, 1}, {4, 1, 1},
+                                       {4, 1, 1}, {4, 1, 1}, {2, 1, 1}};
+    int want_kinds[N_NODES] = {QF_NODE_INPUT, QF_NODE_ACCUMULATOR, QF_NODE_LOOKUP_OUTPUT,
+                               QF_NODE_POOL_SUM, QF_NODE_LOOKUP_OUTPUT, QF_NODE_TRANSPOSE,
+                               QF_NODE_LOOKUP_OUTPUT, QF_NODE_ADD, QF_NODE_RESHAPE,
+                               QF_NODE_ACCUMULATOR, QF_NODE_ROUNDED, QF_NODE_LOOKUP_OUTPUT,
+                               QF_NODE_ACCUMULATOR};
+    for (int j = 0; j < N_NODES; j++) {
+        const qf_node_info *nd = qf_circuit_node(c, j);
+        CHECK(nd->kind == want_kinds[j] && nd->op == j - 1 &&
+              memcmp(nd->shape, want_shapes[j], sizeof nd->shape) == 0,
+              "node %d: kind %d op %d shape (%lld, %lld, %lld)", j, nd->kind, nd->op,
+              (long long)nd->shape[0], (long long)nd->shape[1], (long long)nd->shape[2]);
+    }
+    static float x[N * IN], out[N * 2];
+    static int64_t codes[N * IN], out_int[N * 2];
+    qf_rng_fill_uniform(&rng, x, N * IN, -0.7f, 0.8f);   /* beyond the input range too */
+    int64_t *ws = malloc(sizeof(int64_t) * (size_t)qf_circuit_workspace_len(c));
+    qf_range ranges[N_NODES], want[N_NODES];
+    qf_range_reset(ranges, N_NODES);
+    qf_range_reset(want, N_NODES);
     st = qf_circuit_run(c, out, out_int, ranges, x, N, ws, err, 256);
     CHECK(st == QF_OK, "run: %s", err);
     st = qf_circuit_quantize_input(c, codes, x, N, err, 256);
     CHECK(st == QF_OK, "quantize_input: %s", err);
     int mismatches = 0, code_mismatches = 0, int_mismatches = 0;
-    for (int r = 0; r < N; r++) {
-        int64_t q0[N_IN];
-        for (int i = 0; i < N_IN; i++) {
-            q0[i] = naive_quantize(x[r * N_IN + i], &n.input);
-            code_mismatches += q0[i] != codes[r * N_IN + i];
+    for (int s = 0; s < N; s++) {
+        int64_t q0[IN];
+        for (int i = 0; i < IN; i++) {
+            q0[i] = naive_quantize(x[s * IN + i], &r.input);
+            code_mismatches += q0[i] != codes[s * IN + i];
         }
-        float y[N_OUT];
-        int64_t yi[N_OUT];
-        naive_net3(y, yi, want, &n, q0);
-        for (int o = 0; o < N_OUT; o++) {
-            mismatches += memcmp(&y[o], &out[r * N_OUT + o], sizeof(float)) != 0;
-            int_mismatches += yi[o] != out_int[r * N_OUT + o];
+        float y[2];
+        int64_t yi[2];
+        naive_random(y, yi, want, &r, q0);
+        for (int o = 0; o < 2; o++) {
+            mismatches += memcmp(&y[o], &out[s * 2 + o], sizeof(float)) != 0;
+            int_mismatches += yi[o] != out_int[s * 2 + o];
         }
     }
     CHECK(mismatches == 0, "%d outputs differ from the naive computation", mismatches);
     CHECK(int_mismatches == 0, "%d returned integers differ", int_mismatches);
     CHECK(code_mismatches == 0, "%d input codes differ", code_mismatches);
-    for (int j = 0; j < 6; j++)
+    for (int j = 0; j < N_NODES; j++) {
         CHECK(ranges[j].min == want[j].min && ranges[j].max == want[j].max,
               "node %d range [%lld, %lld], naive [%lld, %lld]", j, (long long)ranges[j].min,
               (long long)ranges[j].max, (long long)want[j].min, (long long)want[j].max);
+        const qf_node_info *nd = qf_circuit_node(c, j);
+        CHECK(nd->static_min <= ranges[j].min && ranges[j].max <= nd->static_max,
+              "node %d: reached [%lld, %lld] outside the static bound [%lld, %lld]", j,
+              (long long)ranges[j].min, (long long)ranges[j].max, (long long)nd->static_min,
+              (long long)nd->static_max);
+    }
+    /* the data reach interesting values: ReLU clips, the add passes the code range */
+    CHECK(want[2].min == 0 && want[7].max > 4, "node ranges too narrow to test much");
     /* run_codes on the same codes gives the same outputs */
-    static float out2[N * N_OUT];
+    static float out2[N * 2];
     st = qf_circuit_run_codes(c, out2, NULL, NULL, codes, N, ws, err, 256);
     CHECK(st == QF_OK && memcmp(out, out2, sizeof out) == 0, "run_codes differs from run");
+    free(ws);
     qf_circuit_free(c);
 }
 
-static void test_rounding_against_naive(void)
-{
-    qf_rng rng;
-    qf_rng_seed(&rng, 12, 0);
-    net3 n;
-    make_net3(&n, &rng, 1);
-    char err[256];
-    qf_circuit *c;
-    qf_status st = build_net3(&c, &n, err);
-    CHECK(st == QF_OK, "create: %s", err);
-    if (st != QF_OK)
-        return;
-    /* input, acc1, lut1, acc2, rnd2, lut2, acc3, rnd3 */
-    CHECK(qf_circuit_n_nodes(c) == 8, "nodes %d", qf_circuit_n_nodes(c));
-    CHECK(qf_circuit_node(c, 4)->kind == QF_NODE_ROUNDED && qf_circuit_node(c, 4)->stage == 1,
-          "node 4 is the rounded accumulator of stage 1");
-    enum { N = 2000 };
-    static float x[N * N_IN], out[N * N_OUT];
-    static int64_t out_int[N * N_OUT];
-    qf_rng_fill_uniform(&rng, x, N * N_IN, -0.5f, 0.6f);
-    int64_t ws[64];
-    st = qf_circuit_run(c, out, out_int, NULL, x, N, ws, err, 256);
-    CHECK(st == QF_OK, "run: %s", err);
-    int mismatches = 0;
-    qf_range dummy[6];
-    qf_range_reset(dummy, 6);
-    for (int r = 0; r < N; r++) {
-        int64_t q0[N_IN];
-        for (int i = 0; i < N_IN; i++)
-            q0[i] = naive_quantize(x[r * N_IN + i], &n.input);
-        float y[N_OUT];
-        int64_t yi[N_OUT];
-        naive_net3(y, yi, dummy, &n, q0);
-        for (int o = 0; o < N_OUT; o++) {
-            mismatches += memcmp(&y[o], &out[r * N_OUT + o], sizeof(float)) != 0;
-            mismatches += yi[o] != out_int[r * N_OUT + o];
-        }
-    }
-    CHECK(mismatches == 0, "%d rounded outputs differ from the naive computation", mismatches);
-    qf_circuit_free(c);
-}
+/* ---- worst case: brute force over every input ---- */
 
-/* A one-weight circuit shows the rounding rule on single values. */
-static void test_rounding_rule(void)
-{
-    qf_quantizer in = {1.0f, 0, -64, 64};
-    int32_t w = 1;
-    char err[256];
-    for (int l = 1; l <= 3; l++) {
-        qf_stage_spec st = {"id", 1, 1, &w, 0, 1.0f, NULL, l, 0, 0, NO_QUANT};
-        qf_circuit *c;
-        if (qf_circuit_create(&c, &in, &st, 1, err, 256) != QF_OK) {
-            CHECK(0, "create: %s", err);
-            return;
-        }
-        int64_t ws[4];
-        for (int64_t v = -64; v <= 64; v++) {
-            qf_range r[3];
-            qf_range_reset(r, 3);
-            float y;
-            qf_circuit_run_codes(c, &y, NULL, r, &v, 1, ws, err, 256);
-            double d = ldexp(1.0, l);
-            double want = floor((double)v / d + 0.5);   /* round half up */
-            CHECK(r[2].min == (int64_t)want, "round(%lld, %d lsbs) = %lld, want %g",
-                  (long long)v, l, (long long)r[2].min, want);
-            CHECK(y == (float)(want * d), "lookup input %g, want %g", (double)y, want * d);
-        }
-        qf_circuit_free(c);
-    }
-}
-
-/* Static bounds: exact for the first stage (brute force over all input codes)
- * and never below anything reachable for the others. */
+/* Input (1, 2, 2) codes in [-1, 1] (81 inputs): conv with padding, a pool
+ * whose padding code 5 lies outside the input range, a lookup and a
+ * transpose of the input, and a dense op on the conv. */
 static void test_worst_case(void)
 {
-    for (int rounding = 0; rounding <= 1; rounding++) {
-        qf_rng rng;
-        qf_rng_seed(&rng, 13 + rounding, 0);
-        net3 n;
-        make_net3(&n, &rng, rounding);
+    qf_quantizer in = {1.0f, 0, -1, 1}, q = {0.4f, 0, -6, 6};
+    int32_t wc[2 * 1 * 2 * 2] = {3, -2, 1, -4, -1, 2, 2, 5};
+    int32_t wd[3 * 18];
+    for (int j = 0; j < 54; j++)
+        wd[j] = (j * 7 % 11) - 5;
+    int64_t off[1] = {2};
+    float sc[1] = {0.7f}, bi[1] = {-0.3f};
+    qf_op_spec ops[6] = {
+        {.kind = QF_OP_CONV, .name = "conv", .src = 0, .weight = wc,
+         .weight_shape = {2, 1, 2, 2}, .stride = {1, 1}, .padding = {1, 1}, .pad_code = 0},
+        {.kind = QF_OP_POOL_SUM, .name = "pool", .src = 0, .kernel = {2, 2}, .stride = {1, 1},
+         .padding = {1, 1}, .pad_code = 5},
+        {.kind = QF_OP_LOOKUP, .name = "lut", .src = 0, .n_channels = 1, .offset = off,
+         .scale = sc, .bias = bi, .relu = 0, .quant = q},
+        {.kind = QF_OP_TRANSPOSE, .name = "t", .src = 0, .dims = {1, 2}},
+        {.kind = QF_OP_DENSE, .name = "fc", .src = 1, .weight = wd,
+         .weight_shape = {3, 18, 1, 1}},
+        {.kind = QF_OP_DECODE, .name = "output", .src = 5, .n_channels = 3,
+         .scale = (float[3]){1.0f, 1.0f, 1.0f}},
+    };
+    char err[256];
+    qf_circuit *c = NULL;
+    int64_t shape[3] = {1, 2, 2};
+    CHECK(qf_circuit_create(&c, &in, shape, ops, 6, err, 256) == QF_OK, "create: %s", err);
+    if (!c)
+        return;
+    int64_t codes[81 * 4];
+    for (int s = 0; s < 81; s++)
+        for (int i = 0, v = s; i < 4; i++, v /= 3)
+            codes[s * 4 + i] = v % 3 - 1;
+    float out[81 * 3];
+    int64_t *ws = malloc(sizeof(int64_t) * (size_t)qf_circuit_workspace_len(c));
+    qf_range r[6];
+    qf_range_reset(r, 6);
+    CHECK(qf_circuit_run_codes(c, out, NULL, r, codes, 81, ws, err, 256) == QF_OK, "run: %s",
+          err);
+    for (int j = 0; j < 6; j++) {
+        const qf_node_info *nd = qf_circuit_node(c, j);
+        int exact = j <= 4;   /* everything reading the input directly */
+        CHECK(exact ? (nd->static_min == r[j].min && nd->static_max == r[j].max)
+                    : (nd->static_min <= r[j].min && r[j].max <= nd->static_max),
+              "node %d: static [%lld, %lld], reached [%lld, %lld]", j,
+              (long long)nd->static_min, (long long)nd->static_max, (long long)r[j].min,
+              (long long)r[j].max);
+    }
+    /* pool windows: a corner holds three padded 5s and one input (15 + [-1, 1]), the
+     * centre four inputs ([-4, 4]) */
+    CHECK(r[2].min == -4 && r[2].max == 16, "pool range [%lld, %lld]", (long long)r[2].min,
+          (long long)r[2].max);
+    free(ws);
+    qf_circuit_free(c);
+}
+
+/* ---- the rounding rule ---- */
+
+static void test_rounding_rule(void)
+{
+    qf_quantizer in = {1.0f, 0, -40, 40};
+    int64_t codes[81];
+    for (int i = 0; i < 81; i++)
+        codes[i] = i - 40;
+    for (int l = 1; l <= 4; l++) {
+        qf_op_spec ops[2] = {
+            {.kind = QF_OP_ROUND, .name = "round", .src = 0, .lsbs = l},
+            {.kind = QF_OP_DECODE, .name = "output", .src = 1, .lsbs = l, .n_channels = 1,
+             .scale = (float[1]){1.0f}},
+        };
         char err[256];
-        qf_circuit *c;
-        if (build_net3(&c, &n, err) != QF_OK) {
-            CHECK(0, "create: %s", err);
+        qf_circuit *c = NULL;
+        int64_t shape[3] = {1, 1, 1};
+        CHECK(qf_circuit_create(&c, &in, shape, ops, 2, err, 256) == QF_OK, "create: %s", err);
+        if (!c)
             return;
+        float out[81];
+        int64_t got[81], ws[4];
+        qf_range r[2];
+        qf_range_reset(r, 2);
+        qf_circuit_run_codes(c, out, got, r, codes, 81, ws, err, 256);
+        int bad = 0;
+        for (int i = 0; i < 81; i++) {
+            int64_t want = naive_round(codes[i], l);
+            bad += got[i] != want || out[i] != (float)(want * ((int64_t)1 << l));
         }
-        int n_nodes = qf_circuit_n_nodes(c);
-        int levels = n.input.qmax - n.input.qmin + 1, total = levels * levels * levels;
-        int64_t *codes = malloc(sizeof(int64_t) * total * N_IN);
-        float *out = malloc(sizeof(float) * total * N_OUT);
-        for (int t = 0; t < total; t++) {
-            codes[t * N_IN + 0] = n.input.qmin + t % levels;
-            codes[t * N_IN + 1] = n.input.qmin + (t / levels) % levels;
-            codes[t * N_IN + 2] = n.input.qmin + t / (levels * levels);
-        }
-        qf_range r[8];
-        qf_range_reset(r, 8);
-        int64_t ws[64];
-        qf_status st = qf_circuit_run_codes(c, out, NULL, r, codes, total, ws, err, 256);
-        CHECK(st == QF_OK, "run_codes: %s", err);
-        for (int j = 0; j < n_nodes; j++) {
-            const qf_node_info *nd = qf_circuit_node(c, j);
-            CHECK(nd->static_min <= r[j].min && nd->static_max >= r[j].max,
-                  "node %d: static [%lld, %lld] misses reached [%lld, %lld]", j,
-                  (long long)nd->static_min, (long long)nd->static_max,
-                  (long long)r[j].min, (long long)r[j].max);
-            if (nd->stage <= 0)
-                CHECK(nd->static_min == r[j].min && nd->static_max == r[j].max,
-                      "stage-0 node %d: static [%lld, %lld], exact [%lld, %lld]", j,
-                      (long long)nd->static_min, (long long)nd->static_max,
-                      (long long)r[j].min, (long long)r[j].max);
-        }
-        /* Independent bound of the first accumulator: sum of per-term extremes. */
-        int64_t lo = 0, hi = 0;
-        for (int o = 0; o < N_H1; o++) {
-            int64_t a = 0, b = 0;
-            for (int i = 0; i < N_IN; i++) {
-                int64_t wv = n.w0[o * N_IN + i];
-                a += wv < 0 ? wv * n.input.qmax : wv * n.input.qmin;
-                b += wv < 0 ? wv * n.input.qmin : wv * n.input.qmax;
-            }
-            if (o == 0 || a < lo) lo = a;
-            if (o == 0 || b > hi) hi = b;
-        }
-        CHECK(qf_circuit_node(c, 1)->static_min == lo && qf_circuit_node(c, 1)->static_max == hi,
-              "first accumulator bound [%lld, %lld], per-term sum [%lld, %lld]",
-              (long long)qf_circuit_node(c, 1)->static_min,
-              (long long)qf_circuit_node(c, 1)->static_max, (long long)lo, (long long)hi);
-        free(codes);
-        free(out);
+        CHECK(bad == 0, "lsbs %d: %d values differ from floor((v + 2^(l-1)) / 2^l)", l, bad);
+        CHECK(qf_circuit_node(c, 1)->static_min == naive_round(-40, l) &&
+              qf_circuit_node(c, 1)->static_max == naive_round(40, l), "lsbs %d bounds", l);
         qf_circuit_free(c);
+    }
+    /* ties go up: -3/2 -> -1, -1/2 -> 0, 1/2 -> 1, 3/2 -> 2 */
+    CHECK(naive_round(-3, 1) == -1 && naive_round(-1, 1) == 0 && naive_round(1, 1) == 1 &&
+          naive_round(3, 1) == 2, "naive rounding of ties");
+}
+
+/* ---- errors ---- */
+
+typedef struct {
+    const char *what;
+    int op;                   /* index of the op to spoil */
+    qf_status status;
+    const char *message;      /* substring of the error */
+} bad_case;
+
+static void spoil(qf_op_spec *ops, int which)
+{
+    static const float nan_bias[3] = {0.0f, NAN, 0.0f}, negative_scale[3] = {0.5f, -1.0f, 0.5f};
+    static const int64_t big_offset[3] = {0, ((int64_t)1 << 62) + 1, 0};
+    switch (which) {
+    case 0: ops[0].src = 1; break;                                  /* future node */
+    case 1: ops[0].weight_shape[1] = 3; break;                      /* channels */
+    case 2: ops[0].weight_shape[2] = 9; break;                      /* kernel > padded input */
+    case 3: ops[0].stride[0] = 0; break;
+    case 4: ops[0].padding[1] = -1; break;
+    case 5: ops[1].n_channels = 2; break;
+    case 6: ops[1].quant.qmin = 9; break;
+    case 7: ops[1].quant.scale = 0.0f; break;
+    case 8: ops[1].bias = nan_bias; break;
+    case 9: ops[2].shape[0] = 7; break;                             /* reshape size */
+    case 10: ops[3].weight_shape[1] = 5; break;                     /* dense fan-in */
+    case 11: ops[3].kind = QF_OP_DECODE; break;                     /* decode not last */
+    case 12: ops[4].kind = QF_OP_LOOKUP; break;                     /* last not decode */
+    case 13: ops[1].lsbs = 63; break;
+    case 14: ops[2].kind = QF_OP_ROUND; ops[2].lsbs = 0; break;
+    case 15: ops[1].scale = negative_scale; break;
+    case 16: ops[2].kind = QF_OP_TRANSPOSE; ops[2].dims[1] = 3; break;
+    case 17: ops[2].kind = QF_OP_ADD; ops[2].src2 = 0; break;       /* shapes differ */
+    case 18: ops[0].weight = NULL; break;
+    case 19: ops[0].pad_code = QF_CIRCUIT_CODE_LIMIT + 1; break;
+    case 20: ops[0].kind = 42; break;
+    case 21: ops[1].lsbs = 62; break;                   /* lookup input acc 2^62 > int64 */
+    case 22: ops[1].offset = big_offset; break;
     }
 }
 
 static void test_errors(void)
 {
+    qf_quantizer in = {0.5f, 0, -3, 3}, mid = {0.5f, 0, 0, 7};
+    int32_t wc[3 * 1 * 2 * 2] = {1, -2, 3, 1, 0, 1, 1, 1, -1, -1, 2, 0};
+    int32_t wd[2 * 27];
+    for (int j = 0; j < 54; j++)
+        wd[j] = j % 5 - 2;
+    float s3[3] = {0.1f, 0.2f, 0.3f}, s2[2] = {1.0f, 1.0f};
+    qf_op_spec good[5] = {
+        {.kind = QF_OP_CONV, .name = "conv", .src = 0, .weight = wc,
+         .weight_shape = {3, 1, 2, 2}, .stride = {1, 1}, .padding = {0, 0}},
+        {.kind = QF_OP_LOOKUP, .name = "lut", .src = 1, .n_channels = 3, .scale = s3,
+         .quant = mid},
+        {.kind = QF_OP_RESHAPE, .name = "flatten", .src = 2, .shape = {27, 1, 1}},
+        {.kind = QF_OP_DENSE, .name = "fc", .src = 3, .weight = wd,
+         .weight_shape = {2, 27, 1, 1}},
+        {.kind = QF_OP_DECODE, .name = "output", .src = 4, .n_channels = 2, .scale = s2},
+    };
+    int64_t shape[3] = {1, 4, 4};
     char err[256];
-    qf_circuit *c = (qf_circuit *)&err;   /* must be reset to NULL on failure */
-    qf_quantizer in = {0.5f, 0, -3, 3}, mid = {0.5f, 0, 0, 7}, bad_in = {0.0f, 0, -3, 3};
-    int32_t w[4] = {1, -2, 3, 1};
-    float b[2] = {0.0f, NAN};
-    qf_stage_spec ok = {"fc", 2, 2, w, 0, 0.25f, NULL, 0, 0, 0, NO_QUANT};
-    qf_stage_spec s;
-
-    CHECK(qf_circuit_create(&c, &in, &ok, 0, err, 256) == QF_ERR_ARG && !c, "no stages");
-    CHECK(qf_circuit_create(&c, &bad_in, &ok, 1, err, 256) == QF_ERR_ARG && !c &&
+    qf_circuit *c = NULL;
+    CHECK(qf_circuit_create(&c, &in, shape, good, 5, err, 256) == QF_OK && c, "valid: %s", err);
+    qf_circuit_free(c);
+    bad_case cases[] = {
+        {"future node", 0, QF_ERR_ARG, "op 0 (conv): CONV reads node 1"},
+        {"channels", 0, QF_ERR_SHAPE, "input channels"},
+        {"kernel too large", 0, QF_ERR_SHAPE, "larger than the padded input (4, 4)"},
+        {"stride 0", 0, QF_ERR_ARG, "stride must be >= 1"},
+        {"negative padding", 0, QF_ERR_ARG, "padding must be >= 0"},
+        {"channel count", 1, QF_ERR_SHAPE, "per channel"},
+        {"qmin > qmax", 1, QF_ERR_ARG, "qmin 9 must not exceed qmax 7"},
+        {"zero scale", 1, QF_ERR_ARG, "output quantizer: scale"},
+        {"NaN bias", 1, QF_ERR_NONFINITE, "bias[1]"},
+        {"reshape size", 2, QF_ERR_SHAPE, "cannot reshape 27 values"},
+        {"dense fan-in", 3, QF_ERR_SHAPE, "op 3 (fc): weight must have shape"},
+        {"decode early", 3, QF_ERR_ARG, "DECODE may only be the last op"},
+        {"no decode", 4, QF_ERR_ARG, "the last op must be DECODE"},
+        {"lsbs 63", 1, QF_ERR_ARG, "lsbs"},
+        {"round 0", 2, QF_ERR_ARG, "lsbs must lie in [1, 62]"},
+        {"negative scale", 1, QF_ERR_ARG, "scale[1]"},
+        {"transpose axis", 2, QF_ERR_ARG, "dims must be axes"},
+        {"add shapes", 2, QF_ERR_SHAPE, "ADD needs one shape"},
+        {"no weights", 0, QF_ERR_ARG, "weight codes are missing"},
+        {"pad code", 0, QF_ERR_ARG, "pad_code"},
+        {"kind", 0, QF_ERR_ARG, "unknown op kind 42"},
+        {"overflow", 1, QF_ERR_OVERFLOW, "op 1 (lut): its values could exceed 2^62"},
+        {"offset", 1, QF_ERR_OVERFLOW, "offset[1]"},
+    };
+    int n_cases = (int)(sizeof cases / sizeof cases[0]);
+    for (int k = 0; k < n_cases; k++) {
+        qf_op_spec ops[5];
+        memcpy(ops, good, sizeof ops);
+        spoil(ops, k);
+        qf_circuit *bad = (qf_circuit *)&err;   /* must be reset to NULL on failure */
+        qf_status st = qf_circuit_create(&bad, &in, shape, ops, 5, err, 256);
+        CHECK(st == cases[k].status && bad == NULL && strstr(err, cases[k].message),
+              "%s: status %d, error \"%s\"", cases[k].what, (int)st, err);
+    }
+    qf_quantizer bad_in = {0.0f, 0, -3, 3};
+    int64_t bad_shape[3] = {1, 0, 4};
+    CHECK(qf_circuit_create(&c, &bad_in, shape, good, 5, err, 256) == QF_ERR_ARG && !c &&
           strstr(err, "input quantizer"), "zero input scale: %s", err);
-    s = ok; s.weight = NULL;
-    CHECK(qf_circuit_create(&c, &in, &s, 1, err, 256) == QF_ERR_ARG && !c, "missing weights");
-    s = ok; s.weight_scale = -1.0f;
-    CHECK(qf_circuit_create(&c, &in, &s, 1, err, 256) == QF_ERR_ARG && strstr(err, "fc"),
-          "negative weight scale: %s", err);
-    s = ok; s.bias = b;
-    CHECK(qf_circuit_create(&c, &in, &s, 1, err, 256) == QF_ERR_NONFINITE && strstr(err, "bias[1]"),
-          "NaN bias: %s", err);
-    s = ok; s.relu = 1;
-    CHECK(qf_circuit_create(&c, &in, &s, 1, err, 256) == QF_ERR_ARG, "last ReLU without quantizer");
-    s = ok; s.lsbs_to_remove = 63;
-    CHECK(qf_circuit_create(&c, &in, &s, 1, err, 256) == QF_ERR_ARG, "lsbs 63");
-    s = ok; s.in_features = 0;
-    CHECK(qf_circuit_create(&c, &in, &s, 1, err, 256) == QF_ERR_ARG, "zero features");
-    qf_stage_spec two[2] = {ok, ok};
-    CHECK(qf_circuit_create(&c, &in, two, 2, err, 256) == QF_ERR_ARG && strstr(err, "stage 0"),
-          "hidden stage without quantizer: %s", err);
-    two[0].has_output_quant = 1;
-    two[0].output_quant = mid;
-    two[1].in_features = 3;
-    CHECK(qf_circuit_create(&c, &in, two, 2, err, 256) == QF_ERR_SHAPE, "feature mismatch");
-    two[1].in_features = 2;
-    two[0].output_quant.qmin = 9;
-    CHECK(qf_circuit_create(&c, &in, two, 2, err, 256) == QF_ERR_ARG, "qmin > qmax");
-    two[0].output_quant = mid;
-    two[0].output_quant.zero_point = QF_CIRCUIT_CODE_LIMIT + 1;
-    CHECK(qf_circuit_create(&c, &in, two, 2, err, 256) == QF_ERR_ARG, "zero point too large");
-    two[0].output_quant = mid;
-    two[0].output_quant.scale = NAN;
-    CHECK(qf_circuit_create(&c, &in, two, 2, err, 256) == QF_ERR_ARG, "NaN scale");
-    two[0].output_quant = mid;
-    CHECK(qf_circuit_create(&c, &in, two, 2, err, 256) == QF_OK && c, "valid two-stage: %s", err);
+    CHECK(qf_circuit_create(&c, &in, bad_shape, good, 5, err, 256) == QF_ERR_ARG && !c &&
+          strstr(err, "input shape"), "empty input shape: %s", err);
+    CHECK(qf_circuit_create(&c, &in, shape, good, 0, err, 256) == QF_ERR_ARG && !c, "no ops");
 
     /* runtime errors */
-    int64_t ws[8];
-    float x[2] = {0.1f, NAN}, y[2];
+    CHECK(qf_circuit_create(&c, &in, shape, good, 5, err, 256) == QF_OK, "valid: %s", err);
+    int64_t *ws = malloc(sizeof(int64_t) * (size_t)qf_circuit_workspace_len(c));
+    float x[16] = {0}, y[2];
+    int64_t codes[16] = {0};
+    x[5] = NAN;
     CHECK(qf_circuit_run(c, y, NULL, NULL, x, 1, ws, err, 256) == QF_ERR_NONFINITE, "NaN input");
-    int64_t codes[2] = {0, 4};
+    codes[3] = 4;
     CHECK(qf_circuit_run_codes(c, y, NULL, NULL, codes, 1, ws, err, 256) == QF_ERR_ARG &&
-          strstr(err, "column 1"), "code outside range: %s", err);
+          strstr(err, "column 3"), "code outside range: %s", err);
+    free(ws);
     qf_circuit_free(c);
     qf_circuit_free(NULL);
 }
 
+/* ---- exact integers near the limits ---- */
+
 static void test_overflow(void)
 {
     char err[256];
-    enum { IN = 1024 };
-    static int32_t w[IN];
-    for (int i = 0; i < IN; i++)
-        w[i] = INT32_MAX;
     qf_quantizer in = {1.0f, 0, 0, QF_CIRCUIT_CODE_LIMIT};
-    qf_stage_spec s = {"huge", IN, 1, w, 0, 1.0f, NULL, 0, 0, 0, NO_QUANT};
+    int64_t one[3] = {1, 1, 1};
+    float s1[1] = {1.0f};
     qf_circuit *c;
-    /* 1024 * (2^31 - 1) * 2^23 > 2^62 */
-    CHECK(qf_circuit_create(&c, &in, &s, 1, err, 256) == QF_ERR_OVERFLOW && !c &&
-          strstr(err, "huge"), "overflowing accumulator: %s", err);
-    s.in_features = 1;
-    CHECK(qf_circuit_create(&c, &in, &s, 1, err, 256) == QF_OK, "one huge weight fits: %s", err);
+    /* one weight INT32_MAX times the largest code: exact */
+    int32_t w[1] = {INT32_MAX};
+    qf_op_spec ops[2] = {
+        {.kind = QF_OP_DENSE, .name = "huge", .src = 0, .weight = w, .weight_shape = {1, 1, 1, 1}},
+        {.kind = QF_OP_DECODE, .name = "output", .src = 1, .n_channels = 1, .scale = s1},
+    };
+    CHECK(qf_circuit_create(&c, &in, one, ops, 2, err, 256) == QF_OK, "one huge weight: %s", err);
     if (c) {
-        int64_t code = QF_CIRCUIT_CODE_LIMIT, ws[4];
+        int64_t code = QF_CIRCUIT_CODE_LIMIT, ws[4], got;
         qf_range r[2];
         qf_range_reset(r, 2);
         float y;
-        qf_circuit_run_codes(c, &y, NULL, r, &code, 1, ws, err, 256);
-        CHECK(r[1].max == (int64_t)INT32_MAX * QF_CIRCUIT_CODE_LIMIT, "exact product %lld",
-              (long long)r[1].max);
+        qf_circuit_run_codes(c, &y, &got, r, &code, 1, ws, err, 256);
+        CHECK(r[1].max == (int64_t)INT32_MAX * QF_CIRCUIT_CODE_LIMIT && got == r[1].max,
+              "exact product %lld", (long long)r[1].max);
         CHECK(qf_circuit_node(c, 1)->static_max == r[1].max, "static max");
         qf_circuit_free(c);
     }
     /* weight zero point INT32_MIN: q_w - Z_w needs 33 bits, exact in int64 */
-    int32_t w2[1] = {INT32_MAX};
-    qf_stage_spec s2 = {"zp", 1, 1, w2, INT32_MIN, 1.0f, NULL, 0, 0, 0, NO_QUANT};
-    CHECK(qf_circuit_create(&c, &in, &s2, 1, err, 256) == QF_OK, "33-bit weight: %s", err);
+    ops[0].weight_zero_point = INT32_MIN;
+    CHECK(qf_circuit_create(&c, &in, one, ops, 2, err, 256) == QF_OK, "33-bit weight: %s", err);
     if (c) {
         int64_t code = QF_CIRCUIT_CODE_LIMIT, ws[4];
         qf_range r[2];
@@ -483,20 +644,35 @@ static void test_overflow(void)
               "exact 33-bit product %lld", (long long)r[1].max);
         qf_circuit_free(c);
     }
-    /* a small accumulator whose zero-point correction Z_x sum q_w overflows */
-    qf_quantizer in2 = {1.0f, QF_CIRCUIT_CODE_LIMIT, 0, 1};
-    s.in_features = IN;
-    CHECK(qf_circuit_create(&c, &in2, &s, 1, err, 256) == QF_ERR_OVERFLOW && !c &&
-          strstr(err, "zero-point correction"), "offset: %s", err);
+    /* 255 such terms stay below 2^62; their sum added to itself does not */
+    static int32_t w255[255];
+    for (int i = 0; i < 255; i++)
+        w255[i] = INT32_MAX;
+    int64_t wide[3] = {255, 1, 1};
+    qf_op_spec add_ops[3] = {
+        {.kind = QF_OP_DENSE, .name = "wide", .src = 0, .weight = w255,
+         .weight_shape = {1, 255, 1, 1}},
+        {.kind = QF_OP_ADD, .name = "double", .src = 1, .src2 = 1},
+        {.kind = QF_OP_DECODE, .name = "output", .src = 2, .n_channels = 1, .scale = s1},
+    };
+    CHECK(qf_circuit_create(&c, &in, wide, add_ops, 3, err, 256) == QF_ERR_OVERFLOW && !c &&
+          strstr(err, "op 1 (double)"), "overflowing add: %s", err);
+    add_ops[1] = add_ops[2];
+    add_ops[1].src = 1;
+    CHECK(qf_circuit_create(&c, &in, wide, add_ops, 2, err, 256) == QF_OK, "wide sum: %s", err);
+    qf_circuit_free(c);
+    /* a lookup scaling such a sum by 2^2 leaves int64 */
+    add_ops[1].lsbs = 2;
+    CHECK(qf_circuit_create(&c, &in, wide, add_ops, 2, err, 256) == QF_ERR_OVERFLOW && !c,
+          "scaled lookup input: %s", err);
 }
 
 int main(void)
 {
     test_bits();
     test_against_naive();
-    test_rounding_against_naive();
-    test_rounding_rule();
     test_worst_case();
+    test_rounding_rule();
     test_errors();
     test_overflow();
     return CHECK_REPORT();

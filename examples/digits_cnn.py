@@ -1,0 +1,128 @@
+"""A small 3-bit quantization-aware CNN on scikit-learn's bundled 8x8 digits, trained with
+qatfhe, compiled to an exact integer circuit and simulated.
+
+    pip install scikit-learn        # the digits ship inside it; nothing is downloaded
+    python examples/digits_cnn.py [--epochs 60] [--seed 0] [--bits 3]
+
+Prints the accuracy of an fp32 baseline (the same architecture with float layers), of the
+3-bit QAT network (fake-quant, eval mode), of the compiled circuit (fhe="simulate"), how
+many test images the circuit agrees on (predictions and bit-identical logits), and the bit
+width of every integer value of the circuit, accumulators first.
+
+The network (all weights, activations and the input at `--bits` bits):
+    QuantIdentity -> QuantConv2d(1, 16, 3, padding=1) -> QuantReLU -> AvgPool2d(2)
+    -> QuantIdentity -> QuantConv2d(16, 32, 3, padding=1) -> QuantReLU -> AvgPool2d(2)
+    -> QuantIdentity -> Flatten -> QuantLinear(128, 10)
+Convolution weights have one abs-max scale per output channel; every AvgPool2d is
+followed by a QuantIdentity, so in the circuit it is an integer window sum and one table
+lookup."""
+import argparse
+import sys
+import time
+
+import numpy as np
+
+try:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+except ImportError:
+    sys.exit("this example needs scikit-learn, which ships the 8x8 digits data set: "
+             "pip install scikit-learn")
+
+from qatfhe import nn, optim
+from qatfhe.compile import compile_qat_model
+
+F32 = np.float32
+CHANNELS = (16, 32)
+
+
+def digits(seed):
+    """(X_train, X_test, y_train, y_test): 8x8 images scaled to [0, 1], shape (n, 1, 8, 8);
+    a stratified 80/20 split."""
+    data = load_digits()
+    X = (data.images / 16.0).astype(F32)[:, None]
+    return train_test_split(X, data.target, test_size=0.2, random_state=seed,
+                            stratify=data.target)
+
+
+def fp32_cnn(seed):
+    c1, c2 = CHANNELS
+    return nn.Sequential(
+        nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Flatten(), nn.Linear(4 * c2, 10), seed=seed)
+
+
+def qat_cnn(bits, seed):
+    c1, c2 = CHANNELS
+    unsigned = nn.Uint8ActPerTensorFloat          # inputs and pooled values are >= 0
+    return nn.Sequential(
+        nn.QuantIdentity(act_quant=unsigned, bit_width=bits),
+        nn.QuantConv2d(1, c1, 3, padding=1, weight_bit_width=bits,
+                       weight_scaling_per_output_channel=True),
+        nn.QuantReLU(bit_width=bits), nn.AvgPool2d(2),
+        nn.QuantIdentity(act_quant=unsigned, bit_width=bits),
+        nn.QuantConv2d(c1, c2, 3, padding=1, weight_bit_width=bits,
+                       weight_scaling_per_output_channel=True),
+        nn.QuantReLU(bit_width=bits), nn.AvgPool2d(2),
+        nn.QuantIdentity(act_quant=unsigned, bit_width=bits),
+        nn.Flatten(), nn.QuantLinear(4 * c2, 10, weight_bit_width=bits), seed=seed)
+
+
+def train(net, X, y, epochs, seed):
+    optim.AdamW(net.parameters(), lr=3e-3)
+    net.fit(X, y, epochs=epochs, batch_size=16, seed=seed, progress=False)
+    return net.eval()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bits", type=int, default=3)
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    X_train, X_test, y_train, y_test = digits(args.seed)
+    print(f"digits: {len(X_train)} training and {len(X_test)} test images of 8x8")
+
+    t = time.perf_counter()
+    fp32 = train(fp32_cnn(args.seed), X_train, y_train, args.epochs, args.seed)
+    fp32_acc = fp32.score(X_test, y_test)
+    print(f"fp32 baseline          accuracy {fp32_acc:.2%}   ({time.perf_counter() - t:.1f} s)")
+
+    t = time.perf_counter()
+    qat = train(qat_cnn(args.bits, args.seed), X_train, y_train, args.epochs, args.seed)
+    qat_logits = qat(X_test)
+    qat_pred = np.asarray(qat_logits).argmax(axis=1)
+    qat_acc = float(np.mean(qat_pred == y_test))
+    print(f"{args.bits}-bit QAT (fake-quant)  accuracy {qat_acc:.2%}   "
+          f"({time.perf_counter() - t:.1f} s)")
+
+    t = time.perf_counter()
+    module = compile_qat_model(qat, X_train)
+    logits = module.forward(X_test, fhe="simulate")
+    pred = logits.argmax(axis=1)
+    sim_acc = float(np.mean(pred == y_test))
+    same_pred = int(np.sum(pred == qat_pred))
+    same_logits = int(np.sum(np.all(logits == np.asarray(qat_logits), axis=1)))
+    print(f"integer circuit        accuracy {sim_acc:.2%}   (compile + simulate "
+          f"{time.perf_counter() - t:.1f} s)")
+    print(f"agreement with fake-quant: {same_pred}/{len(X_test)} predictions, "
+          f"{same_logits}/{len(X_test)} logit vectors bit for bit")
+
+    report = module.bit_width_report()
+    print(f"\nmax accumulator: {module.accumulator_bit_width} bits; circuit bit width "
+          f"(every value): {module.max_bit_width} bits measured on the training set, "
+          f"{module.worst_case_bit_width} bits worst case over all inputs")
+    print(f"{'value':32s} {'kind':14s} {'range':>14s} {'bits':>4s} {'worst':>5s}")
+    for r in report:
+        print(f"{r['name']:32s} {r['kind']:14s} {'[%d, %d]' % (r['min'], r['max']):>14s} "
+              f"{r['bits']:4d} {r['static_bits']:5d}")
+    gap = 100 * (fp32_acc - qat_acc)
+    print(f"\nQAT is {gap:.1f} points below the fp32 baseline; total "
+          f"{time.perf_counter() - start:.1f} s")
+    return 0 if same_pred == len(X_test) and same_logits == len(X_test) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
