@@ -23,7 +23,7 @@ setup(
             sources=sources,
             include_dirs=["csrc", numpy.get_include()],
             extra_compile_args=flags,
-            libraries=["m"],
+            libraries=["m", "pthread"],
         )
     ]
 )

@@ -1,12 +1,12 @@
 /* circuit.c: the exact integer circuit: creation with overflow-checked
- * worst-case bounds of every node, input quantization, and integer
- * inference one sample at a time (see circuit.h for the operations). */
+ * worst-case bounds of every node, the index of nonzero weights, and the
+ * accessors (see circuit.h for the operations; circuit_run.c runs it). */
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "circuit.h"
+#include "circuit_internal.h"
 #include "conv.h"
 #include "quant.h"
 
@@ -15,35 +15,6 @@
 #define VALUE_LIMIT ((int64_t)1 << 62)
 /* Largest node or weight tensor (elements); allocation would fail anyway. */
 #define SIZE_LIMIT ((int64_t)1 << 36)
-
-typedef struct {
-    int kind;                  /* qf_op_kind                                    */
-    char name[QF_CIRCUIT_NAME_LEN];
-    int src, src2;
-    int64_t in_shape[3];       /* (C, H, W) of src                              */
-    int64_t out_shape[3];      /* of the result (DECODE: of src)                */
-    int64_t *weight;           /* DENSE (OC, in) / CONV (OC, C, KH, KW): q_w - Z_w */
-    int64_t oc, kh, kw, sh, sw, ph, pw;
-    int64_t pad;               /* CONV, POOL_SUM: code of padded positions       */
-    int lsbs;
-    int64_t *offset;           /* LOOKUP, DECODE: (channels of src)             */
-    float *scale, *bias;       /* LOOKUP, DECODE: (channels of src)             */
-    int relu;
-    qf_quantizer quant;        /* LOOKUP                                        */
-    float quant_lo, quant_hi;  /* qmin - Z, qmax - Z                            */
-    int axes[2];               /* TRANSPOSE                                     */
-} op;
-
-struct qf_circuit {
-    qf_quantizer input;
-    float input_lo, input_hi;  /* qmin - Z, qmax - Z of the input quantizer      */
-    int n_ops;
-    op *ops;                   /* (n_ops), the last one DECODE                  */
-    int n_nodes;               /* n_ops: the input, then one per op but DECODE  */
-    qf_node_info *nodes;       /* (n_nodes)                                     */
-    int64_t *node_start;       /* (n_nodes) where each node sits in a workspace */
-    int64_t workspace_len;     /* sum of the node sizes                          */
-};
 
 static void set_err(char *err, int err_len, const char *fmt, ...)
 {
@@ -55,7 +26,7 @@ static void set_err(char *err, int err_len, const char *fmt, ...)
     va_end(ap);
 }
 
-static int64_t size3(const int64_t *s) { return s[0] * s[1] * s[2]; }
+static int64_t size3(const int64_t *s) { return qf_circuit_size3(s); }
 static int beyond_limit(int64_t v) { return v < -VALUE_LIMIT || v > VALUE_LIMIT; }
 
 /* *count = the product of n sizes (each >= 0); 0 when it passes SIZE_LIMIT. */
@@ -70,39 +41,6 @@ static int checked_count(int64_t *count, const int64_t *sizes, int n)
 }
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
-
-/* ---- element functions, shared by inference and the static bounds ---- */
-
-/* floor((v + 2^(l-1)) / 2^l): round half up, divided by 2^l; 1 <= l <= 62,
- * |v| <= VALUE_LIMIT. */
-static int64_t rounded_msbs(int64_t v, int l)
-{
-    int64_t d = (int64_t)1 << l;
-    int64_t t = v + d / 2;
-    int64_t q = t / d;
-    if (t % d != 0 && t < 0)
-        q--;
-    return q;
-}
-
-static int64_t quantize_code(const qf_quantizer *q, float lo, float hi, float x)
-{
-    return (int64_t)qf_quantize_value(x, q->scale, lo, hi) + q->zero_point;
-}
-
-/* The float value of a LOOKUP / DECODE of integer t in channel ch, before
- * the output quantizer: epilogue, then ReLU for a LOOKUP with relu. */
-static float affine_value(const op *p, int64_t ch, int64_t t)
-{
-    int64_t v = t * ((int64_t)1 << p->lsbs) + p->offset[ch];
-    float y = qf_affine_epilogue(v, p->scale[ch], p->bias[ch]);
-    return p->relu && y < 0.0f ? 0.0f : y;
-}
-
-static int64_t lookup_code(const op *p, int64_t ch, int64_t t)
-{
-    return quantize_code(&p->quant, p->quant_lo, p->quant_hi, affine_value(p, ch, t));
-}
 
 /* ---- checks of the spec ---- */
 
@@ -174,7 +112,8 @@ static qf_status check_window(const where *w, const qf_op_spec *sp, int kh, int 
 
 /* Geometry of a CONV / POOL_SUM op p over its input shape; QF_ERR_SHAPE when
  * the kernel does not fit the padded input. */
-static qf_status set_window(const where *w, op *p, const qf_op_spec *sp, int kh, int kw)
+static qf_status set_window(const where *w, qf_circuit_op *p, const qf_op_spec *sp, int kh,
+                            int kw)
 {
     qf_status st = check_window(w, sp, kh, kw);
     if (st != QF_OK)
@@ -198,7 +137,7 @@ static qf_status set_window(const where *w, op *p, const qf_op_spec *sp, int kh,
 }
 
 /* Copy LOOKUP / DECODE parameters (n_channels entries each). */
-static qf_status copy_affine(const where *w, op *p, const qf_op_spec *sp)
+static qf_status copy_affine(const where *w, qf_circuit_op *p, const qf_op_spec *sp)
 {
     int64_t ch = p->in_shape[0];
     if (sp->n_channels != ch)
@@ -230,8 +169,37 @@ static qf_status copy_affine(const where *w, op *p, const qf_op_spec *sp)
     return QF_OK;
 }
 
+/* nz = the nonzero entries of weight (rows, cols), row by row. */
+static qf_status index_nonzero(const where *w, qf_circuit_sparse *nz, const int64_t *weight,
+                               int64_t rows, int64_t cols)
+{
+    if (cols > INT32_MAX)
+        FAIL(w, QF_ERR_ARG, "weight rows have %lld entries, more than %d", (long long)cols,
+             INT32_MAX);
+    int64_t nnz = 0;
+    for (int64_t j = 0; j < rows * cols; j++)
+        nnz += weight[j] != 0;
+    nz->start = malloc((size_t)(rows + 1) * sizeof *nz->start);
+    nz->col = malloc((size_t)(nnz > 0 ? nnz : 1) * sizeof *nz->col);
+    nz->value = malloc((size_t)(nnz > 0 ? nnz : 1) * sizeof *nz->value);
+    if (!nz->start || !nz->col || !nz->value)
+        return QF_ERR_NOMEM;
+    int64_t k = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        nz->start[r] = k;
+        for (int64_t i = 0; i < cols; i++)
+            if (weight[r * cols + i] != 0) {
+                nz->col[k] = (int32_t)i;
+                nz->value[k++] = weight[r * cols + i];
+            }
+    }
+    nz->start[rows] = k;
+    return QF_OK;
+}
+
 /* Copy the weight codes (dims (4) sizes) minus the zero point. */
-static qf_status copy_weight(const where *w, op *p, const qf_op_spec *sp, const int64_t *dims)
+static qf_status copy_weight(const where *w, qf_circuit_op *p, const qf_op_spec *sp,
+                             const int64_t *dims)
 {
     int64_t count;
     if (!sp->weight)
@@ -243,7 +211,7 @@ static qf_status copy_weight(const where *w, op *p, const qf_op_spec *sp, const 
         return QF_ERR_NOMEM;
     for (int64_t j = 0; j < count; j++)
         p->weight[j] = (int64_t)sp->weight[j] - sp->weight_zero_point;
-    return QF_OK;
+    return index_nonzero(w, &p->nz, p->weight, dims[0], count / dims[0]);
 }
 
 /* ---- static bounds ---- */
@@ -259,7 +227,7 @@ static int add_term(int64_t *lo, int64_t *hi, int64_t w, int64_t a, int64_t b)
 }
 
 /* Bounds of a DENSE node: per output, the sum of per-term extremes. */
-static int dense_bounds(const op *p, int64_t a, int64_t b, int64_t *lo, int64_t *hi)
+static int dense_bounds(const qf_circuit_op *p, int64_t a, int64_t b, int64_t *lo, int64_t *hi)
 {
     int64_t in = size3(p->in_shape);
     *lo = INT64_MAX;
@@ -278,7 +246,7 @@ static int dense_bounds(const op *p, int64_t a, int64_t b, int64_t *lo, int64_t 
 /* Bounds of a CONV (weight non-NULL) or POOL_SUM (weights 1, one channel
  * suffices: every channel sees the same box) node, position by position:
  * a tap in the padding holds pad_code, any other one a value in [a, b]. */
-static int window_bounds(const op *p, int64_t a, int64_t b, int64_t *lo, int64_t *hi)
+static int window_bounds(const qf_circuit_op *p, int64_t a, int64_t b, int64_t *lo, int64_t *hi)
 {
     int64_t c_in = p->weight ? p->in_shape[0] : 1, oc = p->weight ? p->oc : 1;
     *lo = INT64_MAX;
@@ -309,7 +277,7 @@ static int window_bounds(const op *p, int64_t a, int64_t b, int64_t *lo, int64_t
 /* Bounds of a LOOKUP: each channel's function is non-decreasing (positive
  * scale, monotone float rounding, ReLU and clamp), so its extremes are its
  * values at the input's extremes. */
-static int lookup_bounds(const op *p, int64_t a, int64_t b, int64_t *lo, int64_t *hi)
+static int lookup_bounds(const qf_circuit_op *p, int64_t a, int64_t b, int64_t *lo, int64_t *hi)
 {
     int64_t m = (int64_t)1 << p->lsbs, t;
     *lo = INT64_MAX;
@@ -319,8 +287,8 @@ static int lookup_bounds(const op *p, int64_t a, int64_t b, int64_t *lo, int64_t
             __builtin_mul_overflow(b, m, &t) || __builtin_add_overflow(t, p->offset[c], &t))
             return 0;
         if (p->kind == QF_OP_LOOKUP) {
-            *lo = min64(*lo, lookup_code(p, c, a));
-            *hi = max64(*hi, lookup_code(p, c, b));
+            *lo = min64(*lo, qf_circuit_lookup_code(p, c, a));
+            *hi = max64(*hi, qf_circuit_lookup_code(p, c, b));
         }
     }
     return 1;
@@ -333,7 +301,7 @@ static int lookup_bounds(const op *p, int64_t a, int64_t b, int64_t *lo, int64_t
 static qf_status build_op(qf_circuit *c, int k, int n_ops, const qf_op_spec *sp,
                           char *err, int err_len)
 {
-    op *p = &c->ops[k];
+    qf_circuit_op *p = &c->ops[k];
     const char *nm = sp->name ? sp->name : "";
     snprintf(p->name, sizeof p->name, "%s", nm);
     where w = {k, p->name, err, err_len};
@@ -398,8 +366,8 @@ static qf_status build_op(qf_circuit *c, int k, int n_ops, const qf_op_spec *sp,
             FAIL(&w, QF_ERR_ARG, "lsbs must lie in [1, %d], got %d", QF_CIRCUIT_MAX_LSBS,
                  sp->lsbs);
         p->lsbs = sp->lsbs;
-        lo = rounded_msbs(a, p->lsbs);
-        hi = rounded_msbs(b, p->lsbs);
+        lo = qf_circuit_round_msbs(a, p->lsbs);
+        hi = qf_circuit_round_msbs(b, p->lsbs);
         node_kind = QF_NODE_ROUNDED;
         break;
     case QF_OP_LOOKUP:
@@ -530,7 +498,16 @@ qf_status qf_circuit_create(qf_circuit **out, const qf_quantizer *input_quant,
         c->node_start[j] = total;
         total += size3(c->nodes[j].shape);
     }
-    c->workspace_len = total;
+    c->sample_len = total;
+    c->block_lanes = QF_CIRCUIT_BLOCK_FLOATS / total / 8 * 8;
+    c->block_lanes = c->block_lanes > QF_CIRCUIT_BLOCK ? QF_CIRCUIT_BLOCK : c->block_lanes;
+    c->block_lanes = c->block_lanes < 8 ? 8 : c->block_lanes;
+    int fits = qf_circuit_prepare_float(c);
+    if (fits < 0) {
+        st = QF_ERR_NOMEM;
+        goto fail;
+    }
+    c->float_exact = fits;
     *out = c;
     return QF_OK;
 fail:
@@ -546,7 +523,12 @@ void qf_circuit_free(qf_circuit *c)
         return;
     for (int k = 0; c->ops && k < c->n_ops; k++) {
         free(c->ops[k].weight);
+        free(c->ops[k].nz.start);
+        free(c->ops[k].nz.col);
+        free(c->ops[k].nz.value);
+        free(c->ops[k].nz.value_f);
         free(c->ops[k].offset);
+        free(c->ops[k].offset_f);
         free(c->ops[k].scale);
         free(c->ops[k].bias);
     }
@@ -563,7 +545,6 @@ int64_t qf_circuit_out_size(const qf_circuit *c)
     return size3(c->ops[c->n_ops - 1].out_shape);
 }
 int qf_circuit_n_nodes(const qf_circuit *c) { return c->n_nodes; }
-int64_t qf_circuit_workspace_len(const qf_circuit *c) { return c->workspace_len; }
 
 const char *qf_circuit_op_name(const qf_circuit *c, int k)
 {
@@ -575,172 +556,3 @@ const qf_node_info *qf_circuit_node(const qf_circuit *c, int node)
     return node >= 0 && node < c->n_nodes ? &c->nodes[node] : NULL;
 }
 
-/* ---- inference ---- */
-
-static void run_dense(const op *p, int64_t *dst, const int64_t *src)
-{
-    int64_t in = size3(p->in_shape);
-    for (int64_t o = 0; o < p->oc; o++) {
-        const int64_t *w = p->weight + o * in;
-        int64_t acc = 0;
-        for (int64_t i = 0; i < in; i++)
-            acc += src[i] * w[i];
-        dst[o] = acc;
-    }
-}
-
-/* CONV (weight non-NULL: dst (OC, OH, OW)) or POOL_SUM (dst (C, OH, OW)):
- * the same window walk, in the order of the static bounds. */
-static void run_window(const op *p, int64_t *dst, const int64_t *src)
-{
-    int64_t h = p->in_shape[1], wd = p->in_shape[2];
-    int conv = p->weight != NULL;
-    int64_t planes = conv ? p->oc : p->in_shape[0];
-    int64_t c_in = conv ? p->in_shape[0] : 1;
-    for (int64_t o = 0; o < planes; o++)
-        for (int64_t oy = 0; oy < p->out_shape[1]; oy++)
-            for (int64_t ox = 0; ox < p->out_shape[2]; ox++) {
-                const int64_t *w = conv ? p->weight + o * c_in * p->kh * p->kw : NULL;
-                int64_t acc = 0;
-                for (int64_t ci = 0; ci < c_in; ci++) {
-                    const int64_t *plane = src + (conv ? ci : o) * h * wd;
-                    for (int64_t ky = 0; ky < p->kh; ky++) {
-                        int64_t y = oy * p->sh - p->ph + ky;
-                        for (int64_t kx = 0; kx < p->kw; kx++) {
-                            int64_t x = ox * p->sw - p->pw + kx;
-                            int64_t v = y >= 0 && y < h && x >= 0 && x < wd ? plane[y * wd + x]
-                                                                            : p->pad;
-                            acc += conv ? v * *w++ : v;
-                        }
-                    }
-                }
-                *dst++ = acc;
-            }
-}
-
-static void run_transpose(const op *p, int64_t *dst, const int64_t *src)
-{
-    const int64_t *is = p->in_shape, *os = p->out_shape;
-    int64_t stride_in[3] = {is[1] * is[2], is[2], 1};
-    int64_t st[3] = {stride_in[0], stride_in[1], stride_in[2]};
-    st[p->axes[0]] = stride_in[p->axes[1]];
-    st[p->axes[1]] = stride_in[p->axes[0]];
-    for (int64_t i = 0; i < os[0]; i++)
-        for (int64_t j = 0; j < os[1]; j++)
-            for (int64_t k = 0; k < os[2]; k++)
-                *dst++ = src[i * st[0] + j * st[1] + k * st[2]];
-}
-
-/* One sample: node 0 of ws holds the input codes; out (out_size). */
-static void run_sample(const qf_circuit *c, float *out, int64_t *out_int, qf_range *ranges,
-                       int64_t *ws)
-{
-    for (int k = 0; k < c->n_ops; k++) {
-        const op *p = &c->ops[k];
-        const int64_t *src = ws + c->node_start[p->src];
-        int64_t n_in = size3(p->in_shape), plane = p->in_shape[1] * p->in_shape[2];
-        if (p->kind == QF_OP_DECODE) {
-            for (int64_t i = 0; i < n_in; i++) {
-                out[i] = affine_value(p, i / plane, src[i]);
-                if (out_int)
-                    out_int[i] = src[i];
-            }
-            break;
-        }
-        int64_t *dst = ws + c->node_start[k + 1];
-        int64_t n_out = size3(p->out_shape);
-        switch (p->kind) {
-        case QF_OP_DENSE:
-            run_dense(p, dst, src);
-            break;
-        case QF_OP_CONV:
-        case QF_OP_POOL_SUM:
-            run_window(p, dst, src);
-            break;
-        case QF_OP_ROUND:
-            for (int64_t i = 0; i < n_in; i++)
-                dst[i] = rounded_msbs(src[i], p->lsbs);
-            break;
-        case QF_OP_LOOKUP:
-            for (int64_t i = 0; i < n_in; i++)
-                dst[i] = lookup_code(p, i / plane, src[i]);
-            break;
-        case QF_OP_RESHAPE:
-            memcpy(dst, src, (size_t)n_in * sizeof *dst);
-            break;
-        case QF_OP_TRANSPOSE:
-            run_transpose(p, dst, src);
-            break;
-        case QF_OP_ADD: {
-            const int64_t *src2 = ws + c->node_start[p->src2];
-            for (int64_t i = 0; i < n_in; i++)
-                dst[i] = src[i] + src2[i];
-            break;
-        }
-        }
-        if (ranges)
-            for (int64_t i = 0; i < n_out; i++)
-                qf_range_update(&ranges[k + 1], dst[i]);
-    }
-}
-
-qf_status qf_circuit_quantize_input(const qf_circuit *c, int64_t *codes, const float *x,
-                                    int64_t n, char *err, int err_len)
-{
-    int64_t total = n * qf_circuit_in_size(c);
-    for (int64_t j = 0; j < total; j++) {
-        if (!isfinite(x[j])) {
-            set_err(err, err_len, "input contains NaN or infinity (first at flat index %lld); "
-                    "expected finite values", (long long)j);
-            return QF_ERR_NONFINITE;
-        }
-        codes[j] = quantize_code(&c->input, c->input_lo, c->input_hi, x[j]);
-    }
-    return QF_OK;
-}
-
-static void update_input_range(const qf_circuit *c, qf_range *ranges, const int64_t *codes)
-{
-    if (ranges)
-        for (int64_t i = 0; i < qf_circuit_in_size(c); i++)
-            qf_range_update(&ranges[0], codes[i]);
-}
-
-qf_status qf_circuit_run_codes(const qf_circuit *c, float *out, int64_t *out_int,
-                               qf_range *ranges, const int64_t *codes, int64_t n,
-                               int64_t *workspace, char *err, int err_len)
-{
-    int64_t in = qf_circuit_in_size(c), n_out = qf_circuit_out_size(c);
-    for (int64_t r = 0; r < n; r++) {
-        for (int64_t i = 0; i < in; i++) {
-            int64_t q = codes[r * in + i];
-            if (q < c->input.qmin || q > c->input.qmax) {
-                set_err(err, err_len, "input code %lld at row %lld, column %lld lies outside "
-                        "the input quantizer's range [%d, %d]", (long long)q, (long long)r,
-                        (long long)i, (int)c->input.qmin, (int)c->input.qmax);
-                return QF_ERR_ARG;
-            }
-            workspace[i] = q;
-        }
-        update_input_range(c, ranges, workspace);
-        run_sample(c, out + r * n_out, out_int ? out_int + r * n_out : NULL, ranges, workspace);
-    }
-    return QF_OK;
-}
-
-qf_status qf_circuit_run(const qf_circuit *c, float *out, int64_t *out_int, qf_range *ranges,
-                         const float *x, int64_t n, int64_t *workspace, char *err, int err_len)
-{
-    int64_t in = qf_circuit_in_size(c), n_out = qf_circuit_out_size(c);
-    for (int64_t r = 0; r < n; r++) {
-        qf_status st = qf_circuit_quantize_input(c, workspace, x + r * in, 1, err, err_len);
-        if (st != QF_OK) {
-            set_err(err, err_len, "input contains NaN or infinity (first at row %lld); "
-                    "expected finite values", (long long)r);
-            return st;
-        }
-        update_input_range(c, ranges, workspace);
-        run_sample(c, out + r * n_out, out_int ? out_int + r * n_out : NULL, ranges, workspace);
-    }
-    return QF_OK;
-}

@@ -43,7 +43,16 @@
  * a box (any element anywhere in it); a circuit whose values could pass
  * 2^62 in magnitude is refused (QF_ERR_OVERFLOW), so running never
  * overflows.  Those bounds are the static worst case of the bit-width
- * analysis (exact for a DENSE or CONV reading the input codes). */
+ * analysis (exact for a DENSE or CONV reading the input codes).
+ *
+ * Two engines run a circuit, with identical results (qf_circuit_run_opts):
+ *   int64 (circuit_sample.c), one sample at a time, any circuit;
+ *   float32 blocks (circuit_block.c), for circuits whose every value, partial
+ *       sum and lookup argument stays below 2^24 by the static bounds
+ *       (qf_circuit_float_exact), where float32 arithmetic on integers is
+ *       exact: blocks of up to 64 samples, op by op, each kernel vectorised
+ *       over the samples, DENSE and CONV skipping zero (pruned) weights.
+ * A batch may be split over threads (circuit_run.c). */
 #ifndef QF_CIRCUIT_H
 #define QF_CIRCUIT_H
 
@@ -145,8 +154,34 @@ const char *qf_circuit_op_name(const qf_circuit *c, int op);   /* "input" for -1
 int qf_circuit_n_nodes(const qf_circuit *c);
 const qf_node_info *qf_circuit_node(const qf_circuit *c, int node);
 
-/* int64 elements of scratch memory one run call needs. */
-int64_t qf_circuit_workspace_len(const qf_circuit *c);
+/* How a run call computes.  Every choice gives the same outputs, returned
+ * integers and ranges, bit for bit. */
+typedef enum {
+    QF_CIRCUIT_ENGINE_AUTO = 0,   /* float32 blocks when qf_circuit_float_exact,
+                                     else int64                               */
+    QF_CIRCUIT_ENGINE_INT64 = 1   /* int64, one sample at a time (the reference) */
+} qf_circuit_engine;
+
+#define QF_CIRCUIT_MAX_THREADS 64
+
+typedef struct {
+    int engine;               /* qf_circuit_engine                            */
+    int n_threads;            /* 0 or 1: the calling thread alone; up to
+                                 QF_CIRCUIT_MAX_THREADS: the batch is split
+                                 into contiguous runs of samples, one per
+                                 thread (fewer for small batches)             */
+} qf_circuit_run_opts;
+
+/* Whether every integer of the circuit (values, partial sums of DENSE,
+ * CONV and POOL_SUM in any order, lookup arguments t 2^l + offset) stays
+ * below 2^24 in magnitude over all input codes, by the static bounds: then
+ * float32 holds them exactly and the AUTO engine evaluates blocks of samples
+ * op by op in float32 (vectorised over the samples, skipping zero weights). */
+int qf_circuit_float_exact(const qf_circuit *c);
+
+/* int64 elements of scratch memory one run call with n_threads threads
+ * needs (independent of the batch size). */
+int64_t qf_circuit_workspace_len(const qf_circuit *c, int n_threads);
 
 /* codes (n, in_size) = the input quantizer applied to x (n, in_size).
  * QF_ERR_NONFINITE (err gives the flat index) for NaN or infinity. */
@@ -157,16 +192,20 @@ qf_status qf_circuit_quantize_input(const qf_circuit *c, int64_t *codes, const f
  * the decoded output; out_int (n, out_size) or NULL receives the integers
  * the encrypted circuit returns (the node DECODE reads), which the client
  * decodes into out.  ranges (n_nodes) or NULL: min/max of every node
- * widened by this batch (start from qf_range_reset).  workspace:
- * qf_circuit_workspace_len int64s.  QF_ERR_ARG when a code lies outside the
- * input quantizer's range. */
+ * widened by this batch (start from qf_range_reset).  opts: NULL for the
+ * defaults (AUTO, one thread).  workspace: qf_circuit_workspace_len(c,
+ * opts->n_threads) int64s.  Status: QF_ERR_ARG when a code lies outside the
+ * input quantizer's range (err gives the first) or opts are out of range;
+ * nothing is written then. */
 qf_status qf_circuit_run_codes(const qf_circuit *c, float *out, int64_t *out_int,
                                qf_range *ranges, const int64_t *codes, int64_t n,
-                               int64_t *workspace, char *err, int err_len);
+                               const qf_circuit_run_opts *opts, int64_t *workspace,
+                               char *err, int err_len);
 
-/* Quantize x (n, in_size) one sample at a time and run it, as above.
- * QF_ERR_NONFINITE (err gives the row) for NaN or infinity in x. */
+/* Quantize x (n, in_size) with the input quantizer and run it, as above.
+ * QF_ERR_NONFINITE (err gives the first row) for NaN or infinity in x. */
 qf_status qf_circuit_run(const qf_circuit *c, float *out, int64_t *out_int, qf_range *ranges,
-                         const float *x, int64_t n, int64_t *workspace, char *err, int err_len);
+                         const float *x, int64_t n, const qf_circuit_run_opts *opts,
+                         int64_t *workspace, char *err, int err_len);
 
 #endif

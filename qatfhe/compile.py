@@ -22,6 +22,11 @@ quantization-aware network, as `compile_brevitas_qat_model`.  Both return a
 Modes, as in Concrete-ML: fhe="disable" runs the quantized model in the clear (NumPy, here),
 fhe="simulate" runs the integer circuit (C) with the same integers and the same float32
 lookups, so the two agree exactly; fhe="execute" needs an encryption backend (none yet).
+In C, a circuit whose every value and partial sum stays below 2^24 by the static bounds runs
+in float32 (exact for such integers) on blocks of samples, vectorised and skipping pruned
+weights; any other runs in int64 one sample at a time.  forward, predict and
+quantized_forward take n_threads (default 1) to split a large batch over threads.  The
+results are the same bit for bit whichever engine, thread count and batch size.
 
 Rounding is kept identical to the engine's fake-quant forward: both quantize with the one
 rule q = clamp(rint(x / s)) in float32 and turn an accumulator into a float with the one
@@ -89,6 +94,8 @@ STABILITY_CONST = 1e-6      # Concrete-ML: a range narrower than this is one val
 F32 = np.float32
 EXACT_F64 = 2.0 ** 52       # integer sums below this are exact in float64 BLAS
 CHUNK = 1 << 22             # elements of patch matrices per NumPy block
+MAX_THREADS = 64            # QF_CIRCUIT_MAX_THREADS
+_FLOAT32, _INT64 = np.dtype(np.float32), np.dtype(np.int64)
 
 
 class BitWidthError(ValueError):
@@ -400,6 +407,16 @@ def _check_rounding(rounding_threshold_bits):
     if not 2 <= r <= 16:
         raise ValueError(f"rounding_threshold_bits must be in [2, 16], got {r}")
     return int(r)
+
+
+def _check_threads(n_threads):
+    """n_threads as an int in [1, 64] (the C core's limit)."""
+    if n_threads == 1 and type(n_threads) is int:
+        return 1
+    n_threads = _checks.positive_int(n_threads, "n_threads")
+    if n_threads > MAX_THREADS:
+        raise ValueError(f"n_threads must be an integer in [1, {MAX_THREADS}], got {n_threads}")
+    return n_threads
 
 
 def _check_limits(max_bits, on_overflow):
@@ -767,6 +784,7 @@ class QuantizedModule:
         self._circuit = _core.Circuit(input_quant.as_tuple(), self.in_shape,
                                       [op.core_spec() for op in self.ops])
         self._nodes = self._circuit.nodes()
+        self._in_features = self._circuit.in_features
         self._consumers = [[] for _ in self._nodes]
         for op in self.ops:
             self._consumers[op.src].append(op.kind)
@@ -840,14 +858,21 @@ class QuantizedModule:
                              f"[{q.min()}, {q.max()}]")
         return np.ascontiguousarray(q, np.int64)
 
-    def quantized_forward(self, q_x, fhe="simulate"):
+    def quantized_forward(self, q_x, fhe="simulate", n_threads=1):
         """The integers the encrypted circuit returns for input codes q_x: the last layer's
-        accumulators (or its output codes when it ends with a quantizer), (n, out)."""
+        accumulators (or its output codes when it ends with a quantizer), (n, out).
+        n_threads: threads sharing a large batch in fhe="simulate" (see forward)."""
         self._check_fhe(fhe)
-        q_x = self._check_codes(q_x)
+        n_threads = _check_threads(n_threads)
         if fhe == "simulate":
-            return self._circuit.run_codes(q_x)[1]
-        return self._numpy_run(q_x)[1]
+            if self._plain(q_x, _INT64):         # the C core checks the code range itself
+                try:
+                    return self._circuit.run_codes(q_x, False, "auto", n_threads)[1]
+                except ValueError:
+                    pass                         # re-raised below with the Python message
+            return self._circuit.run_codes(self._check_codes(q_x), ranges=False,
+                                           n_threads=n_threads)[1]
+        return self._numpy_run(self._check_codes(q_x))[1]
 
     def dequantize_output(self, q_y):
         """Float outputs (n, out) from quantized_forward's integers, in the clear."""
@@ -861,20 +886,37 @@ class QuantizedModule:
         shape = tuple(self._nodes[decode.src]["shape"])
         return decode.affine(q.astype(np.int64).reshape((len(q),) + shape)).reshape(len(q), -1)
 
-    def forward(self, X, fhe="disable"):
+    def forward(self, X, fhe="disable", n_threads=1):
         """Float outputs (n, out_features): quantize X ((n, C, H, W) or flat), run the
-        circuit (fhe="simulate", C) or its clear NumPy twin (fhe="disable"), decode."""
+        circuit (fhe="simulate", C) or its clear NumPy twin (fhe="disable"), decode.
+
+        n_threads (fhe="simulate"; 1 to 64, default 1): threads of the C core sharing the
+        batch, each taking a contiguous run of at least 1024 samples (smaller batches run
+        on fewer threads).  Results are identical bit for bit for any thread count and
+        batch size."""
         self._check_fhe(fhe)
-        X = self._samples(X, "X")
+        n_threads = _check_threads(n_threads)
         if fhe == "simulate":
-            return self._circuit.run(X)[0]
-        return self._numpy_run(self.input_quant.quantize(X))[0]
+            if self._plain(X, _FLOAT32):         # the C core checks finiteness itself
+                try:
+                    return self._circuit.run(X, False, "auto", n_threads)[0]
+                except ValueError:
+                    pass                         # re-raised below with the Python message
+            return self._circuit.run(self._samples(X, "X"), ranges=False,
+                                     n_threads=n_threads)[0]
+        return self._numpy_run(self.input_quant.quantize(self._samples(X, "X")))[0]
 
     __call__ = forward
 
-    def predict(self, X, fhe="disable"):
+    def predict(self, X, fhe="disable", n_threads=1):
         """Class indices (int64): argmax of forward (first maximum)."""
-        return np.asarray(self.forward(X, fhe=fhe)).argmax(axis=1)
+        return np.asarray(self.forward(X, fhe=fhe, n_threads=n_threads)).argmax(axis=1)
+
+    def _plain(self, X, dtype):
+        """Whether X is already an (n >= 1, in_features) array of dtype (native byte
+        order), which the C core takes as it is (the fast path of single-sample calls)."""
+        return (type(X) is np.ndarray and X.dtype is dtype and X.ndim == 2
+                and X.shape[0] > 0 and X.shape[1] == self._in_features)
 
     def _numpy_run(self, codes):
         """(out float32, returned integers int64, node ranges [(min, max)]) in NumPy."""

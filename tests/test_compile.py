@@ -352,6 +352,123 @@ def test_16_bit_check_on_a_qat_net():
         compile_qat_model(net, X)
 
 
+# ------------------------------------------------------------------ engines and threads
+
+def pruned_tutorial_net(seed=0):
+    """The tutorial's pruned QAT net (100 hidden, 3 bits, 20 weights kept per neuron),
+    trained briefly, in eval mode."""
+    X, y = checker(2000, 8)
+    net = qat_net(hidden=100, seed=seed)
+    net.prune(20)
+    net.fit(X, y, epochs=1, batch_size=32, seed=0, progress=False)
+    net.eval()
+    return net, X
+
+
+def test_simulate_identical_for_any_engine_thread_count_and_batch_size():
+    """The C core's two engines (float32 blocks of samples, skipping pruned weights; int64
+    one sample at a time), 1 to 3 threads and any split of the batch give the eval-mode
+    engine's outputs bit for bit, and the NumPy twin's returned integers and node ranges."""
+    net, X_calib = pruned_tutorial_net()
+    module = compile_qat_model(net, X_calib)
+    assert module._circuit.float_exact          # every value below 2^24: float32 blocks
+    assert np.count_nonzero(module.ops[2].weight) <= 100 * 20
+    rng = np.random.RandomState(5)
+    # zeros first: ranges taken from the first thread's share alone would be too narrow
+    X = np.concatenate([np.zeros((2500, 2), F32),
+                        rng.uniform(-0.3, 1.3, size=(2500, 2)).astype(F32)])
+    want = net(X)
+    want_out, want_int, want_ranges = module._numpy_run(module.quantize_input(X))
+    np.testing.assert_array_equal(want_out.view(np.int32), want.view(np.int32))
+    for engine in ("auto", "int64"):
+        for n_threads in (1, 2, 3):
+            out, q_y, ranges = module._circuit.run(X, engine=engine, n_threads=n_threads)
+            assert np.array_equal(out.view(np.int32), want.view(np.int32)), (engine, n_threads)
+            np.testing.assert_array_equal(q_y, want_int)
+            np.testing.assert_array_equal(ranges, np.asarray(want_ranges))
+    for size in (1, 7, 64, 65, 1000):
+        pieces = [module.forward(X[i:i + size], "simulate") for i in range(0, 1300, size)]
+        assert np.array_equal(np.concatenate(pieces)[:1300].view(np.int32),
+                              want[:1300].view(np.int32)), size
+    assert np.array_equal(module.forward(X, "simulate", n_threads=2).view(np.int32),
+                          want.view(np.int32))
+    np.testing.assert_array_equal(module.predict(X, "simulate", n_threads=3), net.predict(X))
+    np.testing.assert_array_equal(
+        module.quantized_forward(module.quantize_input(X), n_threads=2), want_int)
+
+
+def test_concurrent_runs_from_python_threads(trained_qat):
+    """Runs release the GIL and may overlap: each borrows the circuit's kept workspace
+    or, while another run holds it, allocates its own."""
+    import threading
+    net, X_calib = trained_qat
+    module = compile_qat_model(net, X_calib)
+    X = np.random.RandomState(6).uniform(-0.3, 1.3, size=(20000, 2)).astype(F32)
+    want = net(X)
+    results = [None] * 4
+
+    def work(i):
+        results[i] = [module.forward(X, "simulate", n_threads=1 + i % 2) for _ in range(3)]
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for outs in results:
+        for got in outs:
+            assert np.array_equal(got.view(np.int32), want.view(np.int32))
+
+
+def test_wide_circuit_runs_in_int64():
+    """A circuit whose values can pass 2^24 (16-bit codes) is not float-exact; it runs on
+    the int64 engine, still equal to the eval-mode engine and the NumPy twin."""
+    net = nn.Sequential(nn.QuantIdentity(act_quant=nn.CommonActQuant, bit_width=16),
+                        nn.QuantLinear(2, 16, weight_quant=nn.CommonWeightQuant,
+                                       weight_bit_width=12),
+                        nn.QuantReLU(bit_width=8),
+                        nn.QuantLinear(16, 2, weight_quant=nn.CommonWeightQuant,
+                                       weight_bit_width=8), seed=2)
+    net.eval()
+    X = np.random.RandomState(0).uniform(-1, 1, size=(3000, 2)).astype(F32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        module = compile_qat_model(net, X, on_overflow="warn")
+    assert not module._circuit.float_exact
+    assert module.worst_case_bit_width > 24
+    np.testing.assert_array_equal(module.forward(X, "simulate", n_threads=2), net(X))
+    np.testing.assert_array_equal(module.forward(X, "simulate"), module.forward(X, "disable"))
+
+
+@pytest.mark.parametrize("n_threads,error", [(0, ValueError), (65, ValueError),
+                                             (1.5, TypeError), (True, TypeError)])
+def test_bad_thread_counts(trained_qat, n_threads, error):
+    net, X = trained_qat
+    module = compile_qat_model(net, X)
+    with pytest.raises(error, match="n_threads"):
+        module.forward(X, "simulate", n_threads=n_threads)
+    with pytest.raises(error, match="n_threads"):
+        module.quantized_forward(module.quantize_input(X), n_threads=n_threads)
+    with pytest.raises(ValueError, match="engine"):
+        module._circuit.run(X, engine="fast")
+
+
+def test_simulate_refuses_bad_input_like_disable(trained_qat):
+    """Plain float32 / int64 arrays go straight to C; its refusals come back with the
+    Python messages."""
+    net, X = trained_qat
+    module = compile_qat_model(net, X)
+    bad = X[:5].copy()
+    bad[3, 1] = np.inf
+    for fhe in ("simulate", "disable"):
+        with pytest.raises(ValueError, match=r"X contains NaN or infinity \(first in sample 3\)"):
+            module.forward(bad, fhe)
+    q_x = module.quantize_input(X[:5])
+    q_x[2, 0] = module.input_quant.qmax + 1
+    for fhe in ("simulate", "disable"):
+        with pytest.raises(ValueError, match="q_x must hold codes in"):
+            module.quantized_forward(q_x, fhe)
+
+
 # ------------------------------------------------------------------ modes, save, load
 
 def test_fhe_modes(trained_qat):

@@ -234,6 +234,15 @@ def test_architectures_simulate_equals_engine(name):
         np.testing.assert_array_equal(module.forward(Xt, fhe), want)
     report = module.bit_width_report(Xt)
     assert all(r["static_min"] <= r["min"] and r["max"] <= r["static_max"] for r in report)
+    # the float32 block engine (every value below 2^24 here) and the int64 one agree on
+    # outputs, returned integers and node ranges, for one sample and for several
+    assert module._circuit.float_exact
+    flat = Xt.reshape(len(Xt), -1)
+    for rows in (slice(0, 1), slice(0, 400)):
+        blocks = module._circuit.run(flat[rows])
+        samples = module._circuit.run(flat[rows], engine="int64")
+        for a, b in zip(blocks, samples):
+            np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("per_channel", [False, True])

@@ -13,19 +13,30 @@
  *                  (int64 (C,) or None), scale (float32 (C,)), bias (float32
  *                  (C,) or None), relu (bool), quant ((scale, zero_point, qmin,
  *                  qmax)), shape ((C, H, W)), dims (pair of axes 0..2)
- *   run(X) / run_codes(codes) -> (out float32 (n, out), out_int int64 (n, out),
- *                                  ranges int64 (n_nodes, 2))
+ *   run(X, ranges=True, engine="auto", n_threads=1) / run_codes(codes, ...)
+ *       -> (out float32 (n, out), out_int int64 (n, out),
+ *           ranges int64 (n_nodes, 2), or None with ranges=False)
  *     X and codes are (n, in_size); out_int: the integers the encrypted
- *     circuit returns (circuit.h)
+ *     circuit returns (circuit.h); engine "auto" (float32 blocks when
+ *     float_exact) or "int64" (the reference engine); n_threads in [1, 64]
+ *     splits large batches over threads.  Every choice gives the same
+ *     results bit for bit.
+ *   float_exact: whether every value of the circuit stays below 2^24
  *   quantize_input(X) -> int64 codes (n, in_size)
  *   nodes() -> list of dicts {name, op, kind, shape, static_min, static_max, static_bits}
- * A circuit is immutable once built, so runs from several threads may overlap. */
+ * A circuit is immutable once built, so runs from several threads may overlap;
+ * each run borrows the object's kept workspace when no other run holds it
+ * (so a single-sample call allocates nothing but its results), else its own. */
 #include "bindings.h"
 #include "../circuit.h"
 
 typedef struct {
     PyObject_HEAD
     qf_circuit *circuit;
+    int64_t *spare;           /* a run workspace kept for the next run, or NULL */
+    int64_t spare_len;        /* its int64s                                      */
+    int spare_busy;           /* lent to a run in progress (read and written with
+                                 the GIL held; a concurrent run allocates its own) */
 } CircuitObject;
 
 _Static_assert(sizeof(qf_range) == 2 * sizeof(int64_t), "ranges are returned as (n_nodes, 2) int64");
@@ -274,6 +285,7 @@ done:
 
 static void Circuit_dealloc(CircuitObject *self)
 {
+    PyMem_Free(self->spare);
     qf_circuit_free(self->circuit);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -304,9 +316,63 @@ static PyArrayObject *batch(CircuitObject *self, PyObject *obj, const char *name
 
 /* ------------------------------------------------------------ compute */
 
-static PyObject *run_common(CircuitObject *self, PyObject *arg, int from_codes)
+static const char *ENGINES[] = {"auto", "int64"};
+
+/* A workspace of len int64s: the kept one when no other run holds it (grown
+ * as needed), else a new one; *kept says which.  NULL with MemoryError. */
+static int64_t *take_workspace(CircuitObject *self, int64_t len, int *kept)
 {
+    *kept = 0;
+    if (!self->spare_busy) {
+        if (self->spare_len < len) {
+            PyMem_Free(self->spare);
+            self->spare = PyMem_Malloc((size_t)len * sizeof(int64_t));
+            self->spare_len = self->spare ? len : 0;
+        }
+        if (self->spare) {
+            self->spare_busy = 1;
+            *kept = 1;
+            return self->spare;
+        }
+    }
+    int64_t *ws = PyMem_Malloc((size_t)len * sizeof(int64_t));
+    if (!ws)
+        PyErr_NoMemory();
+    return ws;
+}
+
+static void give_back_workspace(CircuitObject *self, int64_t *ws, int kept)
+{
+    if (kept)
+        self->spare_busy = 0;
+    else
+        PyMem_Free(ws);
+}
+
+/* run(X or codes, ranges=True, engine="auto", n_threads=1). */
+static PyObject *run_common(CircuitObject *self, PyObject *args, PyObject *kwds, int from_codes)
+{
+    static char *kwlist[] = {"", "ranges", "engine", "n_threads", NULL};
+    PyObject *arg;
+    int want_ranges = 1, n_threads = 1;
+    const char *engine_name = "auto";
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|psi", kwlist, &arg, &want_ranges,
+                                     &engine_name, &n_threads))
+        return NULL;
     if (!ready(self)) return NULL;
+    qf_circuit_run_opts opts = {-1, n_threads};
+    for (int e = 0; e < 2; e++)
+        if (strcmp(engine_name, ENGINES[e]) == 0)
+            opts.engine = e;
+    if (opts.engine < 0) {
+        PyErr_Format(PyExc_ValueError, "engine must be 'auto' or 'int64', got '%s'", engine_name);
+        return NULL;
+    }
+    if (n_threads < 1 || n_threads > QF_CIRCUIT_MAX_THREADS) {
+        PyErr_Format(PyExc_ValueError, "n_threads must be an integer in [1, %d], got %d",
+                     QF_CIRCUIT_MAX_THREADS, n_threads);
+        return NULL;
+    }
     const qf_circuit *c = self->circuit;
     PyArrayObject *x = batch(self, arg, from_codes ? "codes" : "X",
                              from_codes ? NPY_INT64 : NPY_FLOAT32);
@@ -316,30 +382,38 @@ static PyObject *run_common(CircuitObject *self, PyObject *arg, int from_codes)
     npy_intp range_dims[2] = {qf_circuit_n_nodes(c), 2};
     PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(2, out_dims, NPY_FLOAT32);
     PyArrayObject *out_int = (PyArrayObject *)PyArray_SimpleNew(2, out_dims, NPY_INT64);
-    PyArrayObject *ranges = (PyArrayObject *)PyArray_SimpleNew(2, range_dims, NPY_INT64);
-    int64_t *ws = PyMem_Malloc((size_t)qf_circuit_workspace_len(c) * sizeof *ws);
+    PyArrayObject *ranges = want_ranges ? (PyArrayObject *)PyArray_SimpleNew(2, range_dims,
+                                                                             NPY_INT64) : NULL;
+    int kept = 0;
+    int64_t *ws = out && out_int && (ranges || !want_ranges)
+                      ? take_workspace(self, qf_circuit_workspace_len(c, n_threads), &kept)
+                      : NULL;
     PyObject *result = NULL;
-    if (!out || !out_int || !ranges || !ws) {
+    if (!out || !out_int || (want_ranges && !ranges) || !ws) {
         if (!PyErr_Occurred()) PyErr_NoMemory();
         goto done;
     }
-    qf_range *r = PyArray_DATA(ranges);   /* (min, max) pairs of int64 */
-    qf_range_reset(r, qf_circuit_n_nodes(c));
+    qf_range *r = want_ranges ? PyArray_DATA(ranges) : NULL;   /* (min, max) pairs of int64 */
+    if (r)
+        qf_range_reset(r, qf_circuit_n_nodes(c));
     char err[256] = "";
     qf_status st;
     Py_BEGIN_ALLOW_THREADS
     if (from_codes)
-        st = qf_circuit_run_codes(c, PyArray_DATA(out), PyArray_DATA(out_int), r, PyArray_DATA(x), n, ws, err, sizeof err);
+        st = qf_circuit_run_codes(c, PyArray_DATA(out), PyArray_DATA(out_int), r,
+                                  PyArray_DATA(x), n, &opts, ws, err, sizeof err);
     else
-        st = qf_circuit_run(c, PyArray_DATA(out), PyArray_DATA(out_int), r, PyArray_DATA(x), n, ws, err, sizeof err);
+        st = qf_circuit_run(c, PyArray_DATA(out), PyArray_DATA(out_int), r, PyArray_DATA(x), n,
+                            &opts, ws, err, sizeof err);
     Py_END_ALLOW_THREADS
     if (st != QF_OK) {
         qfpy_raise(st, err);
         goto done;
     }
-    result = Py_BuildValue("OOO", out, out_int, ranges);
+    result = PyTuple_Pack(3, out, out_int, want_ranges ? (PyObject *)ranges : Py_None);
 done:
-    PyMem_Free(ws);
+    if (ws)
+        give_back_workspace(self, ws, kept);
     Py_DECREF(x);
     Py_XDECREF(out);
     Py_XDECREF(out_int);
@@ -347,14 +421,14 @@ done:
     return result;
 }
 
-static PyObject *Circuit_run(CircuitObject *self, PyObject *arg)
+static PyObject *Circuit_run(CircuitObject *self, PyObject *args, PyObject *kwds)
 {
-    return run_common(self, arg, 0);
+    return run_common(self, args, kwds, 0);
 }
 
-static PyObject *Circuit_run_codes(CircuitObject *self, PyObject *arg)
+static PyObject *Circuit_run_codes(CircuitObject *self, PyObject *args, PyObject *kwds)
 {
-    return run_common(self, arg, 1);
+    return run_common(self, args, kwds, 1);
 }
 
 static PyObject *Circuit_quantize_input(CircuitObject *self, PyObject *arg)
@@ -414,6 +488,12 @@ static PyObject *Circuit_get_out(CircuitObject *self, void *unused)
     return PyLong_FromLongLong(qf_circuit_out_size(self->circuit));
 }
 
+static PyObject *Circuit_get_float_exact(CircuitObject *self, void *unused)
+{
+    if (!ready(self)) return NULL;
+    return PyBool_FromLong(qf_circuit_float_exact(self->circuit));
+}
+
 static PyObject *Circuit_get_n_nodes(CircuitObject *self, void *unused)
 {
     if (!ready(self)) return NULL;
@@ -432,10 +512,12 @@ static PyObject *bits_for_range(PyObject *module, PyObject *args)
 }
 
 static PyMethodDef Circuit_methods[] = {
-    {"run", (PyCFunction)Circuit_run, METH_O,
-     "run(X) -> (out float32 (n, out), out_int int64 (n, out), ranges int64 (n_nodes, 2))"},
-    {"run_codes", (PyCFunction)Circuit_run_codes, METH_O,
-     "run_codes(codes) -> (out, out_int, ranges): run on integer input codes (n, in)"},
+    {"run", (PyCFunction)(void (*)(void))Circuit_run, METH_VARARGS | METH_KEYWORDS,
+     "run(X, ranges=True, engine='auto', n_threads=1) -> (out float32 (n, out), out_int int64 "
+     "(n, out), ranges int64 (n_nodes, 2) or None)"},
+    {"run_codes", (PyCFunction)(void (*)(void))Circuit_run_codes, METH_VARARGS | METH_KEYWORDS,
+     "run_codes(codes, ranges=True, engine='auto', n_threads=1) -> (out, out_int, ranges): "
+     "run on integer input codes (n, in)"},
     {"quantize_input", (PyCFunction)Circuit_quantize_input, METH_O,
      "quantize_input(X) -> int64 codes (n, in)"},
     {"nodes", (PyCFunction)Circuit_nodes, METH_NOARGS,
@@ -447,6 +529,8 @@ static PyGetSetDef Circuit_getset[] = {
     {"in_features", (getter)Circuit_get_in, NULL, "input values per sample (C * H * W)", NULL},
     {"out_features", (getter)Circuit_get_out, NULL, "output values per sample", NULL},
     {"n_nodes", (getter)Circuit_get_n_nodes, NULL, "number of integer value nodes", NULL},
+    {"float_exact", (getter)Circuit_get_float_exact, NULL,
+     "whether engine 'auto' runs the circuit in float32 blocks (every value below 2^24)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -172,6 +172,23 @@ static void widen(qf_range *r, const int64_t *x, int n)
     }
 }
 
+/* Run c on codes (x when codes is NULL) with an engine and a thread count,
+ * the workspace allocated here. */
+static qf_status run_with(const qf_circuit *c, int engine, int threads, float *out,
+                          int64_t *out_int, qf_range *ranges, const int64_t *codes,
+                          const float *x, int64_t n, char *err)
+{
+    qf_circuit_run_opts opts = {engine, threads};
+    int64_t *ws = malloc(sizeof(int64_t) * (size_t)qf_circuit_workspace_len(c, threads));
+    qf_status st = codes ? qf_circuit_run_codes(c, out, out_int, ranges, codes, n, &opts, ws,
+                                                err, 256)
+                         : qf_circuit_run(c, out, out_int, ranges, x, n, &opts, ws, err, 256);
+    free(ws);
+    return st;
+}
+
+static const int ENGINES[2] = {QF_CIRCUIT_ENGINE_AUTO, QF_CIRCUIT_ENGINE_INT64};
+
 /* ---- a random circuit using every op kind ---- */
 
 /* input (2, 5, 6) -> conv (3, 5, 4) -> lookup -> pool (3, 3, 3) -> lookup ->
@@ -300,6 +317,44 @@ static void naive_random(float *out, int64_t *out_int, qf_range *nodes, const rn
     widen(&nodes[12], n12, 2);
 }
 
+/* Run c on the n samples (codes, or x when codes is NULL) in calls of at
+ * most `piece` samples, ranges widened across the calls; compare outputs,
+ * returned integers and node ranges bit for bit with want_*.  Returns the
+ * number of differences. */
+static int compare_run(const qf_circuit *c, int engine, int threads, int64_t piece,
+                       const int64_t *codes, const float *x, int64_t n, const float *want_out,
+                       const int64_t *want_int, const qf_range *want_ranges)
+{
+    int64_t in = qf_circuit_in_size(c), n_out = qf_circuit_out_size(c);
+    int n_nodes = qf_circuit_n_nodes(c);
+    float *out = malloc(sizeof(float) * (size_t)(n * n_out));
+    int64_t *out_int = malloc(sizeof(int64_t) * (size_t)(n * n_out));
+    qf_range *ranges = malloc(sizeof(qf_range) * (size_t)n_nodes);
+    qf_range_reset(ranges, n_nodes);
+    for (int64_t j = 0; j < n * n_out; j++) {    /* rows left unwritten would show */
+        out[j] = NAN;
+        out_int[j] = INT64_MIN;
+    }
+    char err[256] = "";
+    int bad = 0;
+    for (int64_t r = 0; r < n; r += piece) {
+        int64_t m = n - r < piece ? n - r : piece;
+        qf_status st = run_with(c, engine, threads, out + r * n_out, out_int + r * n_out, ranges,
+                                codes ? codes + r * in : NULL, codes ? NULL : x + r * in, m, err);
+        CHECK(st == QF_OK, "run: %s", err);
+    }
+    for (int64_t j = 0; j < n * n_out; j++)
+        bad += memcmp(&out[j], &want_out[j], sizeof(float)) != 0 || out_int[j] != want_int[j];
+    for (int j = 0; j < n_nodes; j++)
+        bad += ranges[j].min != want_ranges[j].min || ranges[j].max != want_ranges[j].max;
+    CHECK(bad == 0, "engine %d, %d threads, calls of %lld samples: %d differences from the "
+          "naive computation", engine, threads, (long long)piece, bad);
+    free(out);
+    free(out_int);
+    free(ranges);
+    return bad;
+}
+
 static void test_against_naive(void)
 {
     enum { N = 400, IN = 60 };
@@ -319,6 +374,7 @@ static void test_against_naive(void)
     CHECK(qf_circuit_n_nodes(c) == N_NODES && qf_circuit_in_size(c) == IN &&
           qf_circuit_out_size(c) == 2, "nodes %d, in %lld, out %lld", qf_circuit_n_nodes(c),
           (long long)qf_circuit_in_size(c), (long long)qf_circuit_out_size(c));
+    CHECK(qf_circuit_float_exact(c), "small circuit should run in float32 blocks");
     int64_t want_shapes[N_NODES][3] = {{2, 5, 6}, {3, 5, 4}, {3, 5, 4}, {3, 3, 3}, {3, 3, 3},
                                        {3, 3, 3}, {3, 3, 3}, {3, 3, 3}, {27, 1, 1}, {4, 1, 1},
                                        {4, 1, 1}, {4, 1, 1}, {2, 1, 1}};
@@ -334,52 +390,323 @@ static void test_against_naive(void)
               "node %d: kind %d op %d shape (%lld, %lld, %lld)", j, nd->kind, nd->op,
               (long long)nd->shape[0], (long long)nd->shape[1], (long long)nd->shape[2]);
     }
-    static float x[N * IN], out[N * 2];
-    static int64_t codes[N * IN], out_int[N * 2];
+    static float x[N * IN], want_out[N * 2];
+    static int64_t codes[N * IN], want_int[N * 2];
     qf_rng_fill_uniform(&rng, x, N * IN, -0.7f, 0.8f);   /* beyond the input range too */
-    int64_t *ws = malloc(sizeof(int64_t) * (size_t)qf_circuit_workspace_len(c));
-    qf_range ranges[N_NODES], want[N_NODES];
-    qf_range_reset(ranges, N_NODES);
+    qf_range want[N_NODES];
     qf_range_reset(want, N_NODES);
-    st = qf_circuit_run(c, out, out_int, ranges, x, N, ws, err, 256);
-    CHECK(st == QF_OK, "run: %s", err);
     st = qf_circuit_quantize_input(c, codes, x, N, err, 256);
     CHECK(st == QF_OK, "quantize_input: %s", err);
-    int mismatches = 0, code_mismatches = 0, int_mismatches = 0;
+    int code_mismatches = 0;
     for (int s = 0; s < N; s++) {
         int64_t q0[IN];
         for (int i = 0; i < IN; i++) {
             q0[i] = naive_quantize(x[s * IN + i], &r.input);
             code_mismatches += q0[i] != codes[s * IN + i];
         }
-        float y[2];
-        int64_t yi[2];
-        naive_random(y, yi, want, &r, q0);
-        for (int o = 0; o < 2; o++) {
-            mismatches += memcmp(&y[o], &out[s * 2 + o], sizeof(float)) != 0;
-            int_mismatches += yi[o] != out_int[s * 2 + o];
-        }
+        naive_random(want_out + s * 2, want_int + s * 2, want, &r, q0);
     }
-    CHECK(mismatches == 0, "%d outputs differ from the naive computation", mismatches);
-    CHECK(int_mismatches == 0, "%d returned integers differ", int_mismatches);
     CHECK(code_mismatches == 0, "%d input codes differ", code_mismatches);
+    /* every engine, from floats and from codes, in calls of various sizes
+     * (blocks of 8 lanes with padding, full and partial blocks of 64) */
+    int64_t pieces[] = {N, 1, 7, 64, 65, 130};
+    for (int e = 0; e < 2; e++)
+        for (int k = 0; k < 6; k++) {
+            compare_run(c, ENGINES[e], 1, pieces[k], NULL, x, N, want_out, want_int, want);
+            compare_run(c, ENGINES[e], 2, pieces[k], codes, NULL, N, want_out, want_int, want);
+        }
     for (int j = 0; j < N_NODES; j++) {
-        CHECK(ranges[j].min == want[j].min && ranges[j].max == want[j].max,
-              "node %d range [%lld, %lld], naive [%lld, %lld]", j, (long long)ranges[j].min,
-              (long long)ranges[j].max, (long long)want[j].min, (long long)want[j].max);
         const qf_node_info *nd = qf_circuit_node(c, j);
-        CHECK(nd->static_min <= ranges[j].min && ranges[j].max <= nd->static_max,
+        CHECK(nd->static_min <= want[j].min && want[j].max <= nd->static_max,
               "node %d: reached [%lld, %lld] outside the static bound [%lld, %lld]", j,
-              (long long)ranges[j].min, (long long)ranges[j].max, (long long)nd->static_min,
+              (long long)want[j].min, (long long)want[j].max, (long long)nd->static_min,
               (long long)nd->static_max);
     }
-    /* the data reach interesting values: ReLU clips, the add passes the code range */
-    CHECK(want[2].min == 0 && want[7].max > 4, "node ranges too narrow to test much");
-    /* run_codes on the same codes gives the same outputs */
+    /* the data reach interesting values: ReLU clips, the add passes the code range,
+     * the rounding sees negative values */
+    CHECK(want[2].min == 0 && want[7].max > 4 && want[9].min < 0,
+          "node ranges too narrow to test much");
+    /* outputs without ranges or returned integers */
     static float out2[N * 2];
-    st = qf_circuit_run_codes(c, out2, NULL, NULL, codes, N, ws, err, 256);
-    CHECK(st == QF_OK && memcmp(out, out2, sizeof out) == 0, "run_codes differs from run");
-    free(ws);
+    st = run_with(c, QF_CIRCUIT_ENGINE_AUTO, 1, out2, NULL, NULL, codes, NULL, N, err);
+    CHECK(st == QF_OK && memcmp(want_out, out2, sizeof out2) == 0, "run_codes without ranges");
+    qf_circuit_free(c);
+}
+
+/* ---- a pruned tutorial-sized net: float32 blocks and threads ---- */
+
+/* input (2) codes [-3, 3] -> dense (100) -> ReLU lookup [0, 7] -> dense
+ * (100) -> ReLU lookup -> dense (2) -> decode; each row of the hidden and
+ * output weights keeps 20 codes in [-3, 3] (many still zero). */
+#define H 100
+typedef struct {
+    qf_quantizer input, act;
+    int32_t w1[H * 2], w2[H * H], w3[2 * H];
+    float s1[H], b1[H], s2[H], b2[H], s3[2], b3[2];
+} tutorial_net;
+
+static void make_tutorial(tutorial_net *t, qf_rng *rng)
+{
+    t->input = (qf_quantizer){1.0f / 3.0f, 0, -3, 3};
+    t->act = (qf_quantizer){0.3f, 0, 0, 7};
+    for (int j = 0; j < H * 2; j++) t->w1[j] = (int32_t)qf_rng_below(rng, 7) - 3;
+    int32_t *rows[2] = {t->w2, t->w3};
+    for (int m = 0; m < 2; m++)
+        for (int o = 0; o < (m ? 2 : H); o++) {
+            int32_t *w = rows[m] + o * H;
+            memset(w, 0, sizeof(int32_t) * H);
+            for (int k = 0; k < 20; k++)
+                w[qf_rng_below(rng, H)] = (int32_t)qf_rng_below(rng, 7) - 3;
+        }
+    for (int o = 0; o < H; o++) {
+        t->s1[o] = (1.0f / 3.0f) * 0.25f;
+        t->s2[o] = 0.3f * 0.25f;
+    }
+    qf_rng_fill_uniform(rng, t->b1, H, -1.0f, 1.0f);
+    qf_rng_fill_uniform(rng, t->b2, H, -1.0f, 1.0f);
+    t->s3[0] = t->s3[1] = 0.3f * 0.25f;
+    qf_rng_fill_uniform(rng, t->b3, 2, -1.0f, 1.0f);
+}
+
+static void naive_tutorial(float *out, int64_t *out_int, qf_range *nodes, const tutorial_net *t,
+                           const int64_t *q0)
+{
+    int64_t a1[H], c1[H], a2[H], c2[H], a3[2];
+    int64_t zero[H] = {0};
+    widen(&nodes[0], q0, 2);
+    for (int o = 0; o < H; o++)
+        a1[o] = q0[0] * t->w1[o * 2] + q0[1] * t->w1[o * 2 + 1];
+    widen(&nodes[1], a1, H);
+    naive_lookup(c1, a1, H, 1, 0, zero, t->s1, t->b1, 1, &t->act);
+    widen(&nodes[2], c1, H);
+    for (int o = 0; o < H; o++) {
+        a2[o] = 0;
+        for (int i = 0; i < H; i++)
+            a2[o] += c1[i] * t->w2[o * H + i];
+    }
+    widen(&nodes[3], a2, H);
+    naive_lookup(c2, a2, H, 1, 0, zero, t->s2, t->b2, 1, &t->act);
+    widen(&nodes[4], c2, H);
+    for (int o = 0; o < 2; o++) {
+        a3[o] = 0;
+        for (int i = 0; i < H; i++)
+            a3[o] += c2[i] * t->w3[o * H + i];
+        out[o] = naive_affine(a3[o], t->s3[o], t->b3[o]);
+        out_int[o] = a3[o];
+    }
+    widen(&nodes[5], a3, 2);
+}
+
+static void test_tutorial_net(void)
+{
+    enum { N = 5000 };
+    qf_rng rng;
+    qf_rng_seed(&rng, 5, 0);
+    static tutorial_net t;
+    make_tutorial(&t, &rng);
+    qf_op_spec ops[6] = {
+        {.kind = QF_OP_DENSE, .name = "fc1", .src = 0, .weight = t.w1,
+         .weight_shape = {H, 2, 1, 1}},
+        {.kind = QF_OP_LOOKUP, .name = "relu1", .src = 1, .n_channels = H, .scale = t.s1,
+         .bias = t.b1, .relu = 1, .quant = t.act},
+        {.kind = QF_OP_DENSE, .name = "fc2", .src = 2, .weight = t.w2,
+         .weight_shape = {H, H, 1, 1}},
+        {.kind = QF_OP_LOOKUP, .name = "relu2", .src = 3, .n_channels = H, .scale = t.s2,
+         .bias = t.b2, .relu = 1, .quant = t.act},
+        {.kind = QF_OP_DENSE, .name = "fc3", .src = 4, .weight = t.w3,
+         .weight_shape = {2, H, 1, 1}},
+        {.kind = QF_OP_DECODE, .name = "output", .src = 5, .n_channels = 2, .scale = t.s3,
+         .bias = t.b3},
+    };
+    char err[256];
+    qf_circuit *c = NULL;
+    int64_t shape[3] = {2, 1, 1};
+    CHECK(qf_circuit_create(&c, &t.input, shape, ops, 6, err, 256) == QF_OK, "create: %s", err);
+    if (!c)
+        return;
+    CHECK(qf_circuit_float_exact(c), "the tutorial net should run in float32 blocks");
+    static float x[N * 2], want_out[N * 2];
+    static int64_t codes[N * 2], want_int[N * 2];
+    /* the first 3000 samples are zeros, so ranges from the first thread's share alone
+     * would be too narrow */
+    memset(x, 0, sizeof(float) * 3000 * 2);
+    qf_rng_fill_uniform(&rng, x + 3000 * 2, (N - 3000) * 2, -1.2f, 1.2f);
+    qf_range want[6];
+    qf_range_reset(want, 6);
+    for (int s = 0; s < N; s++) {
+        for (int i = 0; i < 2; i++)
+            codes[s * 2 + i] = naive_quantize(x[s * 2 + i], &t.input);
+        naive_tutorial(want_out + s * 2, want_int + s * 2, want, &t, codes + s * 2);
+    }
+    CHECK(want[2].min == 0 && want[2].max == 7 && want[4].max == 7 && want[3].min < 0,
+          "node ranges too narrow to test much");
+    int threads[] = {1, 2, 3, 7};
+    for (int k = 0; k < 4; k++) {
+        compare_run(c, QF_CIRCUIT_ENGINE_AUTO, threads[k], N, NULL, x, N, want_out, want_int,
+                    want);
+        compare_run(c, QF_CIRCUIT_ENGINE_AUTO, threads[k], N, codes, NULL, N, want_out,
+                    want_int, want);
+    }
+    compare_run(c, QF_CIRCUIT_ENGINE_INT64, 2, N, codes, NULL, N, want_out, want_int, want);
+    compare_run(c, QF_CIRCUIT_ENGINE_AUTO, 2, 2049, codes, NULL, N, want_out, want_int, want);
+    compare_run(c, QF_CIRCUIT_ENGINE_AUTO, 1, 33, codes, NULL, N, want_out, want_int, want);
+    qf_circuit_free(c);
+}
+#undef H
+
+/* ---- lookups over every input value ---- */
+
+/* A LOOKUP of the input codes [-4000, 4000] (one sample each), against the
+ * naive formula with rintf: ties (t / 2), ReLU, zero points with qmin - Z
+ * above 0, quotients beyond 2^22 and infinite ones, codes up to 2^23. */
+static void test_lookup_sweep(void)
+{
+    enum { N = 8001 };
+    typedef struct {
+        float scale, bias;
+        int relu, lsbs;
+        int64_t offset;
+        qf_quantizer q;
+    } lut;
+    const int32_t big = (1 << 22) - 1;
+    lut cases[] = {
+        {0.5f, 0.0f, 0, 0, 0, {1.0f, 0, -7, 7}},
+        {0.37f, -3.3f, 1, 0, 0, {0.9f, 3, 0, 15}},
+        {1500.0f, 0.25f, 0, 0, 0, {1.0f, 0, -big, big}},
+        {2501.0f, 0.25f, 0, 0, 0, {1.0f, 0, -(1 << 23), 1 << 23}},
+        {1e30f, 0.0f, 0, 0, 0, {1.0f, 0, -100, 100}},
+        {0.25f, 0.1f, 0, 0, 0, {0.5f, -5, 0, 10}},
+        {0.001f, 0.0f, 1, 3, 123, {0.01f, 0, -128, 127}},
+        {3000.0f, -0.5f, 1, 0, -7, {1.0f, 1 << 22, 0, (1 << 23) - 1}},
+    };
+    qf_quantizer in = {1.0f, 0, -4000, 4000};
+    static int64_t codes[N], want[N], got[N];
+    static float out[N];
+    for (int i = 0; i < N; i++)
+        codes[i] = i - 4000;
+    int64_t one[3] = {1, 1, 1};
+    float unit[1] = {1.0f};
+    for (int k = 0; k < (int)(sizeof cases / sizeof cases[0]); k++) {
+        lut *l = &cases[k];
+        qf_op_spec ops[2] = {
+            {.kind = QF_OP_LOOKUP, .name = "lut", .src = 0, .lsbs = l->lsbs, .n_channels = 1,
+             .offset = &l->offset, .scale = &l->scale, .bias = &l->bias, .relu = l->relu,
+             .quant = l->q},
+            {.kind = QF_OP_DECODE, .name = "output", .src = 1, .n_channels = 1, .scale = unit},
+        };
+        char err[256];
+        qf_circuit *c = NULL;
+        CHECK(qf_circuit_create(&c, &in, one, ops, 2, err, 256) == QF_OK, "create: %s", err);
+        if (!c)
+            continue;
+        CHECK(qf_circuit_float_exact(c), "case %d should run in float32 blocks", k);
+        naive_lookup(want, codes, 1, N, l->lsbs, &l->offset, &l->scale, &l->bias, l->relu, &l->q);
+        int clamped = 0;
+        for (int i = 0; i < N; i++)
+            clamped += want[i] == l->q.qmin || want[i] == l->q.qmax;
+        CHECK(clamped > 0 && clamped < N, "case %d: %d clamped codes, too few or all", k, clamped);
+        for (int e = 0; e < 2; e++) {
+            run_with(c, ENGINES[e], 1, out, got, NULL, codes, NULL, N, err);
+            int bad = 0;
+            for (int i = 0; i < N; i++)
+                bad += got[i] != want[i];
+            CHECK(bad == 0, "case %d, engine %d: %d codes differ from the naive lookup", k, e,
+                  bad);
+        }
+        qf_circuit_free(c);
+    }
+}
+
+/* ---- the float32 limit: 2^24 ---- */
+
+/* One input code in [0, 4095] times one weight: 4095 * 4097 = 2^24 - 1 is
+ * float-exact, 4095 * 4098 is not; both engines give the exact products,
+ * here, in a lookup whose argument t 2^l + offset crosses 2^24, and in a
+ * convolution whose padded taps cancel (3 pad - 2 pad = pad < 2^24) through a
+ * partial sum 3 pad beyond 2^24 that float32 would round. */
+static void test_float_limit(void)
+{
+    qf_quantizer in = {1.0f, 0, 0, 4095}, q = {1.0f, 0, 0, 7};
+    int64_t one[3] = {1, 1, 1}, codes[3] = {4095, 0, 1234};
+    float s1[1] = {1.0f}, b1[1] = {0.0f};
+    char err[256];
+    int32_t weights[2] = {4097, 4098};
+    for (int k = 0; k < 2; k++) {
+        int32_t w[1] = {weights[k]};
+        qf_op_spec ops[2] = {
+            {.kind = QF_OP_DENSE, .name = "fc", .src = 0, .weight = w,
+             .weight_shape = {1, 1, 1, 1}},
+            {.kind = QF_OP_DECODE, .name = "output", .src = 1, .n_channels = 1, .scale = s1},
+        };
+        qf_circuit *c = NULL;
+        CHECK(qf_circuit_create(&c, &in, one, ops, 2, err, 256) == QF_OK, "create: %s", err);
+        if (!c)
+            return;
+        CHECK(qf_circuit_float_exact(c) == (k == 0), "weight %d: float_exact %d", (int)w[0],
+              qf_circuit_float_exact(c));
+        for (int e = 0; e < 2; e++) {
+            float out[3];
+            int64_t got[3];
+            qf_range r[2];
+            qf_range_reset(r, 2);
+            run_with(c, ENGINES[e], 1, out, got, r, codes, NULL, 3, err);
+            for (int s = 0; s < 3; s++)
+                CHECK(got[s] == codes[s] * w[0] && out[s] == (float)(codes[s] * w[0]),
+                      "engine %d: %lld * %d gave %lld", e, (long long)codes[s], (int)w[0],
+                      (long long)got[s]);
+            CHECK(r[1].min == 0 && r[1].max == 4095 * (int64_t)w[0], "range");
+        }
+        qf_circuit_free(c);
+    }
+    /* a lookup of t in [0, 4095] with 2^12 t + offset: offset 4095 stays below 2^24,
+     * offset 4096 reaches it */
+    int64_t offsets[2] = {4095, 4096};
+    for (int k = 0; k < 2; k++) {
+        int64_t off[1] = {offsets[k]};
+        float tiny[1] = {1.0f / 4194304.0f};     /* 2^-22: codes 0..4 */
+        qf_op_spec ops[3] = {
+            {.kind = QF_OP_LOOKUP, .name = "lut", .src = 0, .lsbs = 12, .n_channels = 1,
+             .offset = off, .scale = tiny, .bias = b1, .quant = q},
+            {.kind = QF_OP_RESHAPE, .name = "same", .src = 1, .shape = {1, 1, 1}},
+            {.kind = QF_OP_DECODE, .name = "output", .src = 2, .n_channels = 1, .scale = s1},
+        };
+        qf_circuit *c = NULL;
+        CHECK(qf_circuit_create(&c, &in, one, ops, 3, err, 256) == QF_OK, "create: %s", err);
+        if (!c)
+            return;
+        CHECK(qf_circuit_float_exact(c) == (k == 0), "offset %lld: float_exact %d",
+              (long long)off[0], qf_circuit_float_exact(c));
+        for (int e = 0; e < 2; e++) {
+            float out[3];
+            int64_t got[3];
+            run_with(c, ENGINES[e], 1, out, got, NULL, codes, NULL, 3, err);
+            for (int s = 0; s < 3; s++) {
+                float y = naive_affine(codes[s] * 4096 + off[0], tiny[0], 0.0f);
+                CHECK(got[s] == naive_quantize(y, &q), "engine %d: lookup of %lld gave %lld",
+                      e, (long long)codes[s], (long long)got[s]);
+            }
+        }
+        qf_circuit_free(c);
+    }
+    int32_t wc[2] = {3, -2};
+    int32_t pad = (1 << 23) - 1;
+    qf_quantizer bit = {1.0f, 0, 0, 1};
+    qf_op_spec conv_ops[2] = {
+        {.kind = QF_OP_CONV, .name = "conv", .src = 0, .weight = wc,
+         .weight_shape = {1, 1, 1, 2}, .stride = {1, 3}, .padding = {0, 2}, .pad_code = pad},
+        {.kind = QF_OP_DECODE, .name = "output", .src = 1, .n_channels = 1, .scale = s1},
+    };
+    qf_circuit *c = NULL;
+    CHECK(qf_circuit_create(&c, &bit, one, conv_ops, 2, err, 256) == QF_OK, "create: %s", err);
+    if (!c)
+        return;
+    CHECK(!qf_circuit_float_exact(c) && qf_circuit_node(c, 1)->static_max == pad,
+          "cancelling padded taps: float_exact %d", qf_circuit_float_exact(c));
+    int64_t bits[3] = {0, 1, 1}, got[3 * 2];
+    float out[3 * 2];
+    run_with(c, QF_CIRCUIT_ENGINE_AUTO, 1, out, got, NULL, bits, NULL, 3, err);
+    for (int j = 0; j < 6; j++)
+        CHECK(got[j] == pad, "padded taps sum to %lld, expected %d", (long long)got[j], pad);
     qf_circuit_free(c);
 }
 
@@ -421,10 +748,10 @@ static void test_worst_case(void)
         for (int i = 0, v = s; i < 4; i++, v /= 3)
             codes[s * 4 + i] = v % 3 - 1;
     float out[81 * 3];
-    int64_t *ws = malloc(sizeof(int64_t) * (size_t)qf_circuit_workspace_len(c));
+    for (int e = 0; e < 2; e++) {
     qf_range r[6];
     qf_range_reset(r, 6);
-    CHECK(qf_circuit_run_codes(c, out, NULL, r, codes, 81, ws, err, 256) == QF_OK, "run: %s",
+    CHECK(run_with(c, ENGINES[e], 1, out, NULL, r, codes, NULL, 81, err) == QF_OK, "run: %s",
           err);
     for (int j = 0; j < 6; j++) {
         const qf_node_info *nd = qf_circuit_node(c, j);
@@ -439,7 +766,7 @@ static void test_worst_case(void)
      * centre four inputs ([-4, 4]) */
     CHECK(r[2].min == -4 && r[2].max == 16, "pool range [%lld, %lld]", (long long)r[2].min,
           (long long)r[2].max);
-    free(ws);
+    }
     qf_circuit_free(c);
 }
 
@@ -463,17 +790,20 @@ static void test_rounding_rule(void)
         CHECK(qf_circuit_create(&c, &in, shape, ops, 2, err, 256) == QF_OK, "create: %s", err);
         if (!c)
             return;
-        float out[81];
-        int64_t got[81], ws[4];
-        qf_range r[2];
-        qf_range_reset(r, 2);
-        qf_circuit_run_codes(c, out, got, r, codes, 81, ws, err, 256);
-        int bad = 0;
-        for (int i = 0; i < 81; i++) {
-            int64_t want = naive_round(codes[i], l);
-            bad += got[i] != want || out[i] != (float)(want * ((int64_t)1 << l));
+        for (int e = 0; e < 2; e++) {
+            float out[81];
+            int64_t got[81];
+            qf_range r[2];
+            qf_range_reset(r, 2);
+            run_with(c, ENGINES[e], 1, out, got, r, codes, NULL, 81, err);
+            int bad = 0;
+            for (int i = 0; i < 81; i++) {
+                int64_t want = naive_round(codes[i], l);
+                bad += got[i] != want || out[i] != (float)(want * ((int64_t)1 << l));
+            }
+            CHECK(bad == 0, "engine %d, lsbs %d: %d values differ from floor((v + 2^(l-1)) / "
+                  "2^l)", e, l, bad);
         }
-        CHECK(bad == 0, "lsbs %d: %d values differ from floor((v + 2^(l-1)) / 2^l)", l, bad);
         CHECK(qf_circuit_node(c, 1)->static_min == naive_round(-40, l) &&
               qf_circuit_node(c, 1)->static_max == naive_round(40, l), "lsbs %d bounds", l);
         qf_circuit_free(c);
@@ -591,14 +921,24 @@ static void test_errors(void)
 
     /* runtime errors */
     CHECK(qf_circuit_create(&c, &in, shape, good, 5, err, 256) == QF_OK, "valid: %s", err);
-    int64_t *ws = malloc(sizeof(int64_t) * (size_t)qf_circuit_workspace_len(c));
-    float x[16] = {0}, y[2];
-    int64_t codes[16] = {0};
-    x[5] = NAN;
-    CHECK(qf_circuit_run(c, y, NULL, NULL, x, 1, ws, err, 256) == QF_ERR_NONFINITE, "NaN input");
-    codes[3] = 4;
-    CHECK(qf_circuit_run_codes(c, y, NULL, NULL, codes, 1, ws, err, 256) == QF_ERR_ARG &&
-          strstr(err, "column 3"), "code outside range: %s", err);
+    float x[3 * 16] = {0}, y[3 * 2];
+    int64_t codes[3 * 16] = {0};
+    x[16 + 5] = NAN;
+    x[32 + 1] = INFINITY;
+    codes[16 + 3] = 4;
+    codes[32] = -5;
+    for (int e = 0; e < 2; e++) {
+        CHECK(run_with(c, ENGINES[e], 1, y, NULL, NULL, NULL, x, 3, err) == QF_ERR_NONFINITE &&
+              strstr(err, "row 1"), "NaN input: %s", err);
+        CHECK(run_with(c, ENGINES[e], 2, y, NULL, NULL, codes, NULL, 3, err) == QF_ERR_ARG &&
+              strstr(err, "code 4 at row 1, column 3"), "code outside range: %s", err);
+    }
+    qf_circuit_run_opts bad_opts[3] = {{5, 1}, {QF_CIRCUIT_ENGINE_AUTO, -1},
+                                       {QF_CIRCUIT_ENGINE_AUTO, QF_CIRCUIT_MAX_THREADS + 1}};
+    int64_t *ws = malloc(sizeof(int64_t) * (size_t)qf_circuit_workspace_len(c, 1));
+    for (int k = 0; k < 3; k++)
+        CHECK(qf_circuit_run_codes(c, y, NULL, NULL, codes, 1, &bad_opts[k], ws, err, 256) ==
+              QF_ERR_ARG && strstr(err, k ? "n_threads" : "engine"), "options %d: %s", k, err);
     free(ws);
     qf_circuit_free(c);
     qf_circuit_free(NULL);
@@ -621,11 +961,12 @@ static void test_overflow(void)
     };
     CHECK(qf_circuit_create(&c, &in, one, ops, 2, err, 256) == QF_OK, "one huge weight: %s", err);
     if (c) {
-        int64_t code = QF_CIRCUIT_CODE_LIMIT, ws[4], got;
+        int64_t code = QF_CIRCUIT_CODE_LIMIT, got;
         qf_range r[2];
         qf_range_reset(r, 2);
         float y;
-        qf_circuit_run_codes(c, &y, &got, r, &code, 1, ws, err, 256);
+        CHECK(!qf_circuit_float_exact(c), "huge products are not float-exact");
+        run_with(c, QF_CIRCUIT_ENGINE_AUTO, 1, &y, &got, r, &code, NULL, 1, err);
         CHECK(r[1].max == (int64_t)INT32_MAX * QF_CIRCUIT_CODE_LIMIT && got == r[1].max,
               "exact product %lld", (long long)r[1].max);
         CHECK(qf_circuit_node(c, 1)->static_max == r[1].max, "static max");
@@ -635,11 +976,11 @@ static void test_overflow(void)
     ops[0].weight_zero_point = INT32_MIN;
     CHECK(qf_circuit_create(&c, &in, one, ops, 2, err, 256) == QF_OK, "33-bit weight: %s", err);
     if (c) {
-        int64_t code = QF_CIRCUIT_CODE_LIMIT, ws[4];
+        int64_t code = QF_CIRCUIT_CODE_LIMIT;
         qf_range r[2];
         qf_range_reset(r, 2);
         float y;
-        qf_circuit_run_codes(c, &y, NULL, r, &code, 1, ws, err, 256);
+        run_with(c, QF_CIRCUIT_ENGINE_AUTO, 2, &y, NULL, r, &code, NULL, 1, err);
         CHECK(r[1].max == ((int64_t)INT32_MAX - INT32_MIN) * QF_CIRCUIT_CODE_LIMIT,
               "exact 33-bit product %lld", (long long)r[1].max);
         qf_circuit_free(c);
@@ -671,6 +1012,9 @@ int main(void)
 {
     test_bits();
     test_against_naive();
+    test_tutorial_net();
+    test_float_limit();
+    test_lookup_sweep();
     test_worst_case();
     test_rounding_rule();
     test_errors();

@@ -1,0 +1,469 @@
+/* circuit_block.c: the float32 block engine of the integer circuit.
+ *
+ * When every integer a circuit can compute stays below 2^24 in magnitude,
+ * and so does every partial sum of its DENSE, CONV and POOL_SUM ops in any
+ * order and every lookup argument v = t 2^l + offset (qf_circuit_prepare_float
+ * checks this from the static bounds), float32 holds all of them exactly:
+ * integer additions and products of exact floats are exact while the results
+ * stay below 2^24.  The engine then runs the circuit on float32 values and
+ * gives the same integers as the int64 engine, whatever the summation order
+ * and instruction set, and the same lookups: v is the same float32 value as
+ * (float)v of the int64 v, followed by the same float32 operations
+ * (qf_affine_epilogue, ReLU, qf_quantize_value, the last two in a form with
+ * fewer instructions and the same results, see lookup_block).  Zeros stay
+ * +0: sums start at +0, and lookups add the offset and the zero point
+ * (x + (+0) = +0 for x = -0), so every float is the integer's own value,
+ * sign of zero included.
+ *
+ * Samples are evaluated a block at a time, op by op: a node of size K is
+ * held as (K, L), one row of L lanes (one lane per sample, L a multiple of 8
+ * up to QF_CIRCUIT_BLOCK), so every kernel runs its innermost loop over the
+ * samples of the block and vectorises with any instruction set.  DENSE and
+ * CONV visit only nonzero (unpruned) weights.  Lanes past the batch hold a
+ * valid input code and are never read back. */
+#include "dispatch.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "circuit_internal.h"
+#include "quant.h"
+
+#define LANE_GROUP 8                 /* lanes of one vector step               */
+#define WIDE 32                      /* lanes of the register-blocked DENSE    */
+#define EXACT_LIMIT ((int64_t)1 << 24)
+
+/* ---- preparation: is the circuit float-exact? ---- */
+
+static int64_t abs64(int64_t v) { return v < 0 ? -v : v; }
+
+/* Largest magnitude of a node's values (bounds are within +-2^62). */
+static int64_t node_magnitude(const qf_node_info *nd)
+{
+    int64_t a = abs64(nd->static_min), b = abs64(nd->static_max);
+    return a > b ? a : b;
+}
+
+/* Whether m times the largest row sum of |w| stays below 2^24 (every
+ * partial sum of a row, in any order, is at most that), and each |w| too. */
+static int sparse_fits(const qf_circuit_sparse *nz, int64_t rows, int64_t m)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t sum = 0, bound;
+        for (int64_t k = nz->start[r]; k < nz->start[r + 1]; k++) {
+            if (abs64(nz->value[k]) >= EXACT_LIMIT)
+                return 0;
+            sum += abs64(nz->value[k]);             /* <= 2^24 * 2^36: no overflow */
+        }
+        if (__builtin_mul_overflow(sum, m, &bound) || bound >= EXACT_LIMIT)
+            return 0;
+    }
+    return 1;
+}
+
+/* Whether |t| 2^lsbs + |offset[c]| < 2^24 for every t of the input. */
+static int affine_fits(const qf_circuit_op *p, int64_t m)
+{
+    int64_t scaled;
+    if (__builtin_mul_overflow(m, (int64_t)1 << p->lsbs, &scaled))
+        return 0;
+    for (int64_t ch = 0; ch < p->in_shape[0]; ch++)
+        if (abs64(p->offset[ch]) >= EXACT_LIMIT || scaled + abs64(p->offset[ch]) >= EXACT_LIMIT)
+            return 0;
+    return 1;
+}
+
+static int op_fits(const qf_circuit *c, const qf_circuit_op *p)
+{
+    int64_t m = node_magnitude(&c->nodes[p->src]);
+    int64_t mp = m > abs64(p->pad) ? m : abs64(p->pad);
+    switch (p->kind) {
+    case QF_OP_DENSE:
+        return sparse_fits(&p->nz, p->oc, m);
+    case QF_OP_CONV:
+        return sparse_fits(&p->nz, p->oc, mp);
+    case QF_OP_POOL_SUM:
+        return mp < EXACT_LIMIT && p->kh * p->kw < EXACT_LIMIT &&
+               mp * p->kh * p->kw < EXACT_LIMIT;
+    case QF_OP_ROUND:
+        return p->lsbs <= 24 && m + ((int64_t)1 << (p->lsbs - 1)) < EXACT_LIMIT;
+    case QF_OP_LOOKUP:
+    case QF_OP_DECODE:
+        return affine_fits(p, m);
+    }
+    return 1;    /* RESHAPE, TRANSPOSE, ADD: their results are nodes, checked below */
+}
+
+int qf_circuit_prepare_float(qf_circuit *c)
+{
+    for (int j = 0; j < c->n_nodes; j++)
+        if (node_magnitude(&c->nodes[j]) >= EXACT_LIMIT)
+            return 0;
+    for (int k = 0; k < c->n_ops; k++)
+        if (!op_fits(c, &c->ops[k]))
+            return 0;
+    for (int k = 0; k < c->n_ops; k++) {
+        qf_circuit_op *p = &c->ops[k];
+        if (p->nz.start) {
+            int64_t nnz = p->nz.start[p->oc];
+            p->nz.value_f = malloc((size_t)(nnz > 0 ? nnz : 1) * sizeof(float));
+            if (!p->nz.value_f)
+                return -1;
+            for (int64_t j = 0; j < nnz; j++)
+                p->nz.value_f[j] = (float)p->nz.value[j];
+        }
+        if (p->offset) {
+            p->offset_f = malloc((size_t)p->in_shape[0] * sizeof(float));
+            if (!p->offset_f)
+                return -1;
+            for (int64_t ch = 0; ch < p->in_shape[0]; ch++)
+                p->offset_f[ch] = (float)p->offset[ch];
+        }
+    }
+    return 1;
+}
+
+int64_t qf_circuit_block_workspace_len(const qf_circuit *c)
+{
+    return c->sample_len * c->block_lanes;
+}
+
+/* ---- kernels: a node of size K is (K, L); L a multiple of LANE_GROUP ---- */
+
+/* Eight float32 lanes: one AVX register, or two SSE ones on the baseline
+ * (GCC and Clang vector extensions; loads and stores go through memcpy, so
+ * no alignment is assumed). */
+typedef float lanes8 __attribute__((vector_size(32)));
+
+static inline void load8(lanes8 *v, const float *p) { memcpy(v, p, sizeof *v); }
+static inline void store8(float *p, const lanes8 *v) { memcpy(p, v, sizeof *v); }
+
+/* d (L) = sum_k w[k] src[col[k]] (L), 8 lanes at a time with four partial
+ * sums over k (k mod 4), added at the end. */
+static inline void sparse_row_narrow(float *restrict d, const float *restrict src,
+                                     const int32_t *col, const float *w, int64_t nnz,
+                                     int64_t lanes)
+{
+    for (int64_t s0 = 0; s0 < lanes; s0 += LANE_GROUP) {
+        lanes8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, x0, x1, x2, x3;
+        int64_t k = 0;
+        for (; k + 4 <= nnz; k += 4) {
+            load8(&x0, src + col[k] * lanes + s0);
+            load8(&x1, src + col[k + 1] * lanes + s0);
+            load8(&x2, src + col[k + 2] * lanes + s0);
+            load8(&x3, src + col[k + 3] * lanes + s0);
+            a0 += w[k] * x0;
+            a1 += w[k + 1] * x1;
+            a2 += w[k + 2] * x2;
+            a3 += w[k + 3] * x3;
+        }
+        for (; k < nnz; k++) {
+            load8(&x0, src + col[k] * lanes + s0);
+            a0 += w[k] * x0;
+        }
+        a0 = (a0 + a1) + (a2 + a3);
+        store8(d + s0, &a0);
+    }
+}
+
+/* The same for lanes a multiple of WIDE: 32 lanes (four registers) at a
+ * time, with two partial sums over k (k mod 2) so that eight independent
+ * additions are in flight. */
+static inline void sparse_row_wide(float *restrict d, const float *restrict src,
+                                   const int32_t *col, const float *w, int64_t nnz,
+                                   int64_t lanes)
+{
+    for (int64_t s0 = 0; s0 < lanes; s0 += WIDE) {
+        lanes8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
+        lanes8 x0, x1, x2, x3;
+        int64_t k = 0;
+        for (; k + 2 <= nnz; k += 2) {
+            const float *x = src + col[k] * lanes + s0, *y = src + col[k + 1] * lanes + s0;
+            float wx = w[k], wy = w[k + 1];
+            load8(&x0, x);
+            load8(&x1, x + 8);
+            load8(&x2, x + 16);
+            load8(&x3, x + 24);
+            a0 += wx * x0;
+            a1 += wx * x1;
+            a2 += wx * x2;
+            a3 += wx * x3;
+            load8(&x0, y);
+            load8(&x1, y + 8);
+            load8(&x2, y + 16);
+            load8(&x3, y + 24);
+            b0 += wy * x0;
+            b1 += wy * x1;
+            b2 += wy * x2;
+            b3 += wy * x3;
+        }
+        if (k < nnz) {
+            const float *x = src + col[k] * lanes + s0;
+            load8(&x0, x);
+            load8(&x1, x + 8);
+            load8(&x2, x + 16);
+            load8(&x3, x + 24);
+            a0 += w[k] * x0;
+            a1 += w[k] * x1;
+            a2 += w[k] * x2;
+            a3 += w[k] * x3;
+        }
+        a0 += b0;
+        a1 += b1;
+        a2 += b2;
+        a3 += b3;
+        store8(d + s0, &a0);
+        store8(d + s0 + 8, &a1);
+        store8(d + s0 + 16, &a2);
+        store8(d + s0 + 24, &a3);
+    }
+}
+
+/* dst (OC, L) = the nonzero weights of each row times src (in, L). */
+QF_MULTIVERSION
+static void dense_block(float *restrict dst, const float *restrict src, const qf_circuit_op *p,
+                        int64_t lanes)
+{
+    const qf_circuit_sparse *nz = &p->nz;
+    for (int64_t o = 0; o < p->oc; o++) {
+        int64_t k0 = nz->start[o], nnz = nz->start[o + 1] - k0;
+        if (lanes % WIDE == 0)
+            sparse_row_wide(dst + o * lanes, src, nz->col + k0, nz->value_f + k0, nnz, lanes);
+        else
+            sparse_row_narrow(dst + o * lanes, src, nz->col + k0, nz->value_f + k0, nnz, lanes);
+    }
+}
+
+/* CONV (dst (OC, OH, OW) rows, nonzero taps) or POOL_SUM (dst (C, OH, OW),
+ * weight 1 over each channel's window); padded taps add w pad_code. */
+QF_MULTIVERSION
+static void window_block(float *restrict dst, const float *restrict src, const qf_circuit_op *p,
+                         int64_t lanes)
+{
+    int conv = p->kind == QF_OP_CONV;
+    int64_t h = p->in_shape[1], wd = p->in_shape[2], oh = p->out_shape[1], ow = p->out_shape[2];
+    int64_t planes = p->out_shape[0], khw = p->kh * p->kw, taps = conv ? 0 : khw;
+    float pad = (float)p->pad;
+    for (int64_t o = 0; o < planes; o++) {
+        int64_t k0 = conv ? p->nz.start[o] : 0;
+        if (conv)
+            taps = p->nz.start[o + 1] - k0;
+        for (int64_t oy = 0; oy < oh; oy++)
+            for (int64_t ox = 0; ox < ow; ox++) {
+                float *restrict d = dst + ((o * oh + oy) * ow + ox) * lanes;
+                float padded = 0.0f;
+                for (int64_t s = 0; s < lanes; s++)
+                    d[s] = 0.0f;
+                for (int64_t t = 0; t < taps; t++) {
+                    int64_t tap = conv ? p->nz.col[k0 + t] : t;
+                    int64_t ci = conv ? tap / khw : o, ky = tap % khw / p->kw, kx = tap % p->kw;
+                    int64_t y = oy * p->sh - p->ph + ky, x = ox * p->sw - p->pw + kx;
+                    float wt = conv ? p->nz.value_f[k0 + t] : 1.0f;
+                    if (y < 0 || y >= h || x < 0 || x >= wd) {
+                        padded += wt * pad;
+                        continue;
+                    }
+                    const float *restrict row = src + ((ci * h + y) * wd + x) * lanes;
+                    for (int64_t s = 0; s < lanes; s++)
+                        d[s] += wt * row[s];
+                }
+                for (int64_t s = 0; s < lanes; s++)
+                    d[s] += padded;
+            }
+    }
+}
+
+/* floor((v + 2^(l-1)) / 2^l) for |v| + 2^(l-1) < 2^24, l <= 24. */
+QF_MULTIVERSION
+static void round_block(float *restrict dst, const float *restrict src, int lsbs, int64_t count)
+{
+    float half = ldexpf(1.0f, lsbs - 1), inv = ldexpf(1.0f, -lsbs);
+    for (int64_t i = 0; i < count; i++) {
+        float t = (src[i] + half) * inv;          /* exact: a power-of-two scaling */
+        float r = qf_rint(t);
+        dst[i] = r > t ? r - 1.0f : r;
+    }
+}
+
+/* LOOKUP: per channel c, y = qf_affine_epilogue(t 2^l + offset[c],
+ * scale[c], bias[c]), ReLU, then the output quantizer's code
+ * qf_quantize_value(y, s, qmin - Z, qmax - Z) + Z.  dst (C, plane, L).
+ *
+ * For |qmin - Z|, |qmax - Z| < 2^22 (every practical quantizer) the code is
+ * computed in fewer instructions with the same result: for |t| < 2^22,
+ * (t + 1.5 2^23) - 1.5 2^23 is rint(t) (the sum lies in [2^23, 2^24), where
+ * float32 holds exactly the integers, and the even offset keeps ties going
+ * to even); a larger |t| gives a result beyond +-2^22, which the clamp maps
+ * to the same bound as rint(t) would.  Only the sign of a zero may differ,
+ * and adding Z turns either zero into +0 or Z.  The clamp is written as two
+ * one-sided steps (min then max, equal for lo <= hi and non-NaN values; no
+ * value here is NaN), and ReLU as max(y, 0) with -0 kept, as y < 0 ? 0 : y. */
+QF_MULTIVERSION
+static void lookup_block(float *restrict dst, const float *restrict src, const qf_circuit_op *p,
+                         int64_t lanes)
+{
+    int64_t per_channel = p->in_shape[1] * p->in_shape[2] * lanes;
+    float m = ldexpf(1.0f, p->lsbs), s = p->quant.scale, lo = p->quant_lo, hi = p->quant_hi;
+    float z = (float)p->quant.zero_point, floor = p->relu ? 0.0f : -INFINITY;
+    const float magic = 0x1.8p23f, small = 0x1p22f;
+    int short_rint = lo > -small && hi < small;
+    for (int64_t ch = 0; ch < p->in_shape[0]; ch++) {
+        const float *restrict x = src + ch * per_channel;
+        float *restrict q = dst + ch * per_channel;
+        float off = p->offset_f[ch], scale = p->scale[ch], bias = p->bias[ch];
+        if (!short_rint) {
+            for (int64_t i = 0; i < per_channel; i++) {
+                float v = x[i] * m + off;
+                float u = v * scale;
+                u = u + bias;
+                u = u < floor ? floor : u;
+                q[i] = qf_quantize_value(u, s, lo, hi) + z;
+            }
+            continue;
+        }
+        for (int64_t i = 0; i < per_channel; i++) {
+            float v = x[i] * m + off;
+            float y = v * scale;
+            y = y + bias;
+            y = y < floor ? floor : y;
+            float t = y / s;
+            float r = (t + magic) - magic;
+            r = r > hi ? hi : r;
+            r = r < lo ? lo : r;
+            q[i] = r + z;
+        }
+    }
+}
+
+/* out (n, out_size) rows r0 .. r0 + valid - 1, from the node DECODE reads. */
+static void decode_block(float *out, int64_t *out_int, const float *src, const qf_circuit_op *p,
+                         int64_t r0, int64_t valid, int64_t lanes)
+{
+    int64_t plane = p->in_shape[1] * p->in_shape[2], n_out = qf_circuit_size3(p->in_shape);
+    float m = ldexpf(1.0f, p->lsbs);
+    for (int64_t ch = 0; ch < p->in_shape[0]; ch++) {
+        float off = p->offset_f[ch], scale = p->scale[ch], bias = p->bias[ch];
+        for (int64_t e = ch * plane; e < (ch + 1) * plane; e++) {
+            const float *x = src + e * lanes;
+            for (int64_t s = 0; s < valid; s++) {
+                float v = x[s] * m + off;
+                out[(r0 + s) * n_out + e] = qf_affine_epilogue((int64_t)v, scale, bias);
+                if (out_int)
+                    out_int[(r0 + s) * n_out + e] = (int64_t)x[s];
+            }
+        }
+    }
+}
+
+static void transpose_block(float *dst, const float *src, const qf_circuit_op *p, int64_t lanes)
+{
+    const int64_t *is = p->in_shape, *os = p->out_shape;
+    int64_t stride_in[3] = {is[1] * is[2], is[2], 1};
+    int64_t st[3] = {stride_in[0], stride_in[1], stride_in[2]};
+    st[p->axes[0]] = stride_in[p->axes[1]];
+    st[p->axes[1]] = stride_in[p->axes[0]];
+    for (int64_t i = 0; i < os[0]; i++)
+        for (int64_t j = 0; j < os[1]; j++)
+            for (int64_t k = 0; k < os[2]; k++, dst += lanes)
+                memcpy(dst, src + (i * st[0] + j * st[1] + k * st[2]) * lanes,
+                       (size_t)lanes * sizeof *dst);
+}
+
+QF_MULTIVERSION
+static void add_block(float *restrict dst, const float *restrict a, const float *restrict b,
+                      int64_t count)
+{
+    for (int64_t i = 0; i < count; i++)
+        dst[i] = a[i] + b[i];
+}
+
+/* Per-lane minima and maxima (valid lanes) over the rows of x (rows, L). */
+QF_MULTIVERSION
+static void widen_lanes(float *restrict lmin, float *restrict lmax, const float *restrict x,
+                        int64_t rows, int64_t valid, int64_t lanes)
+{
+    for (int64_t r = 0; r < rows; r++, x += lanes)
+        for (int64_t s = 0; s < valid; s++) {
+            lmin[s] = x[s] < lmin[s] ? x[s] : lmin[s];
+            lmax[s] = x[s] > lmax[s] ? x[s] : lmax[s];
+        }
+}
+
+/* Node 0 (in, L) from rows r0 .. r0 + valid - 1; other lanes get qmin. */
+static void load_input(float *dst, const qf_circuit *c, const int64_t *codes, const float *x,
+                       int64_t r0, int64_t valid, int64_t lanes)
+{
+    int64_t in = qf_circuit_in_size(c);
+    float s = c->input.scale, lo = c->input_lo, hi = c->input_hi;
+    float z = (float)c->input.zero_point;
+    for (int64_t i = 0; i < in; i++, dst += lanes) {
+        if (codes)
+            for (int64_t r = 0; r < valid; r++)
+                dst[r] = (float)codes[(r0 + r) * in + i];
+        else
+            for (int64_t r = 0; r < valid; r++)
+                dst[r] = qf_quantize_value(x[(r0 + r) * in + i], s, lo, hi) + z;
+        for (int64_t r = valid; r < lanes; r++)
+            dst[r] = (float)c->input.qmin;
+    }
+}
+
+/* ---- one block ---- */
+
+static void run_block(const qf_circuit *c, float *out, int64_t *out_int, float *lane_ranges,
+                      const int64_t *codes, const float *x, int64_t r0, int64_t valid,
+                      float *ws)
+{
+    int64_t lanes = (valid + LANE_GROUP - 1) / LANE_GROUP * LANE_GROUP;
+    load_input(ws, c, codes, x, r0, valid, lanes);
+    if (lane_ranges)
+        widen_lanes(lane_ranges, lane_ranges + QF_CIRCUIT_BLOCK, ws, qf_circuit_in_size(c),
+                    valid, lanes);
+    for (int k = 0; k < c->n_ops; k++) {
+        const qf_circuit_op *p = &c->ops[k];
+        const float *src = ws + c->node_start[p->src] * c->block_lanes;
+        if (p->kind == QF_OP_DECODE) {
+            decode_block(out, out_int, src, p, r0, valid, lanes);
+            break;
+        }
+        float *dst = ws + c->node_start[k + 1] * c->block_lanes;
+        int64_t rows = qf_circuit_size3(p->out_shape), count = rows * lanes;
+        switch (p->kind) {
+        case QF_OP_DENSE:
+            dense_block(dst, src, p, lanes);
+            break;
+        case QF_OP_CONV:
+        case QF_OP_POOL_SUM:
+            window_block(dst, src, p, lanes);
+            break;
+        case QF_OP_ROUND:
+            round_block(dst, src, p->lsbs, count);
+            break;
+        case QF_OP_LOOKUP:
+            lookup_block(dst, src, p, lanes);
+            break;
+        case QF_OP_RESHAPE:
+            memcpy(dst, src, (size_t)count * sizeof *dst);
+            break;
+        case QF_OP_TRANSPOSE:
+            transpose_block(dst, src, p, lanes);
+            break;
+        case QF_OP_ADD:
+            add_block(dst, src, ws + c->node_start[p->src2] * c->block_lanes, count);
+            break;
+        }
+        if (lane_ranges) {
+            float *lmin = lane_ranges + (int64_t)(k + 1) * 2 * QF_CIRCUIT_BLOCK;
+            widen_lanes(lmin, lmin + QF_CIRCUIT_BLOCK, dst, rows, valid, lanes);
+        }
+    }
+}
+
+void qf_circuit_run_block_rows(const qf_circuit *c, float *out, int64_t *out_int,
+                               float *lane_ranges, const int64_t *codes, const float *x,
+                               int64_t r0, int64_t r1, float *ws)
+{
+    for (int64_t r = r0; r < r1; r += c->block_lanes) {
+        int64_t valid = r1 - r < c->block_lanes ? r1 - r : c->block_lanes;
+        run_block(c, out, out_int, lane_ranges, codes, x, r, valid, ws);
+    }
+}

@@ -1,0 +1,118 @@
+/* circuit_internal.h: the private layout of a qf_circuit, shared by its
+ * creation and int64 engine (circuit.c) and its float32 block engine
+ * (circuit_block.c).  Not part of the public API (circuit.h). */
+#ifndef QF_CIRCUIT_INTERNAL_H
+#define QF_CIRCUIT_INTERNAL_H
+
+#include <stdint.h>
+#include "circuit.h"
+#include "quant.h"
+
+/* The nonzero weights of a DENSE op, row by row (CSR), or of a CONV op,
+ * output channel by output channel with the tap each one sits on. */
+typedef struct {
+    int64_t *start;            /* (rows + 1): row r is entries start[r] .. start[r+1] - 1 */
+    int32_t *col;              /* (nnz) DENSE: input index; CONV: tap c KH KW + ky KW + kx */
+    int64_t *value;            /* (nnz) q_w - Z_w                                         */
+    float *value_f;            /* (nnz) the same as float32 (float-exact circuits only)    */
+} qf_circuit_sparse;
+
+typedef struct {
+    int kind;                  /* qf_op_kind                                    */
+    char name[QF_CIRCUIT_NAME_LEN];
+    int src, src2;
+    int64_t in_shape[3];       /* (C, H, W) of src                              */
+    int64_t out_shape[3];      /* of the result (DECODE: of src)                */
+    int64_t *weight;           /* DENSE (OC, in) / CONV (OC, C, KH, KW): q_w - Z_w */
+    qf_circuit_sparse nz;      /* DENSE, CONV: the nonzero entries of weight    */
+    int64_t oc, kh, kw, sh, sw, ph, pw;
+    int64_t pad;               /* CONV, POOL_SUM: code of padded positions       */
+    int lsbs;
+    int64_t *offset;           /* LOOKUP, DECODE: (channels of src)             */
+    float *offset_f;           /* the same as float32 (float-exact circuits)    */
+    float *scale, *bias;       /* LOOKUP, DECODE: (channels of src)             */
+    int relu;
+    qf_quantizer quant;        /* LOOKUP                                        */
+    float quant_lo, quant_hi;  /* qmin - Z, qmax - Z                            */
+    int axes[2];               /* TRANSPOSE                                     */
+} qf_circuit_op;
+
+struct qf_circuit {
+    qf_quantizer input;
+    float input_lo, input_hi;  /* qmin - Z, qmax - Z of the input quantizer      */
+    int n_ops;
+    qf_circuit_op *ops;        /* (n_ops), the last one DECODE                  */
+    int n_nodes;               /* n_ops: the input, then one per op but DECODE  */
+    qf_node_info *nodes;       /* (n_nodes)                                     */
+    int64_t *node_start;       /* (n_nodes) where each node sits in the int64
+                                  engine's per-sample buffer                    */
+    int64_t sample_len;        /* int64s of that buffer: sum of the node sizes  */
+    int float_exact;           /* every value and partial sum below 2^24        */
+    int64_t block_lanes;       /* samples per block of the float32 engine: a
+                                  multiple of 8, at most QF_CIRCUIT_BLOCK       */
+};
+
+static inline int64_t qf_circuit_size3(const int64_t *s) { return s[0] * s[1] * s[2]; }
+
+/* ---- element functions, shared by the static bounds and the int64 engine ---- */
+
+/* floor((v + 2^(l-1)) / 2^l): round half up, divided by 2^l; 1 <= l <= 62,
+ * |v| <= 2^62.  Shifts of non-negative values only (floor of a negative t
+ * is -(ceil(-t / 2^l)) = -(((-t - 1) >> l) + 1)). */
+static inline int64_t qf_circuit_round_msbs(int64_t v, int l)
+{
+    int64_t t = v + ((int64_t)1 << (l - 1));
+    return t >= 0 ? t >> l : -(((-t - 1) >> l) + 1);
+}
+
+/* The float value of a LOOKUP / DECODE of integer t in channel ch, before
+ * the output quantizer: epilogue, then ReLU for a LOOKUP with relu. */
+static inline float qf_circuit_affine(const qf_circuit_op *p, int64_t ch, int64_t t)
+{
+    int64_t v = t * ((int64_t)1 << p->lsbs) + p->offset[ch];
+    float y = qf_affine_epilogue(v, p->scale[ch], p->bias[ch]);
+    return p->relu && y < 0.0f ? 0.0f : y;
+}
+
+/* The code a LOOKUP gives integer t of channel ch. */
+static inline int64_t qf_circuit_lookup_code(const qf_circuit_op *p, int64_t ch, int64_t t)
+{
+    float y = qf_circuit_affine(p, ch, t);
+    return (int64_t)qf_quantize_value(y, p->quant.scale, p->quant_lo, p->quant_hi) +
+           p->quant.zero_point;
+}
+
+/* Most samples the float32 block engine evaluates together (lanes of a
+ * block); fewer (but at least 8) when the nodes of one sample are large, so
+ * that a block's buffers stay within QF_CIRCUIT_BLOCK_FLOATS. */
+#define QF_CIRCUIT_BLOCK 64
+#define QF_CIRCUIT_BLOCK_FLOATS ((int64_t)1 << 22)
+
+/* Whether every integer the circuit can compute, every partial sum of its
+ * DENSE, CONV and POOL_SUM ops in any order, and every lookup argument
+ * v = t 2^l + offset stays below 2^24 in magnitude, so float32 holds them
+ * exactly; the node bounds must be set.  Also fills the float32 copies
+ * (value_f, offset_f) when it returns 1.  -1: out of memory. */
+int qf_circuit_prepare_float(qf_circuit *c);
+
+/* float32 elements of the node buffers of one block (block_lanes samples). */
+int64_t qf_circuit_block_workspace_len(const qf_circuit *c);
+
+/* The block engine on rows [r0, r1) of a batch, block_lanes rows at a time:
+ * codes (n, in_size) int64, or x (n, in_size) float32 when codes is NULL
+ * (quantized here; the caller has checked x is finite and the codes lie in
+ * range).  out, out_int (may be NULL) are the full (n, out_size) outputs;
+ * lane_ranges (n_nodes, 2, QF_CIRCUIT_BLOCK) float32 or NULL: per-lane
+ * minima and maxima widened by these rows (start them at +inf / -inf).
+ * ws: qf_circuit_block_workspace_len floats. */
+void qf_circuit_run_block_rows(const qf_circuit *c, float *out, int64_t *out_int,
+                               float *lane_ranges, const int64_t *codes, const float *x,
+                               int64_t r0, int64_t r1, float *ws);
+
+/* The int64 engine on one sample: node 0 of ws (sample_len int64s) holds
+ * its input codes; out, out_int (may be NULL) (out_size); ranges (n_nodes)
+ * or NULL widened by this sample. */
+void qf_circuit_run_sample(const qf_circuit *c, float *out, int64_t *out_int, qf_range *ranges,
+                           int64_t *ws);
+
+#endif
