@@ -12,8 +12,25 @@
     !defined(__SANITIZE_ADDRESS__) && !defined(QF_NO_MULTIVERSION) &&        \
     ((defined(__GNUC__) && __GNUC__ >= 6) || (defined(__clang__) && __clang_major__ >= 14))
 #define QF_MULTIVERSION __attribute__((target_clones("avx2", "default")))
+#define QF_HAVE_MULTIVERSION 1
 #else
 #define QF_MULTIVERSION
+#endif
+
+/* QF_WIDE_VECTORS(): whether the running code has 8-float vector registers
+ * (the AVX2 clone, an AVX2 build, or a non-x86 target with many vector
+ * registers), so that kernels can size their register blocks.  Block sizes
+ * never change what is summed in which order, only how fast. */
+#if defined(__x86_64__) || defined(__i386__)
+#if defined(__AVX2__)
+#define QF_WIDE_VECTORS() 1
+#elif defined(QF_HAVE_MULTIVERSION)
+#define QF_WIDE_VECTORS() (__builtin_cpu_supports("avx2") != 0)
+#else
+#define QF_WIDE_VECTORS() 0
+#endif
+#else
+#define QF_WIDE_VECTORS() 1
 #endif
 
 #endif

@@ -168,6 +168,9 @@ static qf_status build_tensors(qf_net *net)
         L->emits_codes = s->kind == QF_LAYER_ACT_QUANT || s->kind == QF_LAYER_RESHAPE ||
                          s->kind == QF_LAYER_TRANSPOSE || s->kind == QF_LAYER_RESIDUAL_ADD;
     }
+    net->packed = calloc((size_t)net->n_tensors + 1, sizeof(qf_packed *));
+    if (!net->packed)
+        return QF_ERR_NOMEM;
     int64_t total = 0;
     for (int t = 0; t < net->n_tensors; t++)
         total += net->tensors[t].size * (net->tensors[t].kind == QF_TENSOR_PARAM ? 4 : 1);
@@ -298,6 +301,10 @@ void qf_net_free(qf_net *net)
     if (net->tensors)
         for (int t = 0; t < net->n_tensors; t++)
             free(net->tensors[t].mask);
+    if (net->packed)
+        for (int t = 0; t < net->n_tensors; t++)
+            qf_net_packed_free(net->packed[t]);
+    free(net->packed);
     if (net->layers)
         for (int i = 0; i < net->n_layers; i++)
             free(net->layers[i].w_argmax);
@@ -602,7 +609,7 @@ qf_status qf_net_set_mask(qf_net *net, int index, const uint8_t *mask)
     if (!mask) {
         free(t->mask);
         t->mask = NULL;
-        return QF_OK;
+        return qf_net_packed_set(net, index);
     }
     if (!t->mask && !(t->mask = malloc((size_t)t->size))) {
         snprintf(net->err, sizeof net->err, "cannot allocate a mask of %lld entries",
@@ -614,7 +621,14 @@ qf_status qf_net_set_mask(qf_net *net, int index, const uint8_t *mask)
         if (!t->mask[i])
             t->data[i] = t->grad[i] = t->opt_m[i] = t->opt_v[i] = 0.0f;
     }
-    return QF_OK;
+    qf_status st = qf_net_packed_set(net, index);
+    if (st != QF_OK) {   /* the mask without its packed index: drop both */
+        free(t->mask);
+        t->mask = NULL;
+        snprintf(net->err, sizeof net->err, "cannot index the mask of %lld entries",
+                 (long long)t->size);
+    }
+    return st;
 }
 
 qf_status qf_net_act_scale(const qf_net *net, int layer, float *scale)

@@ -6,6 +6,8 @@
 
 #include "conv.h"
 #include "net.h"
+#include "optim.h"
+#include "sparse.h"
 
 typedef struct {
     qf_layer_spec spec;
@@ -20,6 +22,7 @@ typedef struct {
     int64_t w_rows, w_cols;
     float w_qmin, w_qmax, w_int_threshold;
     float *w_scale;                     /* (w_rows) scale per row of the last forward       */
+    int w_scale_fixed;                  /* CONST: w_scale, w_argmax hold their lasting values */
     int64_t *w_argmax;                  /* (w_rows) ABSMAX: element that set it, -1 if none */
     float *w_fq;                        /* (w_rows, w_cols) fake-quantized weights          */
     float *w_codes;                     /* (w_rows, w_cols) their integer codes             */
@@ -44,7 +47,23 @@ typedef struct {
     float *cols, *col_codes, *dcols;    /* CONV2D: (cap * P, K) patches, codes, gradients   */
     float *gemm_out;                    /* CONV2D: (cap * P, OC) product before transposing */
     float *skip_grad;                   /* RESIDUAL_ADD: (cap, out_size)                    */
+    int sparse_pass;                    /* LINEAR: the last forward ran over the packed
+                                           kept weights (net_packed.c), so does its backward */
 } qf_layer;
+
+/* A pruned parameter's kept entries, packed in CSR order (net_packed.c).
+ * Outside qf_net_train_epoch the dense arrays of the tensor are the truth;
+ * during an epoch the packed value and optimizer state are, and the dense
+ * data is brought up to date when a dense kernel needs it and at the end. */
+typedef struct {
+    qf_csr csr;                         /* kept entries of the tensor as (rows, cols)     */
+    float *value, *m, *v, *grad;        /* (nnz) packed data, opt_m, opt_v and gradient    */
+    float *codes, *fq;                  /* (nnz) weight quantizer output (sparse passes)   */
+    float *codes_mirror;                /* (nnz) the codes the layer's w_codes_t holds     */
+    int codes_t_valid;                  /* w_codes_t mirrors codes_mirror                 */
+    int data_stale;                     /* the dense data lags value                      */
+    int dense_grad_zero;                /* the dense grad is known to be all 0            */
+} qf_packed;
 
 struct qf_net {
     int n_layers;
@@ -69,6 +88,8 @@ struct qf_net {
     int have_train_forward;             /* activations of a training forward are kept       */
     int64_t *perm;                      /* (perm_cap) epoch shuffle                          */
     int64_t perm_cap;
+    qf_packed **packed;                 /* (n_tensors): masked parameters, else NULL      */
+    int packed_live;                    /* inside qf_net_train_epoch: packed state is truth */
     char err[256];
 };
 
@@ -82,5 +103,20 @@ qf_status qf_net_check_finite(qf_net *net, const float *x, int64_t count);
 float qf_net_weight_scales(const qf_layer *L, const float *w, float *scale, int64_t *argmax);
 float qf_net_learned_eval_threshold(const qf_net *net, const qf_layer *L);
 float qf_net_clamp_scale(float threshold, float int_threshold);
+/* net_train.c: one optimizer update of p, m, v (n) from g (n), mask (n) or NULL;
+ * c: the step's AdamW coefficients (unused for SGD) */
+void qf_net_update_params(const qf_net *net, const qf_adamw_coeffs *c, float *p, float *m,
+                          float *v, float *g, const uint8_t *mask, int64_t n);
+/* net_packed.c */
+qf_status qf_net_packed_set(qf_net *net, int t);       /* (re)build from the mask, or drop */
+void qf_net_packed_free(qf_packed *pk);                /* accepts NULL */
+void qf_net_packed_begin(qf_net *net);                 /* an epoch starts: pack           */
+void qf_net_packed_end(qf_net *net);                   /* it ends: write the dense arrays */
+/* The packed weights of L when its pass over rows samples (from integer codes
+ * or not) should run over the kept entries, else NULL. */
+qf_packed *qf_net_sparse_layer(qf_net *net, const qf_layer *L, int64_t rows, int from_codes);
+void qf_net_packed_sync_data(qf_net *net, int t);      /* dense data of tensor t current */
+void qf_net_packed_zero_grad(qf_net *net);
+void qf_net_packed_step(qf_net *net);
 
 #endif

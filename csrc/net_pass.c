@@ -92,11 +92,44 @@ static float act_scale_forward(qf_net *net, qf_layer *L, const float *in, int64_
     return qf_net_clamp_scale(fabsf(*value), L->a_int_threshold);
 }
 
+/* ---------------------------------------------------------------- element-wise loops */
+
+/* (restrict: separate arrays, so that the loops vectorise) */
+static void relu_forward(float *restrict out, const float *restrict in, int64_t count)
+{
+    for (int64_t j = 0; j < count; j++)
+        out[j] = in[j] > 0.0f ? in[j] : 0.0f;
+}
+
+static void relu_backward(float *restrict din, const float *restrict dout,
+                          const float *restrict in, int64_t count)
+{
+    for (int64_t j = 0; j < count; j++) {
+        float d = dout[j];   /* read unconditionally: a select, not a branch */
+        din[j] = in[j] > 0.0f ? d : 0.0f;
+    }
+}
+
+static void add_into(float *restrict dst, const float *restrict src, int64_t count)
+{
+    for (int64_t j = 0; j < count; j++)
+        dst[j] += src[j];
+}
+
 /* ---------------------------------------------------------------- forward */
+
+/* The weight quantizer's scales for weights w: constant ones are set once. */
+static void weight_scales(qf_layer *L, const float *w)
+{
+    if (L->w_scale_fixed)
+        return;
+    qf_net_weight_scales(L, w, L->w_scale, L->w_argmax);
+    L->w_scale_fixed = L->spec.weight_quant.kind == QF_QUANT_CONST;
+}
 
 static void quantize_weights(qf_layer *L, const float *w)
 {
-    qf_net_weight_scales(L, w, L->w_scale, L->w_argmax);
+    weight_scales(L, w);
     if (!L->spec.per_channel) {
         qf_fake_quant_forward(L->w_fq, L->w_codes, w, L->w_rows * L->w_cols, L->w_scale[0],
                               L->w_qmin, L->w_qmax, 0);
@@ -107,12 +140,60 @@ static void quantize_weights(qf_layer *L, const float *w)
                               w + r * L->w_cols, L->w_cols, L->w_scale[r], L->w_qmin, L->w_qmax, 0);
 }
 
+/* weighted_product over the packed kept weights pk of a pruned Linear layer. */
+static void sparse_product(qf_layer *L, qf_packed *pk, float *out, const float *in,
+                           const float *in_codes, const float *b, int64_t rows)
+{
+    const qf_csr *csr = &pk->csr;
+    if (L->spec.weight_quant.kind == QF_QUANT_NONE) {
+        qf_csr_forward(out, in, pk->value, b, csr, rows);
+        return;
+    }
+    weight_scales(L, NULL);   /* constant scales: the data is not read */
+    if (!L->spec.per_channel) {
+        qf_fake_quant_forward(pk->fq, pk->codes, pk->value, csr->nnz, L->w_scale[0], L->w_qmin,
+                              L->w_qmax, 0);
+    } else {
+        for (int64_t r = 0; r < csr->rows; r++) {
+            int64_t k = csr->row_start[r], len = csr->row_start[r + 1] - k;
+            qf_fake_quant_forward(pk->fq + k, pk->codes + k, pk->value + k, len, L->w_scale[r],
+                                  L->w_qmin, L->w_qmax, 0);
+        }
+    }
+    if (in_codes) {
+        for (int64_t o = 0; o < L->w_rows; o++)
+            L->epi_scale[o] = L->in_scale * L->w_scale[o];
+        if (L->codes_fit_f32 && L->w_rows >= 8) {
+            /* the row-at-a-time form, which skips zero input codes, over the dense
+             * transposed codes: few codes change in a step, only those are written */
+            qf_csr_mirror_transposed(L->w_codes_t, pk->codes_mirror, pk->codes, csr,
+                                     !pk->codes_t_valid);
+            pk->codes_t_valid = 1;
+            qf_linear_forward_codes_t(out, in_codes, L->w_codes_t, L->epi_scale, b, rows,
+                                      L->w_cols, L->w_rows);
+        } else {
+            qf_csr_forward_codes(out, in_codes, pk->codes, L->epi_scale, b, L->codes_fit_f32,
+                                 csr, rows);
+        }
+    } else {
+        qf_csr_forward(out, in, pk->fq, b, csr, rows);
+    }
+}
+
 /* out (rows, n_out) = in (rows, n_in) times the layer's weights, float or from codes. */
 static void weighted_product(qf_net *net, qf_layer *L, float *out, const float *in,
                              const float *in_codes, int64_t rows)
 {
-    const float *w = net->tensors[L->t_weight].data;
     const float *b = L->t_bias >= 0 ? net->tensors[L->t_bias].data : NULL;
+    int from_codes = in_codes && L->spec.weight_quant.kind != QF_QUANT_NONE;
+    qf_packed *pk = qf_net_sparse_layer(net, L, rows, from_codes);
+    L->sparse_pass = pk != NULL;
+    if (pk) {
+        sparse_product(L, pk, out, in, in_codes, b, rows);
+        return;
+    }
+    qf_net_packed_sync_data(net, L->t_weight);
+    const float *w = net->tensors[L->t_weight].data;
     int64_t n_out = L->w_rows, n_in = L->w_cols;
     if (L->spec.weight_quant.kind == QF_QUANT_NONE) {
         qf_linear_forward(out, in, w, b, rows, n_in, n_out);
@@ -122,8 +203,12 @@ static void weighted_product(qf_net *net, qf_layer *L, float *out, const float *
     if (in_codes) {
         for (int64_t o = 0; o < n_out; o++)
             L->epi_scale[o] = L->in_scale * L->w_scale[o];
-        if (L->codes_fit_f32 && rows >= 4) {   /* batches: the row-at-a-time form */
+        /* batches and narrow inputs into wide outputs: the row-at-a-time form (which
+         * vectorises over outputs; its transpose is cheap against the product) */
+        if (L->codes_fit_f32 && n_out >= 8 && (rows >= 4 || n_in <= 8)) {
             qf_transpose2d(L->w_codes_t, L->w_codes, n_out, n_in);
+            if (net->packed[L->t_weight])   /* no longer what the packed path mirrors */
+                net->packed[L->t_weight]->codes_t_valid = 0;
             qf_linear_forward_codes_t(out, in_codes, L->w_codes_t, L->epi_scale, b, rows, n_in,
                                       n_out);
         } else {
@@ -210,8 +295,7 @@ void qf_net_forward_layers(qf_net *net, int64_t n)
             forward_conv(net, L, in, in_codes, n);
             break;
         case QF_LAYER_RELU:
-            for (int64_t j = 0; j < count; j++)
-                L->out[j] = in[j] > 0.0f ? in[j] : 0.0f;
+            relu_forward(L->out, in, count);
             break;
         case QF_LAYER_ACT_QUANT:
             L->a_scale = act_scale_forward(net, L, in, n * L->in_size);
@@ -250,10 +334,9 @@ void qf_net_forward_layers(qf_net *net, int64_t n)
             float s = B->a_scale;
             qf_fake_quant_forward(L->out, L->codes, in, count, s, B->a_qmin, B->a_qmax,
                                   B->spec.relu);
-            for (int64_t j = 0; j < count; j++) {
-                L->codes[j] += B->codes[j];
+            add_into(L->codes, B->codes, count);
+            for (int64_t j = 0; j < count; j++)
                 L->out[j] = s * L->codes[j];
-            }
             L->out_codes = 1;
             L->out_scale = s;
             break;
@@ -327,6 +410,12 @@ static void weighted_backward(qf_net *net, qf_layer *L, float *din, const float 
     float *db = L->t_bias >= 0 ? net->tensors[L->t_bias].grad : NULL;
     int64_t n_out = L->w_rows, n_in = L->w_cols;
     int kind = L->spec.weight_quant.kind;
+    if (L->sparse_pass) {   /* gradients of the kept weights, packed */
+        const qf_packed *pk = net->packed[L->t_weight];
+        qf_csr_backward(din, pk->grad, db, dout, in,
+                        kind == QF_QUANT_NONE ? pk->value : pk->fq, &pk->csr, rows);
+        return;
+    }
     if (kind == QF_QUANT_NONE) {
         qf_linear_backward(din, w->grad, db, dout, in, w->data, rows, n_in, n_out);
     } else if (kind == QF_QUANT_CONST) {
@@ -337,7 +426,9 @@ static void weighted_backward(qf_net *net, qf_layer *L, float *din, const float 
         qf_linear_backward(din, L->dw_fq, db, dout, in, L->w_fq, rows, n_in, n_out);
         weight_quant_backward(L, w);
     }
-    if (w->mask)   /* a pruned weight's gradient is 0, as PyTorch's weight_orig.grad */
+    /* a pruned weight's gradient is 0, as PyTorch's weight_orig.grad (in an epoch
+     * only the kept entries are read) */
+    if (w->mask && !net->packed_live)
         for (int64_t j = 0; j < w->size; j++)
             w->grad[j] = w->mask[j] ? w->grad[j] : 0.0f;
 }
@@ -372,12 +463,23 @@ static void threshold_gradient(qf_net *net, qf_layer *L, double dscale, const fl
     }
 }
 
+/* Index of the first layer with a trained parameter (n_layers if none): the
+ * layers up to it need no input gradient, nothing below them learns. */
+static int first_trained_layer(const qf_net *net)
+{
+    for (int t = 0; t < net->n_tensors; t++)   /* tensors are registered in layer order */
+        if (net->tensors[t].kind == QF_TENSOR_PARAM)
+            return net->tensors[t].layer;
+    return net->n_layers;
+}
+
 void qf_net_backward_layers(qf_net *net, int64_t n)
 {
+    int first = first_trained_layer(net);
     for (int i = net->n_layers - 1; i >= 0; i--) {
         qf_layer *L = &net->layers[i];
         const float *in = i > 0 ? net->layers[i - 1].out : net->x;
-        float *din = i > 0 ? net->layers[i - 1].dout : NULL;
+        float *din = i > first ? net->layers[i - 1].dout : NULL;
         int64_t count = n * L->out_size;
         switch (L->spec.kind) {
         case QF_LAYER_LINEAR:
@@ -388,17 +490,18 @@ void qf_net_backward_layers(qf_net *net, int64_t n)
             break;
         case QF_LAYER_RELU:
             if (din)
-                for (int64_t j = 0; j < count; j++)
-                    din[j] = in[j] > 0.0f ? L->dout[j] : 0.0f;
+                relu_backward(din, L->dout, in, count);
             break;
         case QF_LAYER_ACT_QUANT: {
             double extra = 0.0;
             if (L->res_end >= 0) {   /* the skip operand's gradient joins the block's */
                 const qf_layer *E = &net->layers[L->res_end];
-                for (int64_t j = 0; j < count; j++)
-                    L->dout[j] += E->skip_grad[j];
+                add_into(L->dout, E->skip_grad, count);
                 extra = E->res_dscale;
             }
+            int learned = L->spec.act_quant.kind == QF_QUANT_LEARNED;
+            if (!din && !learned)   /* nothing to compute: the scale is constant */
+                break;
             if (din)
                 memset(din, 0, sizeof(float) * (size_t)count);
             double dscale = qf_fake_quant_backward(din, L->dout, in, count, L->a_scale, L->a_qmin,

@@ -30,6 +30,10 @@ qf_status qf_net_backward_ce(qf_net *net, const int32_t *labels, int64_t n, doub
 
 void qf_net_zero_grad(qf_net *net)
 {
+    if (net->packed_live) {
+        qf_net_packed_zero_grad(net);
+        return;
+    }
     for (int t = 0; t < net->n_tensors; t++)
         if (net->tensors[t].kind == QF_TENSOR_PARAM)
             memset(net->tensors[t].grad, 0, sizeof(float) * (size_t)net->tensors[t].size);
@@ -84,6 +88,24 @@ qf_status qf_net_set_learning_rate(qf_net *net, float lr)
     return QF_OK;
 }
 
+void qf_net_update_params(const qf_net *net, const qf_adamw_coeffs *c, float *p, float *m,
+                          float *v, float *g, const uint8_t *mask, int64_t n)
+{
+    const qf_optimizer *o = &net->opt;
+    if (o->kind == QF_OPT_ADAMW) {
+        if (mask)   /* pruned entries take no gradient and stay 0 (selects: no inf/NaN leak) */
+            qf_adamw_apply_masked(p, m, v, g, mask, n, c);
+        else
+            qf_adamw_apply(p, m, v, g, n, c);
+    } else if (mask) {
+        qf_sgd_update_masked(p, m, g, mask, n, o->lr, o->momentum, o->dampening,
+                             o->weight_decay, o->nesterov, o->step);
+    } else {
+        qf_sgd_update(p, m, g, n, o->lr, o->momentum, o->dampening, o->weight_decay,
+                      o->nesterov, o->step);
+    }
+}
+
 qf_status qf_net_step(qf_net *net)
 {
     const qf_optimizer *o = &net->opt;
@@ -92,25 +114,18 @@ qf_status qf_net_step(qf_net *net)
         return QF_ERR_STATE;
     }
     net->opt.step++;
+    if (net->packed_live) {
+        qf_net_packed_step(net);
+        return QF_OK;
+    }
+    qf_adamw_coeffs c;
+    if (o->kind == QF_OPT_ADAMW)
+        qf_adamw_coeffs_init(&c, o->lr, o->beta1, o->beta2, o->eps, o->weight_decay, o->step);
     for (int t = 0; t < net->n_tensors; t++) {
         qf_tensor *T = &net->tensors[t];
-        if (T->kind != QF_TENSOR_PARAM)
-            continue;
-        if (T->mask)   /* pruned entries take no gradient (selects, so inf/NaN cannot leak) */
-            for (int64_t i = 0; i < T->size; i++)
-                T->grad[i] = T->mask[i] ? T->grad[i] : 0.0f;
-        if (o->kind == QF_OPT_ADAMW)
-            qf_adamw_update(T->data, T->opt_m, T->opt_v, T->grad, T->size, o->lr, o->beta1,
-                            o->beta2, o->eps, o->weight_decay, o->step);
-        else
-            qf_sgd_update(T->data, T->opt_m, T->grad, T->size, o->lr, o->momentum, o->dampening,
-                          o->weight_decay, o->nesterov, o->step);
-        if (T->mask)   /* hold pruned entries at 0 (also undoes writes through the views) */
-            for (int64_t i = 0; i < T->size; i++) {
-                T->data[i] = T->mask[i] ? T->data[i] : 0.0f;
-                T->opt_m[i] = T->mask[i] ? T->opt_m[i] : 0.0f;
-                T->opt_v[i] = T->mask[i] ? T->opt_v[i] : 0.0f;
-            }
+        if (T->kind == QF_TENSOR_PARAM)   /* masked: also undoes writes through the views */
+            qf_net_update_params(net, &c, T->data, T->opt_m, T->opt_v, T->grad, T->mask,
+                                 T->size);
     }
     return QF_OK;
 }
@@ -162,6 +177,7 @@ qf_status qf_net_train_epoch(qf_net *net, const float *x, const int32_t *y, int6
     }
     qf_rng_permutation(rng, net->perm, n);
     net->training = 1;
+    qf_net_packed_begin(net);
     for (int64_t start = 0; start < n; start += batch) {
         int64_t m = n - start < batch ? n - start : batch;
         for (int64_t s = 0; s < m; s++) {
@@ -183,6 +199,7 @@ qf_status qf_net_train_epoch(qf_net *net, const float *x, const int32_t *y, int6
         *loss_sum += loss * (double)m;
         *n_correct += correct;
     }
+    qf_net_packed_end(net);
     qf_net_zero_grad(net);
     return QF_OK;
 }

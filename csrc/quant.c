@@ -89,23 +89,48 @@ void qf_fake_quant_forward(float *restrict y, float *restrict codes, const float
     }
 }
 
-QF_MULTIVERSION
-double qf_fake_quant_backward(float *dx, const float *dy, const float *x, int64_t n,
-                              float s, float qmin, float qmax, int relu, int clamp_ste)
+enum { FQ_CHUNK = 256 };   /* elements per pass of the backward */
+
+/* The element-wise part of the backward for m <= FQ_CHUNK elements: dx += the
+ * straight-through gradient (selects, so that it vectorises) and f (m) = the
+ * factor of dy in dL/ds: r - x'/s in range, the clamped code outside. */
+static inline void fake_quant_backward_chunk(float *restrict dx, float *restrict f,
+                                             const float *restrict dy, const float *restrict x,
+                                             int64_t m, float s, float qmin, float qmax, int relu,
+                                             int clamp_ste)
 {
-    double dscale = 0.0;
-    for (int64_t i = 0; i < n; i++) {
+    for (int64_t i = 0; i < m; i++) {
         int active = !relu || x[i] > 0.0f;
         float v = active ? x[i] : 0.0f;
         float ratio = v / s;
         float r = qf_rint(ratio);
         int in_range = clamp_ste || (r >= qmin && r <= qmax);
-        if (in_range)
-            dscale += (double)dy[i] * (double)(r - ratio);
+        f[i] = in_range ? r - ratio : (r < qmin ? qmin : qmax);
+        if (dx) {
+            float d = dx[i];
+            dx[i] = in_range && active ? d + dy[i] : d;
+        }
+    }
+}
+
+QF_MULTIVERSION
+double qf_fake_quant_backward(float *dx, const float *dy, const float *x, int64_t n,
+                              float s, float qmin, float qmax, int relu, int clamp_ste)
+{
+    /* dL/ds sums the exact double products dy * f one element after the other,
+     * in index order, apart from the vectorised element-wise pass */
+    float f[FQ_CHUNK];
+    double dscale = 0.0;
+    for (int64_t c = 0; c < n; c += FQ_CHUNK) {
+        int64_t m = n - c < FQ_CHUNK ? n - c : FQ_CHUNK;
+        if (dx)
+            fake_quant_backward_chunk(dx + c, f, dy + c, x + c, m, s, qmin, qmax, relu,
+                                      clamp_ste);
         else
-            dscale += (double)dy[i] * (double)(r < qmin ? qmin : qmax);
-        if (dx && in_range && active)
-            dx[i] += dy[i];
+            fake_quant_backward_chunk(NULL, f, dy + c, x + c, m, s, qmin, qmax, relu,
+                                      clamp_ste);
+        for (int64_t i = 0; i < m; i++)
+            dscale += (double)dy[c + i] * (double)f[i];
     }
     return dscale;
 }
