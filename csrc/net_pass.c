@@ -236,15 +236,23 @@ static void forward_conv(qf_net *net, qf_layer *L, const float *in, const float 
         qf_transpose2d(L->out + s * L->out_size, L->gemm_out + s * p * oc, p, oc);
 }
 
-static void forward_transpose(const qf_layer *L, float *out, const float *in, int64_t n)
+/* Strides (into the input sample) of the output's three dims for a transpose layer. */
+static void transpose_strides(const qf_layer *L, int64_t st[3])
 {
     const int64_t *is = L->in_shape;
-    int a = L->spec.dims[0] - 1, b = L->spec.dims[1] - 1;
     int64_t stride_in[3] = {is[1] * is[2], is[2], 1};
-    int64_t os[3] = {L->out_shape[0], L->out_shape[1], L->out_shape[2]};
-    int64_t st[3] = {stride_in[0], stride_in[1], stride_in[2]};
+    int a = L->spec.dims[0] - 1, b = L->spec.dims[1] - 1;
+    st[0] = stride_in[0]; st[1] = stride_in[1]; st[2] = stride_in[2];
     st[a] = stride_in[b];
     st[b] = stride_in[a];
+}
+
+/* out (n, out) = in (n, in) with two sample dims swapped. */
+static void forward_transpose(const qf_layer *L, float *out, const float *in, int64_t n)
+{
+    int64_t st[3];
+    transpose_strides(L, st);
+    const int64_t *os = L->out_shape;
     for (int64_t s = 0; s < n; s++) {
         const float *x = in + s * L->in_size;
         float *y = out + s * L->out_size;
@@ -255,16 +263,12 @@ static void forward_transpose(const qf_layer *L, float *out, const float *in, in
     }
 }
 
-/* The inverse of forward_transpose for gradients: din (n, in) from dout (n, out). */
+/* Its inverse for gradients: din (n, in) from dout (n, out). */
 static void backward_transpose(const qf_layer *L, float *din, const float *dout, int64_t n)
 {
-    const int64_t *is = L->in_shape;
-    int a = L->spec.dims[0] - 1, b = L->spec.dims[1] - 1;
-    int64_t stride_in[3] = {is[1] * is[2], is[2], 1};
-    int64_t os[3] = {L->out_shape[0], L->out_shape[1], L->out_shape[2]};
-    int64_t st[3] = {stride_in[0], stride_in[1], stride_in[2]};
-    st[a] = stride_in[b];
-    st[b] = stride_in[a];
+    int64_t st[3];
+    transpose_strides(L, st);
+    const int64_t *os = L->out_shape;
     for (int64_t s = 0; s < n; s++) {
         float *x = din + s * L->in_size;
         const float *y = dout + s * L->out_size;

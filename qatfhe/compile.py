@@ -74,11 +74,9 @@ Choices where Concrete-ML offers several (documented here, tested in tests/test_
   (rounding is what relaxes that limit, as in Concrete-ML).  worst_case_bit_width bounds
   every value over all possible input codes (static analysis in C, each node's range taken
   as a box)."""
-import json
 import numbers
 import os
 import warnings
-import zipfile
 
 import numpy as np
 
@@ -1018,8 +1016,8 @@ class QuantizedModule:
     def load(cls, path):
         """A module written by save(path); ValueError for a truncated, corrupt or foreign
         file."""
-        from .io import verify_checksum
-        header, arrays = _read(path)
+        from .io import read_npz, verify_checksum
+        header, arrays = read_npz(path, FORMAT, VERSION)
         try:
             input_quant = _Quantizer(**header["input_quant"])
             ops = [_Op.from_header(d, f"op{k}", arrays) for k, d in enumerate(header["ops"])]
@@ -1032,29 +1030,3 @@ class QuantizedModule:
             raise ValueError(f"{os.fspath(path)!r} describes an invalid quantized module: "
                              f"{exc}") from None
         return module
-
-
-def _read(path):
-    """(header, arrays) of a QuantizedModule file, or a ValueError saying what is wrong."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such file: {path!r}")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, AttributeError) as exc:
-        raise ValueError(f"{path!r} is not a readable qatfhe file (truncated or foreign?): "
-                         f"{exc}") from None
-    if "__header__" not in arrays:
-        raise ValueError(f"{path!r} is not a qatfhe file: it has no header")
-    try:
-        header = json.loads(arrays.pop("__header__").tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path!r} has a corrupt header: {exc}") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        found = header.get("format") if isinstance(header, dict) else None
-        raise ValueError(f"{path!r} is not a {FORMAT} file (format {found!r})")
-    if header.get("version") != VERSION:
-        raise ValueError(f"{path!r} has format version {header.get('version')!r}; this qatfhe "
-                         f"reads version {VERSION}")
-    return header, arrays

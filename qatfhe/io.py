@@ -33,8 +33,9 @@ def write_npz(path, header, arrays):
         raise
 
 
-def read_npz(path, expected_format):
-    """(header, arrays) from a file written by write_npz, or ValueError saying what is wrong."""
+def read_npz(path, expected_format, version=VERSION):
+    """(header, arrays) from a file written by write_npz with that format name and
+    version, or ValueError saying what is wrong."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such file: {path!r}")
@@ -56,9 +57,9 @@ def read_npz(path, expected_format):
     if not isinstance(header, dict) or header.get("format") != expected_format:
         raise ValueError(f"{path!r} is not a {expected_format} file (format "
                          f"{header.get('format') if isinstance(header, dict) else None!r})")
-    if header.get("version") != VERSION:
+    if header.get("version") != version:
         raise ValueError(f"{path!r} has format version {header.get('version')!r}; this qatfhe "
-                         f"reads version {VERSION}")
+                         f"reads version {version}")
     return header, arrays
 
 
