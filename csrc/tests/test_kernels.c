@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "helpers.h"
 #include "linear.h"
 #include "loss.h"
 #include "optim.h"
@@ -48,11 +49,6 @@ static double ref_quantize(float x, float s, double qmin, double qmax)
     float ratio = x / s;
     double r = ref_round_half_even((double)ratio);
     return r < qmin ? qmin : (r > qmax ? qmax : r);
-}
-
-static float uniform(qf_rng *rng, float a, float b)
-{
-    return a + (b - a) * qf_rng_uniform01(rng);
 }
 
 static int cmp_double(const void *a, const void *b)

@@ -13,16 +13,12 @@
 #include <string.h>
 
 #include "check.h"
+#include "helpers.h"
 #include "linear.h"
 #include "quant.h"
 #include "rng.h"
 
 enum { MAX_N = 9, MAX_IN = 41, MAX_OUT = 13 };
-
-static float uniform(qf_rng *rng, float a, float b)
-{
-    return a + (b - a) * qf_rng_uniform01(rng);
-}
 
 /* Values in [-1, 1], a quarter of them exactly 0 (as ReLU outputs and pruned
  * weights are). */
@@ -30,19 +26,6 @@ static void fill(float *v, int64_t n, qf_rng *rng)
 {
     for (int64_t i = 0; i < n; i++)
         v[i] = qf_rng_below(rng, 4) == 0 ? 0.0f : uniform(rng, -1.0f, 1.0f);
-}
-
-static float ref_dot(const float *a, const float *b, int64_t n)
-{
-    float lane[8] = {0};
-    for (int64_t i = 0; i < n; i++)
-        lane[i % 8] += a[i] * b[i];
-    return ((lane[0] + lane[4]) + (lane[2] + lane[6])) + ((lane[1] + lane[5]) + (lane[3] + lane[7]));
-}
-
-static int same_bits(const float *a, const float *b, int64_t n)
-{
-    return memcmp(a, b, sizeof(float) * (size_t)n) == 0;
 }
 
 static void test_forward(void)

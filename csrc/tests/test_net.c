@@ -15,26 +15,11 @@
 #include <string.h>
 
 #include "check.h"
+#include "helpers.h"
 #include "net.h"
 #include "rng.h"
 
 /* ------------------------------------------------------------------ helpers */
-
-static qf_quant_spec quant(int kind, int bits, int is_signed, int narrow, float threshold,
-                           int stats_steps)
-{
-    qf_quant_spec q;
-    memset(&q, 0, sizeof q);
-    q.kind = kind;
-    q.bits = bits;
-    q.is_signed = is_signed;
-    q.narrow = narrow;
-    q.threshold = threshold;
-    q.stats_steps = stats_steps;
-    q.momentum = 0.1f;
-    q.percentile = 99.999f;
-    return q;
-}
 
 static qf_layer_spec linear(int in, int out, int bias, qf_quant_spec wq)
 {
@@ -72,11 +57,6 @@ static qf_tensor *tensor(qf_net *net, const char *name)
 {
     int i = qf_net_find_tensor(net, name);
     return i >= 0 ? qf_net_tensor(net, i) : NULL;
-}
-
-static float uniform(qf_rng *rng, float a, float b)
-{
-    return a + (b - a) * qf_rng_uniform01(rng);
 }
 
 /* Round half to even, from the definition. */

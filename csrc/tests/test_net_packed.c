@@ -11,26 +11,11 @@
 #include <string.h>
 
 #include "check.h"
+#include "helpers.h"
 #include "net.h"
 #include "rng.h"
 
 enum { IN = 3, HID = 24, OUT = 3, N = 70 };
-
-static qf_quant_spec quant(int kind, int bits, int is_signed, int narrow, float threshold,
-                           int stats_steps)
-{
-    qf_quant_spec q;
-    memset(&q, 0, sizeof q);
-    q.kind = kind;
-    q.bits = bits;
-    q.is_signed = is_signed;
-    q.narrow = narrow;
-    q.threshold = threshold;
-    q.stats_steps = stats_steps;
-    q.momentum = 0.1f;
-    q.percentile = 99.999f;
-    return q;
-}
 
 static qf_layer_spec linear(int in, int out, qf_quant_spec wq)
 {
@@ -152,11 +137,6 @@ static void epoch_by_hand(qf_net *net, const float *x, const int32_t *y, int bat
 }
 
 /* Data and optimizer state of two nets bit-identical; pruned entries all 0. */
-static int same_bits(const float *a, const float *b, int64_t n)
-{
-    return memcmp(a, b, sizeof(float) * (size_t)n) == 0;
-}
-
 static void compare_nets(qf_net *a, qf_net *b, const char *what)
 {
     int same = 1, pruned_zero = 1;

@@ -11,29 +11,12 @@
 #include <string.h>
 
 #include "check.h"
+#include "helpers.h"
 #include "quant.h"
 #include "rng.h"
 #include "sparse.h"
 
 enum { MAX_N = 5, MAX_ROWS = 13, MAX_COLS = 37 };
-
-static float uniform(qf_rng *rng, float a, float b)
-{
-    return a + (b - a) * qf_rng_uniform01(rng);
-}
-
-static float ref_dot(const float *a, const float *b, int64_t n)
-{
-    float lane[8] = {0};
-    for (int64_t i = 0; i < n; i++)
-        lane[i % 8] += a[i] * b[i];
-    return ((lane[0] + lane[4]) + (lane[2] + lane[6])) + ((lane[1] + lane[5]) + (lane[3] + lane[7]));
-}
-
-static int same_bits(const float *a, const float *b, int64_t n)
-{
-    return memcmp(a, b, sizeof(float) * (size_t)n) == 0;
-}
 
 typedef struct {
     int rows, cols;
