@@ -87,13 +87,7 @@ def main():
     print("\n-- against the issue's anchors (PyTorch 1.13, measured when the issue was filed)")
     common.anchor_table([(label, sec, target, one_thread[b])
                          for b, (label, sec, target) in ANCHORS.items()])
-    two = common.run_with_qatfhe_threads(
-        2, lambda: {b: run_qatfhe(X, y, X_test, y_test, b) for b in (1, 128)})
-    if two is not None:
-        print("\n-- qatfhe with 2 threads (s/epoch, speed-up over 1 thread)")
-        table(["batch size", "s/epoch", "CPU", "speed-up"],
-              [[b, f"{r['epoch_s']:.4g}", r["timing"].cpu(),
-                f"{one_thread[b]['epoch_s'] / r['epoch_s']:.2f}x"] for b, r in two.items()])
+    common.two_thread_table(one_thread, lambda b: run_qatfhe(X, y, X_test, y_test, b))
     print("\nnotes: vs qatfhe = s/epoch / qatfhe's (wall clock; '(CPU time)' = the same from "
           "process CPU time, robust to other jobs); CPU = process CPU time / wall time; "
           "PyTorch at batch 1 runs %d consecutive steps scaled by 9500/%d; test acc is a "

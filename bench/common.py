@@ -127,6 +127,18 @@ def run_with_qatfhe_threads(n, fn):
         setter(THREADS)
 
 
+def two_thread_table(one_thread, run_batch, batches=(1, 128)):
+    """Time run_batch(b) for each batch size with qatfhe at 2 threads and print s/epoch
+    next to the speed-up over one_thread[b]; prints nothing without thread control."""
+    two = run_with_qatfhe_threads(2, lambda: {b: run_batch(b) for b in batches})
+    if two is None:
+        return
+    print("\n-- qatfhe with 2 threads (s/epoch, speed-up over 1 thread)")
+    table(["batch size", "s/epoch", "CPU", "speed-up"],
+          [[b, f"{r['epoch_s']:.4g}", r["timing"].cpu(),
+            f"{one_thread[b]['epoch_s'] / r['epoch_s']:.2f}x"] for b, r in two.items()])
+
+
 # ---------------------------------------------------------------- machine
 
 def _git_commit():
