@@ -83,7 +83,8 @@ static int parse_layer(PyObject *layer, qf_layer_spec *s)
         dict_int(layer, "per_channel", 0, &s->per_channel) < 0 ||
         dict_pair(layer, "kernel", 1, s->kernel) < 0 || dict_pair(layer, "stride", 1, s->stride) < 0 ||
         dict_pair(layer, "padding", 0, s->padding) < 0 || dict_pair(layer, "dims", 1, s->dims) < 0 ||
-        dict_int(layer, "begin", -1, &s->begin) < 0)
+        dict_int(layer, "begin", -1, &s->begin) < 0 ||
+        dict_int(layer, "accumulator_bits", 0, &s->accumulator_bits) < 0)
         return -1;
     PyObject *shape = PyDict_GetItemString(layer, "shape");
     if (shape && !PyArg_ParseTuple(shape, "iii", &s->shape[0], &s->shape[1], &s->shape[2])) {
@@ -520,6 +521,48 @@ static PyObject *Net_weight_scale(NetObject *self, PyObject *args)
     return (PyObject *)out;
 }
 
+static PyObject *Net_weight_codes(NetObject *self, PyObject *args)
+{
+    int layer;
+    if (!ready(self) || !PyArg_ParseTuple(args, "i", &layer)) return NULL;
+    const qf_layer_spec *spec = qf_net_layer_spec(self->net, layer);
+    if (!spec || spec->weight_quant.kind == QF_QUANT_NONE ||
+        (spec->kind != QF_LAYER_LINEAR && spec->kind != QF_LAYER_CONV2D))
+        return qfpy_raise(QF_ERR_ARG, "layer has no weight quantizer");
+    char name[QF_NAME_LEN];
+    snprintf(name, sizeof name, "%d.weight", layer);
+    qf_tensor *w = qf_net_tensor(self->net, qf_net_find_tensor(self->net, name));
+    if (!w) return qfpy_raise(QF_ERR_ARG, "layer has no weight");
+    npy_intp cdims[4], sdims[1] = {spec->out_features};
+    for (int d = 0; d < w->ndim; d++) cdims[d] = (npy_intp)w->shape[d];
+    PyArrayObject *codes = (PyArrayObject *)PyArray_SimpleNew(w->ndim, cdims, NPY_FLOAT32);
+    PyArrayObject *scale = (PyArrayObject *)PyArray_SimpleNew(1, sdims, NPY_FLOAT32);
+    if (!codes || !scale) { Py_XDECREF(codes); Py_XDECREF(scale); return NULL; }
+    qf_status st = qf_net_weight_codes(self->net, layer, PyArray_DATA(codes), PyArray_DATA(scale));
+    if (st != QF_OK) { Py_DECREF(codes); Py_DECREF(scale); return qfpy_raise(st, NULL); }
+    return Py_BuildValue("(NN)", codes, scale);
+}
+
+static PyObject *Net_a2q_budget(NetObject *self, PyObject *args)
+{
+    int layer, bits, is_signed;
+    double budget;
+    if (!ready(self) || !PyArg_ParseTuple(args, "i", &layer)) return NULL;
+    if (!qf_net_a2q_budget(self->net, layer, &budget, &bits, &is_signed))
+        Py_RETURN_NONE;
+    return Py_BuildValue("(dii)", budget, bits, is_signed);
+}
+
+static PyObject *Net_set_accumulator_bits(NetObject *self, PyObject *args)
+{
+    int layer, bits;
+    double relax = 1.0;
+    if (!ready(self) || !PyArg_ParseTuple(args, "ii|d", &layer, &bits, &relax)) return NULL;
+    qf_status st = qf_net_set_accumulator_bits(self->net, layer, bits, relax);
+    if (st != QF_OK) return qfpy_raise(st, qf_net_error(self->net));
+    Py_RETURN_NONE;
+}
+
 static PyObject *Net_set_input_shape(NetObject *self, PyObject *args)
 {
     PyObject *obj;
@@ -632,6 +675,13 @@ static PyMethodDef Net_methods[] = {
     {"act_scale", (PyCFunction)Net_act_scale, METH_VARARGS, "act_scale(layer) -> eval scale"},
     {"weight_scale", (PyCFunction)Net_weight_scale, METH_VARARGS,
      "weight_scale(layer) -> float32 (out_channels,) scales of the current weights"},
+    {"weight_codes", (PyCFunction)Net_weight_codes, METH_VARARGS,
+     "weight_codes(layer) -> (float32 codes shaped as the weight, float32 (out,) scales), "
+     "as an eval-mode forward uses them (A2Q included)"},
+    {"a2q_budget", (PyCFunction)Net_a2q_budget, METH_VARARGS,
+     "a2q_budget(layer) -> None, or (L1 budget T, input bits N, input signed) of an A2Q layer"},
+    {"set_accumulator_bits", (PyCFunction)Net_set_accumulator_bits, METH_VARARGS,
+     "set_accumulator_bits(layer, P, relax=1): change an A2Q layer's accumulator budget"},
     {"set_input_shape", (PyCFunction)Net_set_input_shape, METH_VARARGS,
      "set_input_shape((C, H, W)): check every layer against this sample shape"},
     {"layer_output_shape", (PyCFunction)Net_layer_output_shape, METH_VARARGS,

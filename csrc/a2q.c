@@ -1,0 +1,100 @@
+/* a2q.c: accumulator-aware weight quantization of one weight row (a2q.h).
+ * Sums run over 8 float lanes in a fixed order (then in double), so that
+ * they vectorise and give the same result on every instruction set. */
+#include <math.h>
+#include "a2q.h"
+#include "dispatch.h"
+
+enum { LANES = 8 };
+
+double qf_a2q_budget(int acc_bits, int in_bits, int in_signed)
+{
+    return (ldexp(1.0, acc_bits - 1) - 1.0) * ldexp(1.0, (in_signed ? 1 : 0) - in_bits);
+}
+
+static double reduce(const float lane[LANES])
+{
+    double sum = 0.0;
+    for (int j = 0; j < LANES; j++)
+        sum += lane[j];
+    return sum;
+}
+
+/* sum |v_i| over n values */
+static double l1_norm(const float *restrict v, int64_t n)
+{
+    float lane[LANES] = {0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++)
+            lane[j] += __builtin_fabsf(v[i + j]);
+    for (; i < n; i++)
+        lane[i % LANES] += __builtin_fabsf(v[i]);
+    return reduce(lane);
+}
+
+QF_MULTIVERSION
+void qf_a2q_forward_row(float *fq, float *codes, qf_a2q_row *row, const float *v, int64_t n,
+                        float s, float g_abs, double budget, float qmin, float qmax)
+{
+    double l1 = l1_norm(v, n);
+    double ratio = (double)g_abs / (double)s;
+    row->l1 = l1;
+    row->norm_free = ratio < budget;
+    row->c = row->norm_free ? ratio : budget;
+    row->k = l1 > 0.0 ? row->c / l1 : 0.0;
+    float k = (float)row->k;
+    for (int64_t i = 0; i < n; i++) {
+        float q = __builtin_truncf(v[i] * k);                /* round toward zero */
+        codes[i] = q < qmin ? qmin : (q > qmax ? qmax : q);
+    }
+    float lane[LANES] = {0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++)
+            lane[j] += __builtin_fabsf(codes[i + j]);
+    for (; i < n; i++)
+        lane[i % LANES] += __builtin_fabsf(codes[i]);
+    /* the guarantee is on integers: float error in k must not break it, so an
+     * excess (at most a unit or two, from k rounded up) comes off the largest codes */
+    double sum = reduce(lane), limit = floor(budget);
+    while (sum > limit) {
+        int64_t top = 0;
+        for (int64_t i = 1; i < n; i++)
+            top = __builtin_fabsf(codes[i]) > __builtin_fabsf(codes[top]) ? i : top;
+        codes[top] -= codes[top] > 0.0f ? 1.0f : -1.0f;
+        sum -= 1.0;
+    }
+    if (fq)
+        for (int64_t i = 0; i < n; i++)
+            fq[i] = s * codes[i];
+}
+
+QF_MULTIVERSION
+double qf_a2q_backward_row(float *dv, double *dg, const float *dfq, const float *v,
+                           const float *codes, int64_t n, float s, float g_abs,
+                           const qf_a2q_row *row)
+{
+    float lane_d[LANES] = {0}, lane_s[LANES] = {0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++) {
+            lane_d[j] += dfq[i + j] * v[i + j];
+            lane_s[j] += dfq[i + j] * codes[i + j];
+        }
+    for (; i < n; i++) {
+        lane_d[i % LANES] += dfq[i] * v[i];
+        lane_s[i % LANES] += dfq[i] * codes[i];
+    }
+    double ds = reduce(lane_s);
+    double d = row->l1 > 0.0 ? (double)s * reduce(lane_d) / row->l1 : 0.0;   /* dL/dc */
+    float ks = (float)(row->k * s), kd = (float)(row->k * d);
+    for (i = 0; i < n; i++) {
+        float sign = v[i] > 0.0f ? 1.0f : (v[i] < 0.0f ? -1.0f : 0.0f);
+        dv[i] += ks * dfq[i] - sign * kd;
+    }
+    *dg = row->norm_free ? d / s : 0.0;
+    if (row->norm_free)
+        ds -= d * g_abs / ((double)s * s);
+    return ds;
+}

@@ -1,0 +1,111 @@
+"""Accumulator-aware quantization (A2Q): a proven accumulator bit width per layer.
+
+`QuantLinear(..., accumulator_bit_width=P)` and `QuantConv2d(..., accumulator_bit_width=P)`
+quantize their weights as Brevitas' `Int8AccumulatorAwareWeightQuant` (Colbert, Pappalardo
+and Petri-Koenig, "A2Q: Accumulator-Aware Quantization with Guaranteed Overflow Avoidance";
+Brevitas `AccumulatorAwareParameterPreScaling`, `get_upper_bound_on_l1_norm`), in the C core
+(csrc/a2q.c).  Per output channel, with the weight quantizer's scale s (constant or abs-max of
+the float weights v) and a learned norm g (one per channel, "weight_norm"):
+
+    T   = (2^(P-1) - 1) * 2^(signed_in - N)      N, signed_in: the input codes' bits and sign
+    c   = min(|g| / s, T)
+    q_i = clamp(trunc(v_i * c / ||v||_1), qmin, qmax)     (round toward zero, as Brevitas)
+    w_i = s * q_i
+
+so ||q||_1 <= c <= T (truncation never increases a magnitude; an integer check after rounding
+removes any excess float error could add).  Every N-bit input code has |x| <= 2^(N - signed_in)
+(unsigned [0, 2^N - 1], signed [-2^(N-1), 2^(N-1) - 1]), hence
+|sum q_i x_i| <= ||q||_1 2^(N - signed_in) <= 2^(P-1) - 1: the accumulator fits P signed bits
+for every input, whatever the data.  N and the sign come from the quantizer that feeds the
+layer (through Flatten/Reshape/Transpose; N + 1 after a residual add); a layer without such
+an input is refused.  g starts at ||v||_1 of each channel at the first training forward (as
+Brevitas initialises it from the weights), so a layer inside its budget starts from its float
+weights.  Gradients are straight through trunc and clamp; see csrc/a2q.h for the formulas
+(checked against torch autograd in tests/test_a2q.py).
+
+Training: a tight budget from the first step can leave every code at 0 (a wide layer's
+||v||_1 spreads over many inputs, and truncation zeroes them), so `fit_tightening` relaxes the
+budget by a factor that decays to 1 over the first epochs and then trains at the true budget.
+
+`compile_qat_model` proves the bound: every A2Q layer's accumulator has a worst case (over all
+inputs, qatfhe.worst_case) of at most P bits, or BitWidthError names the layer."""
+import warnings
+
+import numpy as np
+
+__all__ = ["budget", "a2q_layers", "check_budgets", "set_budgets", "fit_tightening"]
+
+
+def budget(acc_bits, in_bits, in_signed):
+    """The L1 budget T of the integer weights of one output channel (module docstring)."""
+    return (2.0 ** (acc_bits - 1) - 1.0) * 2.0 ** (int(bool(in_signed)) - in_bits)
+
+
+def a2q_layers(net):
+    """(name, layer) of every QuantLinear / QuantConv2d of net created with an
+    accumulator_bit_width, Residual blocks included."""
+    from .compile import _flatten
+    return [(e.name, e.layer) for e in _flatten(net)
+            if getattr(e.layer, "accumulator_bit_width", None) is not None]
+
+
+def set_budgets(net, bits=None, relax=1.0):
+    """Set every A2Q layer's budget to `bits` (None: keep each one's P) times relax >= 1."""
+    for _, layer in a2q_layers(net):
+        layer.set_accumulator_bit_width(layer.accumulator_bit_width if bits is None else bits,
+                                        relax)
+
+
+def check_budgets(net, module, on_overflow="raise"):
+    """Check that the worst case of every A2Q layer's accumulator in the compiled module is
+    at most its accumulator_bit_width; record them in module.info["accumulator_budgets"].
+    A layer over budget raises BitWidthError naming it (or warns, on_overflow="warn")."""
+    from .compile import BitWidthError
+    report = module.bit_width_report()
+    checks = []
+    for name, layer in a2q_layers(net):
+        relax = getattr(layer, "_a2q_relax", 1.0)
+        rows = [r for k, r in enumerate(report) if r["kind"] == "accumulator"
+                and module.ops[k - 1].layer == layer.index]
+        worst = max((r.get("worst_bits", r["static_bits"]) for r in rows), default=0)
+        checks.append({"layer": name, "accumulator_bit_width": layer.accumulator_bit_width,
+                       "worst_case_bits": worst, "relax": relax})
+        if worst > layer.accumulator_bit_width or relax != 1.0:
+            message = (f"{name} has accumulator_bit_width={layer.accumulator_bit_width} but its "
+                       f"accumulator needs {worst} bits in the worst case"
+                       + (f" (its budget is still relaxed by {relax:g}: call "
+                          f"set_accumulator_bit_width(P) before compiling)" if relax != 1.0
+                          else " (its input codes are wider than the layer was built for)"))
+            if on_overflow == "raise":
+                raise BitWidthError(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+    module.info["accumulator_budgets"] = checks
+    return checks
+
+
+def fit_tightening(net, X, y, epochs, tighten_epochs, relax_start=64.0, batch_size=1,
+                   chunks=10, final_lr=None, seed=0):
+    """Train an A2Q network with its budgets relaxed by a factor decaying geometrically from
+    relax_start to 1 over tighten_epochs epochs (updated `chunks` times per epoch), then
+    epochs - tighten_epochs epochs at the true budgets (learning rate final_lr if given).
+    The network's optimizer must be set.  Returns the test-free training history."""
+    rng = np.random.default_rng(seed)
+    n = len(X)
+    steps = max(1, tighten_epochs * chunks)
+    history = {"loss": [], "accuracy": []}
+    for epoch in range(tighten_epochs):
+        order = rng.permutation(n)
+        for c in range(chunks):
+            set_budgets(net, relax=relax_start ** (1.0 - (epoch * chunks + c) / steps))
+            part = order[c * n // chunks:(c + 1) * n // chunks]
+            h = net.fit(X[part], y[part], epochs=1, batch_size=batch_size, progress=False)
+            for key in history:
+                history[key] += h[key]
+    set_budgets(net, relax=1.0)
+    if final_lr is not None:
+        net.optimizer.lr = final_lr
+    if epochs > tighten_epochs:
+        h = net.fit(X, y, epochs=epochs - tighten_epochs, batch_size=batch_size, progress=False)
+        for key in history:
+            history[key] += h[key]
+    return history
