@@ -109,3 +109,62 @@ def fit_tightening(net, X, y, epochs, tighten_epochs, relax_start=64.0, batch_si
         for key in history:
             history[key] += h[key]
     return history
+
+
+def tutorial_run(seed, accumulator_bits=7, hidden=100, epochs=8, tighten_epochs=6,
+                 relax_start=64.0, lr=1e-3, final_lr=1e-4, n_train=None):
+    """One run of the tutorial architecture (2-hidden-hidden-2, 3 bits, experiments.qat_net's
+    U(-1, 1) init) with accumulator_bit_width on every QuantLinear, trained by fit_tightening
+    (AdamW lr, weight decay 0.01, batch 1); n_train limits the training set (tests).
+    Returns a dict: seed, accuracy (integer circuit on the test points), fake_quant_accuracy,
+    agree (circuit == fake-quant on every test point), max_bit_width, worst_case_bit_width,
+    worst_case_method and the per-layer budgets."""
+    from . import datasets, nn, optim
+    from .compile import compile_qat_model
+    from .experiments import qat_net
+    X, X_test, y, y_test = datasets.checkerboard(seed=seed)
+    if n_train is not None:
+        X, y = X[:n_train], y[:n_train]
+    template = qat_net(hidden, seed)
+    weights = dict(bias=True, weight_quant=nn.CommonWeightQuant, weight_bit_width=3,
+                   accumulator_bit_width=accumulator_bits)
+    net = nn.Sequential(
+        nn.QuantIdentity(act_quant=nn.CommonActQuant, bit_width=3),
+        nn.QuantLinear(2, hidden, **weights), nn.QuantReLU(bit_width=3),
+        nn.QuantLinear(hidden, hidden, **weights), nn.QuantReLU(bit_width=3),
+        nn.QuantLinear(hidden, 2, **weights), seed=seed)
+    for i in (1, 3, 5):                              # the same initial weights as the tutorial's
+        net[i].weight = template[i].weight
+        net[i].bias = template[i].bias
+    optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
+    fit_tightening(net, X, y, epochs, tighten_epochs, relax_start=relax_start, batch_size=1,
+                   final_lr=final_lr, seed=seed)
+    net.eval()
+    module = compile_qat_model(net, X)
+    pred = module.predict(X_test, fhe="simulate")
+    return {"seed": seed, "accuracy": float(np.mean(pred == y_test)),
+            "fake_quant_accuracy": float(net.score(X_test, y_test)),
+            "agree": bool((pred == net.predict(X_test)).all()),
+            "max_bit_width": module.max_bit_width,
+            "worst_case_bit_width": module.worst_case_bit_width,
+            "worst_case_method": module.worst_case_method,
+            "budgets": module.info["accumulator_budgets"]}
+
+
+def _tutorial_run_kwargs(item):
+    seed, kwargs = item
+    return tutorial_run(seed, **kwargs)
+
+
+def tutorial_experiment(seeds=range(10), jobs=1, **kwargs):
+    """tutorial_run over seeds, spread over `jobs` spawned processes (results do not depend
+    on jobs); returns {"runs": [...], "mean_accuracy", "max_worst_case_bit_width"}."""
+    items = [(int(s), kwargs) for s in seeds]
+    if jobs > 1 and len(items) > 1:
+        import multiprocessing
+        with multiprocessing.get_context("spawn").Pool(min(jobs, len(items))) as pool:
+            runs = pool.map(_tutorial_run_kwargs, items)
+    else:
+        runs = [_tutorial_run_kwargs(item) for item in items]
+    return {"runs": runs, "mean_accuracy": float(np.mean([r["accuracy"] for r in runs])),
+            "max_worst_case_bit_width": max(r["worst_case_bit_width"] for r in runs)}

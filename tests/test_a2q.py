@@ -174,3 +174,13 @@ def test_a2q_needs_integer_input_codes():
         nn.Sequential(nn.QuantLinear(4, 2, accumulator_bit_width=8), seed=0)
     with pytest.raises(ValueError, match="created without accumulator_bit_width"):
         mlp(None)[1].set_accumulator_bit_width(8)
+
+
+def test_tutorial_experiment_at_reduced_size():
+    result = a2q.tutorial_experiment(seeds=[0], hidden=12, epochs=2, tighten_epochs=1,
+                                     n_train=400, accumulator_bits=7)
+    run = result["runs"][0]
+    assert run["agree"] and run["worst_case_method"] == "exhaustive"
+    assert run["worst_case_bit_width"] >= run["max_bit_width"]
+    assert all(b["worst_case_bits"] <= 7 for b in run["budgets"])
+    assert 0.0 <= result["mean_accuracy"] <= 1.0
