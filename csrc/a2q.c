@@ -42,8 +42,11 @@ void qf_a2q_forward_row(float *fq, float *codes, qf_a2q_row *row, const float *v
     row->l1 = l1;
     row->norm_free = ratio < budget;
     row->c = row->norm_free ? ratio : budget;
-    row->k = l1 > 0.0 ? row->c / l1 : 0.0;
-    float k = (float)row->k;
+    row->k = l1 > 1e-20 ? row->c / l1 : 0.0;      /* an all-zero row stays 0 */
+    /* k is nudged up by 2^-20 so that a value meant to be an integer (the abs-max entry of
+     * a row whose g = ||v||_1 is s * qmax) is not truncated to the integer below by float
+     * rounding; the integer check below keeps the budget whatever the nudge adds */
+    float k = (float)(row->k * (1.0 + 0x1p-20));
     for (int64_t i = 0; i < n; i++) {
         float q = __builtin_truncf(v[i] * k);                /* round toward zero */
         codes[i] = q < qmin ? qmin : (q > qmax ? qmax : q);
@@ -87,7 +90,7 @@ double qf_a2q_backward_row(float *dv, double *dg, const float *dfq, const float 
         lane_s[i % LANES] += dfq[i] * codes[i];
     }
     double ds = reduce(lane_s);
-    double d = row->l1 > 0.0 ? (double)s * reduce(lane_d) / row->l1 : 0.0;   /* dL/dc */
+    double d = row->k > 0.0 ? (double)s * reduce(lane_d) / row->l1 : 0.0;   /* dL/dc */
     float ks = (float)(row->k * s), kd = (float)(row->k * d);
     for (i = 0; i < n; i++) {
         float sign = v[i] > 0.0f ? 1.0f : (v[i] < 0.0f ? -1.0f : 0.0f);

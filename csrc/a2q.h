@@ -11,8 +11,10 @@
  * (every N-bit code: unsigned [0, 2^N - 1], signed [-2^(N-1), 2^(N-1) - 1])
  *   |sum q_i x_i| <= T 2^(N - signed_in) = 2^(P-1) - 1,
  * a P-bit signed accumulator never overflows.  The codes' integer L1 norm is
- * checked against floor(T) after rounding (float error could only push it up
- * at an exact integer boundary, which T never is); the row is then shrunk.
+ * checked against floor(T) after rounding and any excess (float error in
+ * v c / ||v||_1, and a 2^-20 relative nudge that keeps values meant to be
+ * integers, such as s qmax / s, from truncating to the integer below) comes
+ * off the largest codes, one unit at a time.
  *
  * Backward, straight through trunc and clamp (dq/du = 1, as Brevitas'
  * RoundToZeroSte and TensorClampSte), with G_i = s dL/dy_i and

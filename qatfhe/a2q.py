@@ -112,9 +112,11 @@ def fit_tightening(net, X, y, epochs, tighten_epochs, relax_start=64.0, batch_si
 
 
 def tutorial_run(seed, accumulator_bits=7, hidden=100, epochs=8, tighten_epochs=6,
-                 relax_start=64.0, lr=1e-3, final_lr=1e-4, n_train=None):
+                 relax_start=64.0, lr=1e-3, final_lr=1e-4, n_train=None, output_bits="same"):
     """One run of the tutorial architecture (2-hidden-hidden-2, 3 bits, experiments.qat_net's
-    U(-1, 1) init) with accumulator_bit_width on every QuantLinear, trained by fit_tightening
+    U(-1, 1) init) with accumulator_bit_width on the two hidden QuantLinear layers and
+    output_bits on the last one ("same": accumulator_bits; None: no budget; its accumulator
+    is returned, not looked up), trained by fit_tightening
     (AdamW lr, weight decay 0.01, batch 1); n_train limits the training set (tests).
     Returns a dict: seed, accuracy (integer circuit on the test points), fake_quant_accuracy,
     agree (circuit == fake-quant on every test point), max_bit_width, worst_case_bit_width,
@@ -132,7 +134,8 @@ def tutorial_run(seed, accumulator_bits=7, hidden=100, epochs=8, tighten_epochs=
         nn.QuantIdentity(act_quant=nn.CommonActQuant, bit_width=3),
         nn.QuantLinear(2, hidden, **weights), nn.QuantReLU(bit_width=3),
         nn.QuantLinear(hidden, hidden, **weights), nn.QuantReLU(bit_width=3),
-        nn.QuantLinear(hidden, 2, **weights), seed=seed)
+        nn.QuantLinear(hidden, 2, **dict(weights, accumulator_bit_width=(
+            accumulator_bits if output_bits == "same" else output_bits))), seed=seed)
     for i in (1, 3, 5):                              # the same initial weights as the tutorial's
         net[i].weight = template[i].weight
         net[i].bias = template[i].bias
@@ -148,7 +151,16 @@ def tutorial_run(seed, accumulator_bits=7, hidden=100, epochs=8, tighten_epochs=
             "max_bit_width": module.max_bit_width,
             "worst_case_bit_width": module.worst_case_bit_width,
             "worst_case_method": module.worst_case_method,
+            "lookup_input_worst_case_bits": lookup_input_worst_case(module),
             "budgets": module.info["accumulator_budgets"]}
+
+
+def lookup_input_worst_case(module):
+    """Largest worst-case bit width among the values that enter a table lookup (what sets
+    the cost of the programmable bootstraps; the returned accumulator is not one)."""
+    report = module.bit_width_report()
+    return max((report[op.src].get("worst_bits", report[op.src]["static_bits"])
+                for op in module.ops if op.kind == "lookup"), default=0)
 
 
 def _tutorial_run_kwargs(item):
