@@ -37,6 +37,9 @@ typedef struct {
     double c;         /* min(|g| / s, T), the codes' real-valued L1 norm       */
     double k;         /* c / ||v||_1 (0 for an all-zero row)                   */
     int norm_free;    /* |g| / s < T: the learned norm is not clamped          */
+    double m;         /* abs-max form: max |v_i|                               */
+    int64_t argmax;   /* abs-max form: its index                               */
+    double s;         /* abs-max form: the row's scale                         */
 } qf_a2q_row;
 
 /* T for accumulator_bits P, input bits N and input sign (0/1). */
@@ -52,5 +55,22 @@ void qf_a2q_forward_row(float *fq, float *codes, qf_a2q_row *row, const float *v
 double qf_a2q_backward_row(float *dv, double *dg, const float *dfq, const float *v,
                            const float *codes, int64_t n, float s, float g_abs,
                            const qf_a2q_row *row);
+
+/* The abs-max form (weight quantizers with abs-max statistics): the scale is
+ * s = |g| m / (t ||v||_1), m = max |v_i|, t = the quantizer's int_threshold,
+ * so that |g| / s = t ||v||_1 / m, the L1 norm of the row's abs-max codes
+ * t v / m, and A2Q's formula reads
+ *   q_i = clamp(trunc(v_i min(t / m, T / ||v||_1)), qmin, qmax),   y_i = s q_i:
+ * the plain abs-max codes (truncated) while they fit the budget, else capped
+ * at T, and |g| is the L1 norm of the effective weights s u.  Codes never
+ * saturate and the learned g sets only the magnitude.  *scale receives s. */
+void qf_a2q_forward_row_absmax(float *fq, float *codes, float *scale, qf_a2q_row *row,
+                               const float *v, int64_t n, float g_abs, double budget,
+                               float int_threshold, float qmin, float qmax);
+
+/* Its backward: dv (n) += dL/dv, *dg = dL/d|g|, for dfq = dL/dy (n). */
+void qf_a2q_backward_row_absmax(float *dv, double *dg, const float *dfq, const float *v,
+                                const float *codes, int64_t n, float g_abs,
+                                float int_threshold, const qf_a2q_row *row);
 
 #endif

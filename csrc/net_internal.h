@@ -110,10 +110,10 @@ float qf_net_weight_scales(const qf_layer *L, const float *w, float *scale, int6
 float qf_net_learned_eval_threshold(const qf_net *net, const qf_layer *L);
 float qf_net_clamp_scale(float threshold, float int_threshold);
 /* codes and fq (may be NULL) (w_rows, w_cols) of A2Q layer L for weights w and
- * scales (w_rows), rows (w_rows, may be NULL) the state for the backward; the
+ * scales (w_rows: read for a constant scale, written for abs-max), rows (w_rows, may be NULL) the state for the backward; the
  * first training call initialises the norms g. */
 void qf_net_a2q_quantize(qf_net *net, qf_layer *L, const float *w, float *fq, float *codes,
-                         const float *scale, qf_a2q_row *rows);
+                         float *scale, qf_a2q_row *rows);
 /* net_train.c: one optimizer update of p, m, v (n) from g (n), mask (n) or NULL;
  * c: the step's AdamW coefficients (unused for SGD) */
 void qf_net_update_params(const qf_net *net, const qf_adamw_coeffs *c, float *p, float *m,

@@ -154,20 +154,25 @@ static float a2q_norm(const qf_net *net, const qf_layer *L, const float *v, int6
 }
 
 void qf_net_a2q_quantize(qf_net *net, qf_layer *L, const float *w, float *fq, float *codes,
-                         const float *scale, qf_a2q_row *rows)
+                         float *scale, qf_a2q_row *rows)
 {
     float *g = net->tensors[L->t_norm].data;
     float *ready = net->tensors[L->t_norm_init].data;
     int init = net->training && ready[0] == 0.0f;
+    int absmax = L->spec.weight_quant.kind == QF_QUANT_ABSMAX;
     for (int64_t r = 0; r < L->w_rows; r++) {
         const float *v = w + r * L->w_cols;
         float norm = a2q_norm(net, L, v, r);
-        qf_a2q_row unused;
+        float *fq_r = fq ? fq + r * L->w_cols : NULL, *codes_r = codes + r * L->w_cols;
+        qf_a2q_row unused, *row = rows ? &rows[r] : &unused;
         if (init)
             g[r] = norm;
-        qf_a2q_forward_row(fq ? fq + r * L->w_cols : NULL, codes + r * L->w_cols,
-                           rows ? &rows[r] : &unused, v, L->w_cols, scale[r], norm, L->a2q_budget,
-                           L->w_qmin, L->w_qmax);
+        if (absmax)
+            qf_a2q_forward_row_absmax(fq_r, codes_r, &scale[r], row, v, L->w_cols, norm,
+                                      L->a2q_budget, L->w_int_threshold, L->w_qmin, L->w_qmax);
+        else
+            qf_a2q_forward_row(fq_r, codes_r, row, v, L->w_cols, scale[r], norm, L->a2q_budget,
+                               L->w_qmin, L->w_qmax);
     }
     if (init)
         ready[0] = 1.0f;
@@ -444,29 +449,25 @@ static void weight_quant_backward(qf_layer *L, qf_tensor *w)
     }
 }
 
-/* Gradients of an A2Q layer's weights v and norms g from dW_fq (a2q.h), plus
- * the abs-max scale's gradient at the element that set it. */
+/* Gradients of an A2Q layer's weights v and norms g from dW_fq (a2q.h); with
+ * a constant scale nothing else, with abs-max the scale is part of the row. */
 static void a2q_weight_backward(qf_net *net, qf_layer *L, qf_tensor *w)
 {
     qf_tensor *g = &net->tensors[L->t_norm];
     int64_t cols = L->w_cols;
-    double dscale = 0.0;   /* dL/ds of one scale: a row's (per channel) or the tensor's */
+    int absmax = L->spec.weight_quant.kind == QF_QUANT_ABSMAX;
     for (int64_t r = 0; r < L->w_rows; r++) {
         double dg;
         float norm = fabsf(g->data[r]);
-        double ds = qf_a2q_backward_row(w->grad + r * cols, &dg, L->dw_fq + r * cols,
-                                        w->data + r * cols, L->w_codes + r * cols, cols,
-                                        L->w_scale[r], norm, &L->a2q_rows[r]);
+        const float *v = w->data + r * cols, *dfq = L->dw_fq + r * cols;
+        float *dv = w->grad + r * cols;
+        if (absmax)
+            qf_a2q_backward_row_absmax(dv, &dg, dfq, v, L->w_codes + r * cols, cols, norm,
+                                       L->w_int_threshold, &L->a2q_rows[r]);
+        else
+            qf_a2q_backward_row(dv, &dg, dfq, v, L->w_codes + r * cols, cols, L->w_scale[r],
+                                norm, &L->a2q_rows[r]);   /* dL/ds of a constant: dropped */
         g->grad[r] += (float)(g->data[r] >= 0.0f ? dg : -dg);
-        dscale += ds;
-        int last_of_group = L->spec.per_channel || r == L->w_rows - 1;
-        if (!last_of_group)
-            continue;
-        int64_t k = L->w_argmax[L->spec.per_channel ? r : 0];
-        if (L->spec.weight_quant.kind == QF_QUANT_ABSMAX && k >= 0)
-            w->grad[k] += (float)(dscale / L->w_int_threshold) *
-                          (w->data[k] >= 0.0f ? 1.0f : -1.0f);
-        dscale = 0.0;
     }
 }
 

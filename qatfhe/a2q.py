@@ -12,6 +12,13 @@ the float weights v) and a learned norm g (one per channel, "weight_norm"):
     q_i = clamp(trunc(v_i * c / ||v||_1), qmin, qmax)     (round toward zero, as Brevitas)
     w_i = s * q_i
 
+With an abs-max weight quantizer (Int8WeightPerTensorFloat and its kind) the scale is taken
+per output channel as s = |g| max|v| / (t ||v||_1) (t: the quantizer's int_threshold), so that
+|g| / s is the L1 norm of the row's abs-max codes t v / max|v|: the codes are the (truncated)
+abs-max codes while they fit the budget and are capped at T otherwise, never saturate, and g
+is the L1 norm of the effective weights (Brevitas learns s as a separate parameter; deriving
+it from g keeps magnitude and direction apart, which is what keeps training stable here).
+
 so ||q||_1 <= c <= T (truncation never increases a magnitude; an integer check after rounding
 removes any excess float error could add).  Every N-bit input code has |x| <= 2^(N - signed_in)
 (unsigned [0, 2^N - 1], signed [-2^(N-1), 2^(N-1) - 1]), hence
@@ -112,11 +119,13 @@ def fit_tightening(net, X, y, epochs, tighten_epochs, relax_start=64.0, batch_si
 
 
 def tutorial_run(seed, accumulator_bits=7, hidden=100, epochs=8, tighten_epochs=6,
-                 relax_start=64.0, lr=1e-3, final_lr=1e-4, n_train=None, output_bits="same"):
+                 relax_start=64.0, lr=1e-3, final_lr=1e-4, n_train=None, output_bits="same",
+                 weight_quant="const"):
     """One run of the tutorial architecture (2-hidden-hidden-2, 3 bits, experiments.qat_net's
     U(-1, 1) init) with accumulator_bit_width on the two hidden QuantLinear layers and
     output_bits on the last one ("same": accumulator_bits; None: no budget; its accumulator
-    is returned, not looked up), trained by fit_tightening
+    is returned, not looked up), weights quantized by the tutorial's CommonWeightQuant
+    (weight_quant="const") or by abs-max scales ("absmax"), trained by fit_tightening
     (AdamW lr, weight decay 0.01, batch 1); n_train limits the training set (tests).
     Returns a dict: seed, accuracy (integer circuit on the test points), fake_quant_accuracy,
     agree (circuit == fake-quant on every test point), max_bit_width, worst_case_bit_width,
@@ -128,7 +137,8 @@ def tutorial_run(seed, accumulator_bits=7, hidden=100, epochs=8, tighten_epochs=
     if n_train is not None:
         X, y = X[:n_train], y[:n_train]
     template = qat_net(hidden, seed)
-    weights = dict(bias=True, weight_quant=nn.CommonWeightQuant, weight_bit_width=3,
+    quant = nn.CommonWeightQuant if weight_quant == "const" else nn.Int8WeightPerTensorFloat
+    weights = dict(bias=True, weight_quant=quant, weight_bit_width=3,
                    accumulator_bit_width=accumulator_bits)
     net = nn.Sequential(
         nn.QuantIdentity(act_quant=nn.CommonActQuant, bit_width=3),

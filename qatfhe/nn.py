@@ -238,7 +238,8 @@ def _a2q_config(layer, config):
 def _quant_weight(layer):
     if getattr(layer, "accumulator_bit_width", None):
         codes, scales = layer.net._core.weight_codes(layer.index)
-        return codes.astype(np.int32), (scales if layer.per_channel else scales[0])
+        per_row = layer.per_channel or layer.weight_quant.kind == "absmax"   # one g per row
+        return codes.astype(np.int32), (scales if per_row else scales[0])
     scales = layer.net._core.weight_scale(layer.index)
     q = layer.weight_quant
     w = layer.weight

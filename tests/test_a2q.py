@@ -10,11 +10,12 @@ from qatfhe.compile import BitWidthError
 
 
 def reference_codes(v, g, s, budget, qmax):
-    """NumPy twin of the A2Q quantizer (qatfhe.a2q docstring), one row per output channel."""
+    """NumPy twin of the A2Q quantizer (qatfhe.a2q docstring), one row per output channel;
+    u is nudged up by 2^-20 as csrc/a2q.c does, so that values meant to be integers stay."""
     v = v.reshape(len(v), -1).astype(np.float64)
     l1 = np.abs(v).sum(axis=1, keepdims=True)
     c = np.minimum(np.abs(g).reshape(-1, 1) / np.reshape(s, (-1, 1)), budget)
-    return np.clip(np.trunc(v * c / l1), -qmax, qmax)
+    return np.clip(np.trunc(v * c / l1 * (1 + 2.0 ** -20)), -qmax, qmax)
 
 
 def mlp(P, seed=0, in_bits=3, hidden_bits=3, w_bits=4, wq=nn.CommonWeightQuant, per_channel=False,
@@ -63,6 +64,11 @@ def test_codes_stay_within_budget_for_every_input(P, wq, per_channel):
         assert np.abs(codes.reshape(len(codes), -1)).sum(axis=1).max() <= np.floor(T)
         assert worst_accumulator(codes, *ranges[i]) <= 2 ** (P - 1) - 1
         g = layer.weight_norm
+        v = layer.weight.reshape(len(codes), -1).astype(np.float64)
+        if wq is not nn.CommonWeightQuant:   # abs-max form: |g| / s = t ||v||_1 / max |v|
+            t = layer.weight_quant.qmax
+            s = np.abs(g) * np.abs(v).max(1) / (t * np.abs(v).sum(1))
+            np.testing.assert_allclose(layer.quant_weight()[1], s, rtol=1e-5)
         ref = reference_codes(layer.weight, g, np.broadcast_to(s, len(codes)), T,
                               layer.weight_quant.qmax)
         # the reference may differ by float rounding at exact integers only
@@ -84,20 +90,20 @@ def test_gradients_match_torch_autograd():
         net.train()
         net(X)                                           # the first forward initialises g
         net[1].weight_norm[...] = np.array(norms, np.float32)   # free, clamped, free rows
+        net[1].weight[0] = [0.9, 0.05, -0.02, 0.01, 0.0, 0.03]  # abs-max codes within budget
         net.zero_grad()
         loss = nn.CrossEntropyLoss()(net(X), y)
         loss.backward()
         T = net[1].accumulator_budget()[0]
         v = torch.tensor(net[1].weight.copy(), dtype=torch.float64, requires_grad=True)
         g = torch.tensor(net[1].weight_norm.copy(), dtype=torch.float64, requires_grad=True)
+        m, n = v.abs().max(dim=1, keepdim=True).values, v.abs().sum(1, keepdim=True)
         if wq is nn.CommonWeightQuant:
             s = torch.full((3, 1), 1 / 7, dtype=torch.float64)
-        elif per_channel:
-            s = v.abs().max(dim=1, keepdim=True).values / 7
-        else:
-            s = (v.abs().max() / 7).expand(3, 1)
+        else:                       # abs-max form: s = |g| m / (t n), one scale per row
+            s = g.abs().reshape(3, 1) * m / (7 * n)
         c = torch.clamp_max(g.abs().reshape(3, 1) / s, T)
-        u = v * c / v.abs().sum(1, keepdim=True)
+        u = v * c / n
         w = s * (u + (torch.trunc(u).clamp(-7, 7) - u).detach())      # straight through
         x = torch.tensor(np.clip(np.rint(X * 3), -3, 3) / 3, dtype=torch.float64)
         b = torch.tensor(net[1].bias.copy(), dtype=torch.float64)
@@ -107,7 +113,7 @@ def test_gradients_match_torch_autograd():
         np.testing.assert_allclose(net[1].weight_grad, v.grad.numpy(), atol=1e-6)
         np.testing.assert_allclose(net._tensors["1.weight_norm"]["grad"], g.grad.numpy(),
                                    atol=1e-6)
-        assert np.abs(g.grad.numpy()).max() > 0                # the free rows learn g
+        assert np.abs(g.grad.numpy()).max() > 0                # g learns
 
 
 def test_conv_budget_and_compile_proof():
