@@ -190,3 +190,15 @@ def test_tutorial_experiment_at_reduced_size():
     assert run["worst_case_bit_width"] >= run["max_bit_width"]
     assert all(b["worst_case_bits"] <= 7 for b in run["budgets"])
     assert 0.0 <= result["mean_accuracy"] <= 1.0
+
+
+def test_torch_and_onnx_export_use_the_a2q_weights(tmp_path):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    net = mlp(7, seed=6, wq=nn.Int8WeightPerTensorFloat)
+    X = np.random.default_rng(1).uniform(-1, 1, (40, 6)).astype(np.float32)
+    net.train(); net(X); net.eval()
+    t = qatfhe.to_torch(net)
+    np.testing.assert_allclose(t(torch.tensor(X)).detach().numpy(), net(X), atol=1e-5)
+    qatfhe.export_onnx(net, tmp_path / "net.onnx")
+    assert (tmp_path / "net.onnx").stat().st_size > 0
