@@ -49,6 +49,16 @@ typedef struct {
     float *skip_grad;                   /* RESIDUAL_ADD: (cap, out_size)                    */
     int sparse_pass;                    /* LINEAR: the last forward ran over the packed
                                            kept weights (net_packed.c), so does its backward */
+    /* BATCHNORM2D (net_batchnorm.c); a LINEAR/CONV2D may fold the one after it */
+    int t_gamma, t_beta;                /* "weight", "bias" parameters, -1 without affine  */
+    int t_running_mean, t_running_var, t_batches;  /* buffers, -1 without running stats   */
+    float *bn_mean, *bn_var, *bn_invstd; /* (C) the last batch-statistics forward's       */
+    float *bn_k, *bn_fold_bias;         /* (C) eval factor; bias of the epilogue folded in  */
+    float *xhat;                        /* (cap, out_size) normalised input                 */
+    int bn_batch_stats;                 /* the last forward normalised with batch statistics */
+    int fold_bn;                        /* LINEAR, CONV2D: index of the eval BatchNorm2d
+                                           folded into this forward's epilogue, else -1      */
+    int32_t *argmax;                    /* MAXPOOL2D: (cap, out_size) flat input index     */
 } qf_layer;
 
 /* A pruned parameter's kept entries, packed in CSR order (net_packed.c).
@@ -84,6 +94,7 @@ struct qf_net {
     float *x;                           /* (batch_cap, in_size) input of the last forward    */
     float *scratch;                     /* (batch_cap * max layer size) for percentiles     */
     int32_t *labels;                    /* (batch_cap)                                      */
+    int32_t *index_storage;             /* (batch_cap * max pooling outputs) argmax indices */
     int64_t last_n;                     /* samples in the last forward                      */
     int have_train_forward;             /* activations of a training forward are kept       */
     int64_t *perm;                      /* (perm_cap) epoch shuffle                          */
@@ -103,6 +114,20 @@ qf_status qf_net_check_finite(qf_net *net, const float *x, int64_t count);
 float qf_net_weight_scales(const qf_layer *L, const float *w, float *scale, int64_t *argmax);
 float qf_net_learned_eval_threshold(const qf_net *net, const qf_layer *L);
 float qf_net_clamp_scale(float threshold, float int_threshold);
+/* net_batchnorm.c: BatchNorm2d layers in the network */
+void qf_net_bn_init(qf_net *net, qf_layer *L);
+int qf_net_bn_uses_running(const qf_net *net, const qf_layer *L);
+/* Whether layer i (LINEAR / CONV2D from codes, quantized weights) folds the eval
+ * BatchNorm2d after it into its epilogue this forward: its index, else -1. */
+int qf_net_bn_fold_target(const qf_net *net, int i, int from_codes);
+/* epi_scale (w_rows) of L scaled by the folded BatchNorm2d's k; returns the bias
+ * (w_rows) to use instead of b (b NULL: no bias). */
+const float *qf_net_bn_fold(qf_net *net, qf_layer *L, const float *b);
+void qf_net_bn_forward(qf_net *net, int i, const float *in, const float *in_codes, int64_t n);
+void qf_net_bn_backward(qf_net *net, qf_layer *L, float *din, int64_t n);
+/* QF_ERR_SHAPE when a training batch of n samples would give a BatchNorm2d
+ * channel a single value (torch refuses it too). */
+qf_status qf_net_bn_check_batch(qf_net *net, int64_t n);
 /* net_train.c: one optimizer update of p, m, v (n) from g (n), mask (n) or NULL;
  * c: the step's AdamW coefficients (unused for SGD) */
 void qf_net_update_params(const qf_net *net, const qf_adamw_coeffs *c, float *p, float *m,
