@@ -415,6 +415,7 @@ class BatchNorm2d(Module):
     running_var = property(lambda self: self._tensor("running_var"),
                            lambda self, v: self._set_tensor("running_var", v))
     num_batches_tracked = property(lambda self: self._tensor("num_batches_tracked"),
+                                   lambda self, v: self._set_tensor("num_batches_tracked", v),
                                    doc="float32 (1,) count of training batches")
 
     @property
