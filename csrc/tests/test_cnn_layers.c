@@ -13,6 +13,7 @@
 #include "circuit.h"
 #include "helpers.h"
 #include "maxpool.h"
+#include "net.h"
 
 /* ------------------------------------------------------------------ BatchNorm2d */
 
@@ -227,8 +228,109 @@ static void test_circuit_maxpool(void)
           strstr(err, "pool") && strstr(err, "half the kernel"), "padding error: %s", err);
 }
 
+/* ------------------------------------------------------------------ in a network */
+
+static qf_layer_spec layer(int kind)
+{
+    qf_layer_spec s;
+    memset(&s, 0, sizeof s);
+    s.kind = kind;
+    s.stride[0] = s.stride[1] = 1;
+    s.kernel[0] = s.kernel[1] = 1;
+    return s;
+}
+
+static qf_layer_spec batchnorm(int c)
+{
+    qf_layer_spec s = layer(QF_LAYER_BATCHNORM2D);
+    s.in_features = c;
+    s.eps = 1e-5f;
+    s.momentum = 0.1f;
+    s.affine = s.track_running_stats = 1;
+    return s;
+}
+
+/* A quantized CNN using every new path: a conv folding the BatchNorm2d after it in eval,
+ * max pooling carrying codes, a BatchNorm2d on codes.  Trains (batches with a remainder),
+ * then eval forward of a batch equals the forward of each sample (no state leaks), and a
+ * one-value batch is refused in training. */
+static void test_net(void)
+{
+    enum { N = 11, C = 2, H = 6, W = 6, K = 4 };
+    qf_layer_spec specs[9];
+    specs[0] = layer(QF_LAYER_ACT_QUANT);
+    specs[0].act_quant = quant(QF_QUANT_LEARNED, 5, 1, 0, 1.0f, 3);
+    specs[1] = layer(QF_LAYER_CONV2D);
+    specs[1].in_features = C;
+    specs[1].out_features = K;
+    specs[1].has_bias = 1;
+    specs[1].kernel[0] = specs[1].kernel[1] = 3;
+    specs[1].padding[0] = specs[1].padding[1] = 1;
+    specs[1].weight_quant = quant(QF_QUANT_ABSMAX, 4, 1, 1, 1.0f, 0);
+    specs[2] = batchnorm(K);
+    specs[3] = layer(QF_LAYER_ACT_QUANT);
+    specs[3].act_quant = quant(QF_QUANT_LEARNED, 4, 0, 0, 1.0f, 3);
+    specs[3].relu = 1;
+    specs[4] = layer(QF_LAYER_MAXPOOL2D);
+    specs[4].kernel[0] = specs[4].kernel[1] = 3;
+    specs[4].stride[0] = specs[4].stride[1] = 2;
+    specs[4].padding[0] = specs[4].padding[1] = 1;
+    specs[5] = batchnorm(K);
+    specs[6] = layer(QF_LAYER_ACT_QUANT);
+    specs[6].act_quant = quant(QF_QUANT_LEARNED, 4, 1, 0, 1.0f, 3);
+    specs[7] = layer(QF_LAYER_RESHAPE);
+    specs[8] = layer(QF_LAYER_LINEAR);
+    specs[8].in_features = K * 3 * 3;
+    specs[8].out_features = 3;
+    specs[8].has_bias = 1;
+    specs[8].weight_quant = quant(QF_QUANT_ABSMAX, 4, 1, 1, 1.0f, 0);
+    int64_t shape[3] = {C, H, W};
+    qf_net *net;
+    char err[256];
+    CHECK(qf_net_create_shaped(&net, specs, 9, shape, 5, err, sizeof err) == QF_OK, "%s", err);
+    if (!net)
+        return;
+    qf_rng rng;
+    qf_rng_seed(&rng, 14, 0);
+    float x[N * C * H * W], out[N * 3], one[3];
+    int32_t y[N];
+    for (int j = 0; j < N * C * H * W; j++)
+        x[j] = uniform(&rng, -1.0f, 1.0f);
+    for (int s = 0; s < N; s++)
+        y[s] = s % 3;
+    qf_optimizer opt = {QF_OPT_ADAMW, 0.01f, 0.9f, 0.999f, 1e-8f, 0.01f, 0.0f, 0.0f, 0, 0};
+    CHECK(qf_net_set_optimizer(net, &opt) == QF_OK, "optimizer");
+    double loss;
+    int64_t correct;
+    for (int e = 0; e < 3; e++)
+        CHECK(qf_net_train_epoch(net, x, y, N, 4, qf_net_shuffle_rng(net), &loss, &correct) ==
+                  QF_OK && isfinite(loss), "epoch %d: %s", e, qf_net_error(net));
+    CHECK(qf_net_tensor(net, qf_net_find_tensor(net, "2.num_batches_tracked"))->data[0] == 9.0f,
+          "three batches per epoch");
+    CHECK(qf_net_train_epoch(net, x, y, 5, 4, qf_net_shuffle_rng(net), &loss, &correct) ==
+              QF_OK, "a last batch of one sample of 6 x 6 values is fine");
+    qf_net_set_training(net, 0);
+    CHECK(qf_net_forward(net, x, N, out) == QF_OK, "%s", qf_net_error(net));
+    int same = 1;
+    for (int s = 0; s < N; s++) {
+        CHECK(qf_net_forward(net, x + s * C * H * W, 1, one) == QF_OK, "sample %d", s);
+        same &= same_bits(one, out + s * 3, 3);
+    }
+    CHECK(same, "eval of a batch equals eval of each sample");
+    qf_net_free(net);
+    /* a BatchNorm2d of 1 x 1 values cannot train on one sample */
+    qf_layer_spec flat[2] = {layer(QF_LAYER_LINEAR), batchnorm(3)};
+    flat[0].in_features = 2;
+    flat[0].out_features = 3;
+    CHECK(qf_net_create(&net, flat, 2, 2, 0, err, sizeof err) == QF_OK, "%s", err);
+    CHECK(qf_net_forward(net, x, 1, out) == QF_ERR_SHAPE &&
+          strstr(qf_net_error(net), "more than one value"), "one value: %s", qf_net_error(net));
+    qf_net_free(net);
+}
+
 int main(void)
 {
+    test_net();
     test_batchnorm();
     test_maxpool();
     test_circuit_maxpool();
