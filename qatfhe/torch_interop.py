@@ -54,8 +54,8 @@ from .quant import (CommonActQuant, Int8ActPerTensorFloat, Int8WeightPerTensorFl
 
 __all__ = ["from_torch", "convert", "to_torch", "ConversionReport", "SUPPORTED_TORCH_LAYERS"]
 
-SUPPORTED_TORCH_LAYERS = ("Linear", "ReLU", "Conv2d", "AvgPool2d", "MaxPool2d", "BatchNorm2d",
-                          "Flatten")
+SUPPORTED_TORCH_LAYERS = ("Linear", "ReLU", "Conv2d", "AvgPool2d", "Flatten", "MaxPool2d",
+                          "BatchNorm2d")
 _SUPPORTED_TEXT = ", ".join(SUPPORTED_TORCH_LAYERS)
 
 
