@@ -414,6 +414,22 @@ def test_save_load_keeps_batchnorm_buffers_and_resumes_exactly(tmp_path, trained
         np.testing.assert_array_equal(loaded.state_dict()[name], value, err_msg=name)
 
 
+def test_pruning_leaves_batchnorm_alone():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, affine=False), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(4 * 4 * 4, 2), nn.BatchNorm2d(2), seed=0)
+    assert set(net.prune(5)) == {"0.weight", "4.weight"}
+    assert set(qatfhe.prune.sparsity(net)) == {0, 4}
+    with pytest.raises(TypeError, match="no weights to prune"):
+        qatfhe.prune.l1_unstructured(net[5], "weight", amount=1)
+
+
+def test_export_onnx_names_the_layers_it_does_not_write(tmp_path, trained_qat_cnn):
+    pytest.importorskip("onnx")
+    net, _ = trained_qat_cnn
+    with pytest.raises(NotImplementedError, match=r"layer 2 \(BatchNorm2d\)"):
+        qatfhe.export_onnx(net, tmp_path / "cnn.onnx")
+
+
 def test_torch_interop_round_trip():
     tnet = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4),
                                torch.nn.ReLU(), torch.nn.MaxPool2d(2, padding=1),
