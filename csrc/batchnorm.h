@@ -52,8 +52,9 @@ void qf_bn_fold(float *scale, float *bias_out, const float *bias_in, const float
                 const float *k, const float *beta, int64_t c);
 
 /* Backward of the batch-statistics forward from dy (N, C, HW):
- *   dx (N, C, HW) = gamma invstd / M (M dy - sum dy - xhat sum dy xhat)  (overwritten; NULL: skipped)
- *   dgamma, dbeta (C) += sum dy xhat, sum dy                            (NULL: skipped) */
+ *   dx (N, C, HW) = gamma invstd / M (M dy - sum dy - xhat sum dy xhat)
+ *                   (overwritten; NULL: skipped)
+ *   dgamma, dbeta (C) += sum dy xhat, sum dy (NULL: skipped) */
 void qf_bn_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *xhat,
                     const float *gamma, const float *invstd, int64_t n, int64_t c, int64_t hw);
 

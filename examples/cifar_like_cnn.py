@@ -82,7 +82,8 @@ def main(argv=None):
                         help="training images that calibrate the bit-width report")
     parser.add_argument("--test", type=int, default=1000, help="test images")
     parser.add_argument("--small", action="store_true",
-                        help="reduced size: 16x16 images, 600/100 images, channels 4-8-8, at most 4 epochs")
+                        help="reduced size: 16x16 images, 600/100 images, channels 4-8-8, "
+                             "4 epochs")
     args = parser.parse_args(argv)
     size, channels = 32, (16, 32, 32)
     if args.small:

@@ -66,9 +66,9 @@ a network ending with a quantizer outputs s * q, and where the engine's float co
 
 What a QAT network must look like (Concrete-ML's rules; each violation raises ValueError
 naming the layer): a QuantIdentity first; QuantLinear / QuantConv2d, AvgPool2d, MaxPool2d,
-Flatten, Reshape and Transpose read integer codes, so each needs a QuantIdentity or QuantReLU (or
-another op carrying codes) before it; no float Linear or Conv2d; a float ReLU only right
-after a QuantLinear, QuantConv2d or AvgPool2d, followed by a quantizer.  A quantizer that
+Flatten, Reshape and Transpose read integer codes, so each needs a QuantIdentity or
+QuantReLU (or another op carrying codes) before it; no float Linear or Conv2d; a float ReLU
+only right after a QuantLinear, QuantConv2d or AvgPool2d, followed by a quantizer.  A quantizer that
 reads codes (QuantReLU after a residual add, a Residual after a QuantReLU) is one more table
 lookup, a requantisation.  The residual add needs both operands on one scale: nn.Residual
 guarantees it by construction (one quantizer for both), so the add is an exact integer sum
@@ -832,9 +832,10 @@ def _ptq_ops(net, X, bits, rounding):
 def compile_model(net, X_calib, n_bits=3, rounding_threshold_bits=None, max_bits=16,
                   on_overflow="raise"):
     """Post-training quantization of a float network (Linear, Conv2d, ReLU, AvgPool2d,
-    MaxPool2d, BatchNorm2d (folded), Flatten, Reshape, Transpose), as Concrete-ML's compile_torch_model: symmetric per-tensor
-    weights (op_weights bits), the input and every activation asymmetric, calibrated by
-    min/max over X_calib layer by layer on the quantized outputs of the previous layer
+    MaxPool2d, BatchNorm2d (folded), Flatten, Reshape, Transpose), as Concrete-ML's
+    compile_torch_model: symmetric per-tensor weights (op_weights bits), the input and every
+    activation asymmetric, calibrated by min/max over X_calib layer by layer on the
+    quantized outputs of the previous layer
     (model_inputs / op_inputs / model_outputs bits).  X_calib is (n, features) or
     (n, C, H, W).  Returns a QuantizedModule; raises BitWidthError (or warns, with
     on_overflow="warn") when a value exceeds max_bits on the calibration set."""

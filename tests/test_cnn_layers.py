@@ -143,8 +143,8 @@ def test_batchnorm_channel_mismatch_names_the_layer():
 # ------------------------------------------------------------------ MaxPool2d and windows
 
 
-@pytest.mark.parametrize("kernel,stride,padding", [(2, None, 0), (3, 2, 1), ((3, 2), (1, 2), (1, 1)),
-                                                   (2, 1, 1), (3, 3, 0)])
+@pytest.mark.parametrize("kernel,stride,padding", [
+    (2, None, 0), (3, 2, 1), ((3, 2), (1, 2), (1, 1)), (2, 1, 1), (3, 3, 0)])
 def test_maxpool_forward_backward_with_ties_and_padding_match_torch(kernel, stride, padding):
     rng = np.random.default_rng(5)
     # few distinct values: many ties, which go to the first maximum in window order
@@ -333,7 +333,8 @@ def test_maxpool_bit_widths_and_pairwise_lookups(trained_qat_cnn, tmp_path):
     assert [op.kind for op in loaded.ops] == [op.kind for op in module.ops]
     assert [op.info for op in loaded.ops] == [op.info for op in module.ops]
     assert loaded.bit_width_report() == report
-    np.testing.assert_array_equal(loaded.forward(X, fhe="simulate"), module.forward(X, fhe="simulate"))
+    np.testing.assert_array_equal(loaded.forward(X, fhe="simulate"),
+                                  module.forward(X, fhe="simulate"))
 
 
 def test_pairwise_max_lookups_count_against_max_bits():

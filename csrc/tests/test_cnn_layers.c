@@ -134,7 +134,8 @@ static int ref_argmax(const float *plane, int h, int w, int k, int s, int p, int
     for (int ky = 0; ky < k; ky++)
         for (int kx = 0; kx < k; kx++) {
             int y = oy * s - p + ky, xx = ox * s - p + kx;
-            if (y >= 0 && y < h && xx >= 0 && xx < w && (best < 0 || plane[y * w + xx] > plane[best]))
+            int inside = y >= 0 && y < h && xx >= 0 && xx < w;
+            if (inside && (best < 0 || plane[y * w + xx] > plane[best]))
                 best = y * w + xx;
         }
     return best;
