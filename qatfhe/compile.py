@@ -425,20 +425,26 @@ def _check_limits(max_bits, on_overflow):
 
 
 def _net_samples(net, X, name):
-    """X as float32 (n, C, H, W) for net, whose input shape it sets: X is (n, C, H, W), or
-    (n, features) for a fully connected network or a flattened image of the known shape."""
-    if net._features is not None:
-        X = _checks.features(X, net._features, name)
+    """X as float32 (n, C, H, W) for net, whose input shape it sets: X is (n, C, H, W) as the
+    network trains on, or (n, features): a flattened sample of the network's current input
+    shape, or of its first Linear's input for a fully connected network."""
     arr = _checks.samples(X, name)
     if arr.ndim == 2:
         c, h, w = net._core.in_shape
         if h * w > 1 and arr.shape[1] == c * h * w:
-            return arr.reshape(len(arr), c, h, w)
-        if h * w == 0:
+            arr = arr.reshape(len(arr), c, h, w)
+        elif h * w == 0:
             raise ValueError(f"{name} must have shape (n_samples, channels, height, width) for "
                              f"a convolutional network, got {arr.shape}")
-        arr = arr.reshape(len(arr), -1, 1, 1)
-    net._core.set_input_shape(tuple(int(d) for d in arr.shape[1:]))
+        else:
+            if net._features is not None:
+                arr = _checks.features(arr, net._features, name)
+            arr = arr.reshape(len(arr), -1, 1, 1)
+    try:
+        net._core.set_input_shape(tuple(int(d) for d in arr.shape[1:]))
+    except ValueError as exc:
+        raise ValueError(f"{name} of per-sample shape {tuple(arr.shape[1:])}: "
+                         f"{net._name_layers(str(exc))}") from None
     return arr
 
 
