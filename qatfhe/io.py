@@ -82,22 +82,24 @@ def _checksum(arrays):
 
 
 def save(net, path):
+    """Write net to path; the state is copied at one moment (a fit running in another
+    thread is waited for, between epochs), so the file is never torn."""
+    state = net._core.snapshot()
     arrays = {}
-    for name, t in net._tensors.items():
+    for name, t in state["tensors"].items():
         arrays[f"data/{name}"] = t["data"]
         if t["kind"] == "param":
             arrays[f"opt_m/{name}"] = t["opt_m"]
             arrays[f"opt_v/{name}"] = t["opt_v"]
-            mask = net._core.get_mask(name)
-            if mask is not None:
-                arrays[f"mask/{name}"] = mask
-    init_state, shuffle_state = net._core.rng_state()
+            if t["mask"] is not None:
+                arrays[f"mask/{name}"] = t["mask"]
+    init_state, shuffle_state = state["rng"]
     arrays["rng/init"] = np.array(init_state, dtype=np.uint64)
     arrays["rng/shuffle"] = np.array(shuffle_state, dtype=np.uint64)
     header = {"format": FORMAT, "version": VERSION, "network": net.config(),
-              "training": net.training,
+              "training": state["training"],
               "optimizer": None if net.optimizer is None else net.optimizer.config(),
-              "optimizer_step": net._core.optimizer_step}
+              "optimizer_step": state["optimizer_step"]}
     write_npz(path, header, arrays)
 
 

@@ -1,14 +1,56 @@
 /* net_binding.c: qatfhe._core.Net, the Python face of qf_net (csrc/net.h).
  * Every method converts and checks its buffers, releases the GIL around one
- * core call and maps the status through qfpy_raise. */
+ * core call and maps the status through qfpy_raise.
+ *
+ * Threads: a reader/writer lock guards the net.  Eval-mode forwards (infer,
+ * forward in eval mode) and reads (tensors, snapshot, scales, shapes) are
+ * readers: any number run at once, each inference with its own workspace
+ * (net_infer.h).  Everything that changes the net (training forwards,
+ * backward, step, epochs, optimizer, masks, shapes, modes, writes) is a
+ * writer and waits for the others.  Blocking waits release the GIL, and the
+ * lock is taken only after every argument is converted, so no Python code
+ * runs while it is held.  During an epoch the tensor views handed out are
+ * read-only, so writes through them are refused rather than torn. */
+#include <pthread.h>
 #include "bindings.h"
 #include "../net.h"
+#include "../net_infer.h"
 
 typedef struct {
     PyObject_HEAD
     qf_net *net;
-    int busy;               /* a call with the GIL released is running */
+    pthread_rwlock_t lock;  /* readers: inference and reads; writer: any change */
+    int lock_ready;
+    qf_net_infer *spare;    /* an inference workspace kept for the next call (GIL held) */
+    PyObject *views;        /* list of weak references to the tensor views handed out */
+    int epochs_running;     /* epochs in progress (their views are read-only)            */
+    PyObject *frozen;       /* the views they made read-only, restored by the last one   */
 } NetObject;
+
+/* ------------------------------------------------------------ locking */
+
+static void lock_read(NetObject *self)
+{
+    if (pthread_rwlock_tryrdlock(&self->lock) == 0)
+        return;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_rwlock_rdlock(&self->lock);
+    Py_END_ALLOW_THREADS
+}
+
+static void lock_write(NetObject *self)
+{
+    if (pthread_rwlock_trywrlock(&self->lock) == 0)
+        return;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_rwlock_wrlock(&self->lock);
+    Py_END_ALLOW_THREADS
+}
+
+static void unlock(NetObject *self)
+{
+    pthread_rwlock_unlock(&self->lock);
+}
 
 /* ------------------------------------------------------------ spec parsing */
 
@@ -120,12 +162,42 @@ static PyObject *shape_tuple(const int64_t s[3])
 
 /* ------------------------------------------------------------ lifecycle */
 
+static PyObject *Net_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    NetObject *self = (NetObject *)type->tp_alloc(type, 0);
+    if (!self)
+        return NULL;
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+#ifdef PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP
+    /* a waiting fit is not starved by a stream of inferences */
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+#endif
+    int rc = pthread_rwlock_init(&self->lock, &attr);
+    pthread_rwlockattr_destroy(&attr);
+    if (rc != 0) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    self->lock_ready = 1;
+    self->views = PyList_New(0);
+    if (!self->views) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
 static int Net_init(NetObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"layers", "in_shape", "seed", NULL};
     PyObject *layers, *shape_obj;
     unsigned long long seed;
     int64_t in_shape[3];
+    if (self->net) {   /* views and running calls point into it: never rebuilt in place */
+        PyErr_SetString(PyExc_RuntimeError, "a Net cannot be re-initialised; build a new one");
+        return -1;
+    }
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OK", kwlist, &PyList_Type, &layers,
                                      &shape_obj, &seed))
         return -1;
@@ -141,20 +213,30 @@ static int Net_init(NetObject *self, PyObject *args, PyObject *kwds)
         }
     }
     char err[256] = "";
-    qf_net_free(self->net);
-    self->net = NULL;
-    qf_status st = qf_net_create_shaped(&self->net, specs, (int)n, in_shape, seed, err, sizeof err);
+    qf_net *net = NULL;
+    qf_status st = qf_net_create_shaped(&net, specs, (int)n, in_shape, seed, err, sizeof err);
     PyMem_Free(specs);
     if (st != QF_OK) {
         qfpy_raise(st, err);
         return -1;
     }
+    if (self->net) {   /* another thread initialised it meanwhile */
+        qf_net_free(net);
+        PyErr_SetString(PyExc_RuntimeError, "a Net cannot be re-initialised; build a new one");
+        return -1;
+    }
+    self->net = net;
     return 0;
 }
 
 static void Net_dealloc(NetObject *self)
 {
+    qf_net_infer_free(self->spare);
     qf_net_free(self->net);
+    if (self->lock_ready)
+        pthread_rwlock_destroy(&self->lock);
+    Py_XDECREF(self->views);
+    Py_XDECREF(self->frozen);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -162,10 +244,6 @@ static int ready(NetObject *self)
 {
     if (!self->net) {
         PyErr_SetString(PyExc_RuntimeError, "network is not initialised");
-        return 0;
-    }
-    if (self->busy) {
-        PyErr_SetString(PyExc_RuntimeError, "network is in use by another thread");
         return 0;
     }
     return 1;
@@ -178,8 +256,9 @@ static PyObject *raise_net(NetObject *self, qf_status st)
 
 /* ------------------------------------------------------------ compute */
 
-/* Convert X ((n, F) or (n, C, H, W)) and set the net's input shape from it. */
-static PyArrayObject *input_array(NetObject *self, PyObject *arg)
+/* Convert X ((n, F) or (n, C, H, W)) and read its per-sample (C, H, W); the net is
+ * not touched (its shape is set under the lock). */
+static PyArrayObject *input_array(PyObject *arg, int64_t shape[3])
 {
     PyArrayObject *x = qfpy_array(arg, "X", NPY_FLOAT32, -1, 0);
     if (!x) return NULL;
@@ -190,20 +269,22 @@ static PyArrayObject *input_array(NetObject *self, PyObject *arg)
         Py_DECREF(x);
         return NULL;
     }
-    int64_t c = PyArray_DIM(x, 1), h = nd == 4 ? PyArray_DIM(x, 2) : 1,
-            w = nd == 4 ? PyArray_DIM(x, 3) : 1;
+    shape[0] = PyArray_DIM(x, 1);
+    shape[1] = nd == 4 ? PyArray_DIM(x, 2) : 1;
+    shape[2] = nd == 4 ? PyArray_DIM(x, 3) : 1;
     if (PyArray_DIM(x, 0) < 1) {
         PyErr_SetString(PyExc_ValueError, "X is empty; expected at least one sample");
         Py_DECREF(x);
         return NULL;
     }
-    qf_status st = qf_net_set_input_shape(self->net, c, h, w);
-    if (st != QF_OK) {
-        Py_DECREF(x);
-        raise_net(self, st);
-        return NULL;
-    }
     return x;
+}
+
+static int same_shape(const qf_net *net, const int64_t shape[3])
+{
+    int64_t s[3];
+    qf_net_input_shape(net, s);
+    return qf_net_out_size(net) > 0 && s[0] == shape[0] && s[1] == shape[1] && s[2] == shape[2];
 }
 
 /* A new (n, out) or (n, C, H, W) float32 array for the net's output. */
@@ -219,23 +300,76 @@ static PyArrayObject *output_array(NetObject *self, npy_intp n)
     return (PyArrayObject *)PyArray_SimpleNew(4, dims, NPY_FLOAT32);
 }
 
-static PyObject *Net_forward(NetObject *self, PyObject *arg)
+/* Forward of X: in eval mode (or with always_eval) through an inference workspace
+ * under the read lock (the write lock when the input shape must change first); in
+ * training mode through the net's own buffers under the write lock. */
+static PyObject *run_forward(NetObject *self, PyObject *arg, int always_eval)
 {
     if (!ready(self)) return NULL;
-    PyArrayObject *x = input_array(self, arg);
+    int64_t shape[3];
+    PyArrayObject *x = input_array(arg, shape);
     if (!x) return NULL;
     npy_intp n = PyArray_DIM(x, 0);
+    lock_read(self);
+    int eval = always_eval || !qf_net_training(self->net);
+    if (!eval || !same_shape(self->net, shape)) {
+        unlock(self);
+        lock_write(self);
+        eval = always_eval || !qf_net_training(self->net);
+        qf_status st = qf_net_set_input_shape(self->net, shape[0], shape[1], shape[2]);
+        if (st != QF_OK) {
+            raise_net(self, st);
+            unlock(self);
+            Py_DECREF(x);
+            return NULL;
+        }
+    }
     PyArrayObject *out = output_array(self, n);
-    if (!out) { Py_DECREF(x); return NULL; }
+    qf_net_infer *ws = NULL;
+    if (eval && out) {
+        ws = self->spare ? self->spare : qf_net_infer_create();
+        self->spare = NULL;
+        if (!ws) PyErr_NoMemory();
+    }
+    if (!out || (eval && !ws)) {
+        unlock(self);
+        Py_DECREF(x);
+        Py_XDECREF(out);
+        return NULL;
+    }
     qf_status st;
-    self->busy = 1;
     Py_BEGIN_ALLOW_THREADS
-    st = qf_net_forward(self->net, PyArray_DATA(x), n, PyArray_DATA(out));
+    st = eval ? qf_net_infer_forward(ws, self->net, PyArray_DATA(x), n, PyArray_DATA(out))
+              : qf_net_forward(self->net, PyArray_DATA(x), n, PyArray_DATA(out));
     Py_END_ALLOW_THREADS
-    self->busy = 0;
+    if (st != QF_OK)
+        qfpy_raise(st, eval ? qf_net_infer_error(ws) : qf_net_error(self->net));
+    unlock(self);
     Py_DECREF(x);
-    if (st != QF_OK) { Py_DECREF(out); return raise_net(self, st); }
+    if (ws && !self->spare) self->spare = ws;   /* bounded: the core runs big batches in chunks */
+    else qf_net_infer_free(ws);
+    if (st != QF_OK) { Py_DECREF(out); return NULL; }
     return (PyObject *)out;
+}
+
+static PyObject *Net_forward(NetObject *self, PyObject *arg)
+{
+    return run_forward(self, arg, 0);
+}
+
+static PyObject *Net_infer(NetObject *self, PyObject *arg)
+{
+    return run_forward(self, arg, 1);
+}
+
+static PyObject *Net_buffer_bytes(NetObject *self, void *closure)
+{
+    if (!ready(self)) return NULL;
+    lock_read(self);
+    long long bytes = (long long)qf_net_buffer_bytes(self->net);
+    unlock(self);
+    if (self->spare) bytes += (long long)qf_net_infer_bytes(self->spare);
+    return PyLong_FromLongLong(bytes);
 }
 
 static PyObject *Net_backward_ce(NetObject *self, PyObject *arg)
@@ -247,13 +381,16 @@ static PyObject *Net_backward_ce(NetObject *self, PyObject *arg)
     int64_t correct = 0;
     qf_status st = QF_OK;
     /* the label count must match the last forward; the core checks the values */
-    self->busy = 1;
+    lock_write(self);
     Py_BEGIN_ALLOW_THREADS
     st = qf_net_backward_ce(self->net, PyArray_DATA(y), PyArray_DIM(y, 0), &loss, &correct);
+    if (st == QF_OK)
+        qf_net_trim_buffers(self->net);
     Py_END_ALLOW_THREADS
-    self->busy = 0;
+    if (st != QF_OK) raise_net(self, st);
+    unlock(self);
     Py_DECREF(y);
-    if (st != QF_OK) return raise_net(self, st);
+    if (st != QF_OK) return NULL;
     return Py_BuildValue("dL", loss, (long long)correct);
 }
 
@@ -262,27 +399,33 @@ static PyObject *Net_backward(NetObject *self, PyObject *arg)
     if (!ready(self)) return NULL;
     PyArrayObject *d = qfpy_array(arg, "grad_output", NPY_FLOAT32, -1, 1);
     if (!d) return NULL;
-    if (PyArray_NDIM(d) < 1 || PyArray_SIZE(d) != PyArray_DIM(d, 0) * qf_net_out_size(self->net)) {
-        PyErr_Format(PyExc_ValueError, "grad_output must hold %lld values per sample",
-                     (long long)qf_net_out_size(self->net));
+    lock_write(self);
+    qf_status st = QF_OK;
+    long long out_size = (long long)qf_net_out_size(self->net);
+    if (PyArray_NDIM(d) < 1 || PyArray_SIZE(d) != PyArray_DIM(d, 0) * out_size) {
+        unlock(self);
+        PyErr_Format(PyExc_ValueError, "grad_output must hold %lld values per sample", out_size);
         Py_DECREF(d);
         return NULL;
     }
-    qf_status st;
-    self->busy = 1;
     Py_BEGIN_ALLOW_THREADS
     st = qf_net_backward(self->net, PyArray_DATA(d), PyArray_DIM(d, 0));
+    if (st == QF_OK)
+        qf_net_trim_buffers(self->net);
     Py_END_ALLOW_THREADS
-    self->busy = 0;
+    if (st != QF_OK) raise_net(self, st);
+    unlock(self);
     Py_DECREF(d);
-    if (st != QF_OK) return raise_net(self, st);
+    if (st != QF_OK) return NULL;
     Py_RETURN_NONE;
 }
 
 static PyObject *Net_zero_grad(NetObject *self, PyObject *unused)
 {
     if (!ready(self)) return NULL;
+    lock_write(self);
     qf_net_zero_grad(self->net);
+    unlock(self);
     Py_RETURN_NONE;
 }
 
@@ -290,12 +433,13 @@ static PyObject *Net_step(NetObject *self, PyObject *unused)
 {
     if (!ready(self)) return NULL;
     qf_status st;
-    self->busy = 1;
+    lock_write(self);
     Py_BEGIN_ALLOW_THREADS
     st = qf_net_step(self->net);
     Py_END_ALLOW_THREADS
-    self->busy = 0;
-    if (st != QF_OK) return raise_net(self, st);
+    if (st != QF_OK) raise_net(self, st);
+    unlock(self);
+    if (st != QF_OK) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -316,15 +460,21 @@ static PyObject *Net_set_optimizer(NetObject *self, PyObject *args, PyObject *kw
     o.lr = (float)lr; o.beta1 = (float)b1; o.beta2 = (float)b2; o.eps = (float)eps;
     o.weight_decay = (float)wd; o.momentum = (float)mom; o.dampening = (float)damp;
     o.nesterov = nesterov;
+    lock_write(self);
     qf_status st = qf_net_set_optimizer(self->net, &o);
-    if (st != QF_OK) return raise_net(self, st);
+    if (st != QF_OK) raise_net(self, st);
+    unlock(self);
+    if (st != QF_OK) return NULL;
     Py_RETURN_NONE;
 }
 
 static PyObject *Net_get_step(NetObject *self, void *closure)
 {
     if (!ready(self)) return NULL;
-    return PyLong_FromLongLong((long long)qf_net_optimizer(self->net)->step);
+    lock_read(self);
+    long long step = (long long)qf_net_optimizer(self->net)->step;
+    unlock(self);
+    return PyLong_FromLongLong(step);
 }
 
 static int Net_set_step(NetObject *self, PyObject *value, void *closure)
@@ -333,7 +483,9 @@ static int Net_set_step(NetObject *self, PyObject *value, void *closure)
     long long step = PyLong_AsLongLong(value);
     if (step == -1 && PyErr_Occurred()) return -1;
     if (step < 0) { PyErr_SetString(PyExc_ValueError, "step must be >= 0"); return -1; }
+    lock_write(self);
     qf_net_set_optimizer_step(self->net, step);
+    unlock(self);
     return 0;
 }
 
@@ -341,9 +493,45 @@ static PyObject *Net_set_lr(NetObject *self, PyObject *args)
 {
     double lr;
     if (!ready(self) || !PyArg_ParseTuple(args, "d", &lr)) return NULL;
+    lock_write(self);
     qf_status st = qf_net_set_learning_rate(self->net, (float)lr);
-    if (st != QF_OK) return raise_net(self, st);
+    if (st != QF_OK) raise_net(self, st);
+    unlock(self);
+    if (st != QF_OK) return NULL;
     Py_RETURN_NONE;
+}
+
+/* Make every live tensor view handed out read-only while epochs run (GIL held);
+ * the last epoch to finish restores the views it cleared. */
+static int freeze_views(NetObject *self)
+{
+    if (self->epochs_running++ > 0)
+        return 0;
+    PyObject *cleared = PyList_New(0);
+    if (!cleared) { self->epochs_running--; return -1; }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(self->views); i++) {
+        PyObject *arr = PyWeakref_GetObject(PyList_GET_ITEM(self->views, i));
+        if (arr == Py_None || !PyArray_Check(arr) ||
+            !PyArray_CHKFLAGS((PyArrayObject *)arr, NPY_ARRAY_WRITEABLE))
+            continue;
+        if (PyList_Append(cleared, arr) < 0) {
+            Py_DECREF(cleared);
+            self->epochs_running--;
+            return -1;
+        }
+        PyArray_CLEARFLAGS((PyArrayObject *)arr, NPY_ARRAY_WRITEABLE);
+    }
+    self->frozen = cleared;
+    return 0;
+}
+
+static void thaw_views(NetObject *self)
+{
+    if (--self->epochs_running > 0 || !self->frozen)
+        return;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(self->frozen); i++)
+        PyArray_ENABLEFLAGS((PyArrayObject *)PyList_GET_ITEM(self->frozen, i), NPY_ARRAY_WRITEABLE);
+    Py_CLEAR(self->frozen);
 }
 
 static PyObject *Net_train_epoch(NetObject *self, PyObject *args, PyObject *kwds)
@@ -355,14 +543,14 @@ static PyObject *Net_train_epoch(NetObject *self, PyObject *args, PyObject *kwds
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOL|O", kwlist, &xo, &yo, &batch, &seed_obj))
         return NULL;
     qf_rng own;
-    qf_rng *rng = qf_net_shuffle_rng(self->net);
-    if (seed_obj != Py_None) {
+    int own_seed = seed_obj != Py_None;
+    if (own_seed) {
         unsigned long long seed = PyLong_AsUnsignedLongLongMask(seed_obj);
         if (PyErr_Occurred()) return NULL;
         qf_rng_seed(&own, seed, 2);
-        rng = &own;
     }
-    PyArrayObject *x = input_array(self, xo);
+    int64_t shape[3];
+    PyArrayObject *x = input_array(xo, shape);
     if (!x) return NULL;
     PyArrayObject *y = qfpy_array(yo, "y", NPY_INT32, 1, 0);
     if (!y) { Py_DECREF(x); return NULL; }
@@ -373,22 +561,30 @@ static PyObject *Net_train_epoch(NetObject *self, PyObject *args, PyObject *kwds
         Py_DECREF(x); Py_DECREF(y);
         return NULL;
     }
+    if (freeze_views(self) < 0) { Py_DECREF(x); Py_DECREF(y); return NULL; }
     double loss_sum = 0.0;
     int64_t correct = 0;
-    qf_status st;
-    self->busy = 1;
-    Py_BEGIN_ALLOW_THREADS
-    st = qf_net_train_epoch(self->net, PyArray_DATA(x), PyArray_DATA(y), n, batch, rng,
-                            &loss_sum, &correct);
-    Py_END_ALLOW_THREADS
-    self->busy = 0;
+    lock_write(self);
+    qf_rng *rng = own_seed ? &own : qf_net_shuffle_rng(self->net);
+    qf_status st = qf_net_set_input_shape(self->net, shape[0], shape[1], shape[2]);
+    if (st == QF_OK) {
+        Py_BEGIN_ALLOW_THREADS
+        st = qf_net_train_epoch(self->net, PyArray_DATA(x), PyArray_DATA(y), n, batch, rng,
+                                &loss_sum, &correct);
+        Py_END_ALLOW_THREADS
+    }
+    if (st != QF_OK) raise_net(self, st);
+    unlock(self);
+    thaw_views(self);
     Py_DECREF(x); Py_DECREF(y);
-    if (st != QF_OK) return raise_net(self, st);
+    if (st != QF_OK) return NULL;
     return Py_BuildValue("dL", loss_sum, (long long)correct);
 }
 
 /* ------------------------------------------------------------ tensors */
 
+/* A float32 view of data shaped as t, keeping the net alive; remembered (weakly)
+ * so that an epoch can make it read-only. */
 static PyObject *view(NetObject *self, float *data, const qf_tensor *t)
 {
     npy_intp dims[4];
@@ -400,12 +596,31 @@ static PyObject *view(NetObject *self, float *data, const qf_tensor *t)
         Py_DECREF(arr);
         return NULL;
     }
+    PyObject *ref = PyWeakref_NewRef(arr, NULL);
+    if (!ref || PyList_Append(self->views, ref) < 0) {
+        Py_XDECREF(ref);
+        Py_DECREF(arr);
+        return NULL;
+    }
+    Py_DECREF(ref);
     return arr;
 }
 
+/* The tensor registry (names, shapes, storage) is fixed when the net is built,
+ * so listing it needs no lock. */
 static PyObject *Net_tensors(NetObject *self, PyObject *unused)
 {
     if (!ready(self)) return NULL;
+    PyObject *live = PyList_New(0);   /* forget the views that are gone */
+    if (!live) return NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(self->views); i++) {
+        PyObject *ref = PyList_GET_ITEM(self->views, i);
+        if (PyWeakref_GetObject(ref) != Py_None && PyList_Append(live, ref) < 0) {
+            Py_DECREF(live);
+            return NULL;
+        }
+    }
+    Py_SETREF(self->views, live);
     PyObject *list = PyList_New(0);
     if (!list) return NULL;
     for (int i = 0; i < qf_net_n_tensors(self->net); i++) {
@@ -439,6 +654,13 @@ static int find(NetObject *self, const char *name)
     return index;
 }
 
+static PyObject *new_like(const qf_tensor *t, int dtype)
+{
+    npy_intp dims[4];
+    for (int d = 0; d < t->ndim; d++) dims[d] = (npy_intp)t->shape[d];
+    return PyArray_SimpleNew(t->ndim, dims, dtype);
+}
+
 static PyObject *Net_get_mask(NetObject *self, PyObject *args)
 {
     const char *name;
@@ -446,12 +668,13 @@ static PyObject *Net_get_mask(NetObject *self, PyObject *args)
     int index = find(self, name);
     if (index < 0) return NULL;
     qf_tensor *t = qf_net_tensor(self->net, index);
-    if (!t->mask) Py_RETURN_NONE;
-    npy_intp dims[4];
-    for (int d = 0; d < t->ndim; d++) dims[d] = (npy_intp)t->shape[d];
-    PyObject *arr = PyArray_SimpleNew(t->ndim, dims, NPY_UINT8);
+    PyObject *arr = new_like(t, NPY_UINT8);   /* (ndarrays are not tracked by the GC) */
     if (!arr) return NULL;
-    memcpy(PyArray_DATA((PyArrayObject *)arr), t->mask, (size_t)t->size);
+    lock_read(self);
+    int has = t->mask != NULL;
+    if (has) memcpy(PyArray_DATA((PyArrayObject *)arr), t->mask, (size_t)t->size);
+    unlock(self);
+    if (!has) { Py_DECREF(arr); Py_RETURN_NONE; }
     return arr;
 }
 
@@ -463,23 +686,134 @@ static PyObject *Net_set_mask(NetObject *self, PyObject *args)
     int index = find(self, name);
     if (index < 0) return NULL;
     qf_tensor *t = qf_net_tensor(self->net, index);
-    if (mask_obj == Py_None) {
-        qf_status st = qf_net_set_mask(self->net, index, NULL);
-        if (st != QF_OK) return raise_net(self, st);
-        Py_RETURN_NONE;
+    PyArrayObject *mask = NULL;
+    if (mask_obj != Py_None) {
+        mask = qfpy_array(mask_obj, "mask", NPY_UINT8, -1, 0);
+        if (!mask) return NULL;
+        if (PyArray_SIZE(mask) != t->size) {
+            PyErr_Format(PyExc_ValueError, "mask for '%s' must have %lld entries, got %zd", name,
+                         (long long)t->size, (Py_ssize_t)PyArray_SIZE(mask));
+            Py_DECREF(mask);
+            return NULL;
+        }
     }
-    PyArrayObject *mask = qfpy_array(mask_obj, "mask", NPY_UINT8, -1, 0);
-    if (!mask) return NULL;
-    if (PyArray_SIZE(mask) != t->size) {
-        PyErr_Format(PyExc_ValueError, "mask for '%s' must have %lld entries, got %zd", name,
-                     (long long)t->size, (Py_ssize_t)PyArray_SIZE(mask));
-        Py_DECREF(mask);
+    lock_write(self);
+    qf_status st = qf_net_set_mask(self->net, index, mask ? PyArray_DATA(mask) : NULL);
+    if (st != QF_OK) raise_net(self, st);
+    unlock(self);
+    Py_XDECREF(mask);
+    if (st != QF_OK) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* write_tensor(name, values): copy float32 values (the tensor's size) into its data,
+ * waiting for a running epoch instead of tearing it. */
+static PyObject *Net_write_tensor(NetObject *self, PyObject *args)
+{
+    const char *name;
+    PyObject *obj;
+    if (!ready(self) || !PyArg_ParseTuple(args, "sO", &name, &obj)) return NULL;
+    int index = find(self, name);
+    if (index < 0) return NULL;
+    qf_tensor *t = qf_net_tensor(self->net, index);
+    PyArrayObject *v = qfpy_array(obj, name, NPY_FLOAT32, -1, 1);
+    if (!v) return NULL;
+    if (PyArray_SIZE(v) != t->size) {
+        PyErr_Format(PyExc_ValueError, "%s must have %lld values, got %zd", name,
+                     (long long)t->size, (Py_ssize_t)PyArray_SIZE(v));
+        Py_DECREF(v);
         return NULL;
     }
-    qf_status st = qf_net_set_mask(self->net, index, PyArray_DATA(mask));
-    Py_DECREF(mask);
-    if (st != QF_OK) return raise_net(self, st);
+    lock_write(self);
+    memcpy(t->data, PyArray_DATA(v), sizeof(float) * (size_t)t->size);
+    unlock(self);
+    Py_DECREF(v);
     Py_RETURN_NONE;
+}
+
+static PyObject *rng_tuple(qf_rng *r)
+{
+    return Py_BuildValue("(KKKK)", (unsigned long long)r->s[0], (unsigned long long)r->s[1],
+                         (unsigned long long)r->s[2], (unsigned long long)r->s[3]);
+}
+
+/* snapshot() -> {"tensors": {name: {"kind", "data", "opt_m", "opt_v", "mask"}},
+ * "rng": (init, shuffle), "optimizer_step", "training"}: copies of the whole state
+ * taken at one moment (a running epoch is waited for), for save and state_dict. */
+static PyObject *Net_snapshot(NetObject *self, PyObject *unused)
+{
+    if (!ready(self)) return NULL;
+    int nt = qf_net_n_tensors(self->net);
+    PyObject *arrays = PyList_New(0), *result = NULL, *tensors = NULL;
+    char *has_mask = PyMem_Calloc((size_t)nt + 1, 1);
+    if (!arrays || !has_mask) goto done;
+    for (int i = 0; i < nt; i++) {   /* every array first: no allocation under the lock */
+        const qf_tensor *t = qf_net_tensor(self->net, i);
+        int copies = t->kind == QF_TENSOR_PARAM ? 3 : 1;
+        for (int k = 0; k < copies; k++) {
+            PyObject *a = new_like(t, NPY_FLOAT32);
+            if (!a || PyList_Append(arrays, a) < 0) { Py_XDECREF(a); goto done; }
+            Py_DECREF(a);
+        }
+        if (t->kind == QF_TENSOR_PARAM) {
+            PyObject *a = new_like(t, NPY_UINT8);
+            if (!a || PyList_Append(arrays, a) < 0) { Py_XDECREF(a); goto done; }
+            Py_DECREF(a);
+        }
+    }
+    qf_rng rng_init, rng_shuffle;
+    long long step;
+    int training;
+    lock_read(self);
+    Py_ssize_t j = 0;
+    for (int i = 0; i < nt; i++) {
+        const qf_tensor *t = qf_net_tensor(self->net, i);
+        const float *src[3] = {t->data, t->opt_m, t->opt_v};
+        int copies = t->kind == QF_TENSOR_PARAM ? 3 : 1;
+        for (int k = 0; k < copies; k++)
+            memcpy(PyArray_DATA((PyArrayObject *)PyList_GET_ITEM(arrays, j++)), src[k],
+                   sizeof(float) * (size_t)t->size);
+        if (t->kind == QF_TENSOR_PARAM) {
+            has_mask[i] = t->mask != NULL;
+            if (t->mask)
+                memcpy(PyArray_DATA((PyArrayObject *)PyList_GET_ITEM(arrays, j)), t->mask,
+                       (size_t)t->size);
+            j++;
+        }
+    }
+    rng_init = *qf_net_init_rng(self->net);
+    rng_shuffle = *qf_net_shuffle_rng(self->net);
+    step = (long long)qf_net_optimizer(self->net)->step;
+    training = qf_net_training(self->net);
+    unlock(self);
+    tensors = PyDict_New();
+    if (!tensors) goto done;
+    j = 0;
+    for (int i = 0; i < nt; i++) {
+        const qf_tensor *t = qf_net_tensor(self->net, i);
+        int param = t->kind == QF_TENSOR_PARAM;
+        PyObject *data = PyList_GET_ITEM(arrays, j++);
+        PyObject *m = param ? PyList_GET_ITEM(arrays, j++) : Py_None;
+        PyObject *v = param ? PyList_GET_ITEM(arrays, j++) : Py_None;
+        PyObject *mask = param ? PyList_GET_ITEM(arrays, j++) : Py_None;
+        if (!has_mask[i]) mask = Py_None;
+        PyObject *item = Py_BuildValue("{s:s,s:O,s:O,s:O,s:O}", "kind", param ? "param" : "buffer",
+                                       "data", data, "opt_m", m, "opt_v", v, "mask", mask);
+        if (!item || PyDict_SetItemString(tensors, t->name, item) < 0) {
+            Py_XDECREF(item);
+            goto done;
+        }
+        Py_DECREF(item);
+    }
+    result = Py_BuildValue("{s:O,s:(NN),s:L,s:O}", "tensors", tensors, "rng",
+                           rng_tuple(&rng_init), rng_tuple(&rng_shuffle), "optimizer_step", step,
+                           "training", training ? Py_True : Py_False);
+done:
+    Py_XDECREF(arrays);
+    Py_XDECREF(tensors);
+    PyMem_Free(has_mask);
+    if (!result && !PyErr_Occurred()) PyErr_NoMemory();
+    return result;
 }
 
 static PyObject *Net_init_uniform(NetObject *self, PyObject *args)
@@ -489,8 +823,11 @@ static PyObject *Net_init_uniform(NetObject *self, PyObject *args)
     if (!ready(self) || !PyArg_ParseTuple(args, "sdd", &name, &a, &b)) return NULL;
     int index = find(self, name);
     if (index < 0) return NULL;
+    lock_write(self);
     qf_status st = qf_net_init_uniform(self->net, index, (float)a, (float)b);
-    if (st != QF_OK) return raise_net(self, st);
+    if (st != QF_OK) raise_net(self, st);
+    unlock(self);
+    if (st != QF_OK) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -499,7 +836,10 @@ static PyObject *Net_act_scale(NetObject *self, PyObject *args)
     int layer;
     float s;
     if (!ready(self) || !PyArg_ParseTuple(args, "i", &layer)) return NULL;
-    if (qf_net_act_scale(self->net, layer, &s) != QF_OK)
+    lock_read(self);
+    qf_status st = qf_net_act_scale(self->net, layer, &s);
+    unlock(self);
+    if (st != QF_OK)
         return qfpy_raise(QF_ERR_ARG, "layer has no activation quantizer");
     return PyFloat_FromDouble(s);
 }
@@ -508,14 +848,16 @@ static PyObject *Net_weight_scale(NetObject *self, PyObject *args)
 {
     int layer;
     if (!ready(self) || !PyArg_ParseTuple(args, "i", &layer)) return NULL;
-    const qf_layer_spec *spec = qf_net_layer_spec(self->net, layer);
+    const qf_layer_spec *spec = qf_net_layer_spec(self->net, layer);   /* fixed at creation */
     if (!spec || spec->weight_quant.kind == QF_QUANT_NONE ||
         (spec->kind != QF_LAYER_LINEAR && spec->kind != QF_LAYER_CONV2D))
         return qfpy_raise(QF_ERR_ARG, "layer has no weight quantizer");
     npy_intp dims[1] = {spec->out_features};
     PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(1, dims, NPY_FLOAT32);
     if (!out) return NULL;
+    lock_read(self);
     qf_status st = qf_net_weight_scale(self->net, layer, PyArray_DATA(out));
+    unlock(self);
     if (st != QF_OK) { Py_DECREF(out); return qfpy_raise(st, NULL); }
     return (PyObject *)out;
 }
@@ -525,8 +867,15 @@ static PyObject *Net_set_input_shape(NetObject *self, PyObject *args)
     PyObject *obj;
     int64_t s[3];
     if (!ready(self) || !PyArg_ParseTuple(args, "O", &obj) || parse_shape(obj, s) < 0) return NULL;
+    lock_read(self);
+    int same = same_shape(self->net, s);
+    unlock(self);
+    if (same) Py_RETURN_NONE;
+    lock_write(self);
     qf_status st = qf_net_set_input_shape(self->net, s[0], s[1], s[2]);
-    if (st != QF_OK) return raise_net(self, st);
+    if (st != QF_OK) raise_net(self, st);
+    unlock(self);
+    if (st != QF_OK) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -537,7 +886,9 @@ static PyObject *Net_layer_output_shape(NetObject *self, PyObject *args)
     if (!ready(self) || !PyArg_ParseTuple(args, "i", &layer)) return NULL;
     if (layer < 0 || layer >= qf_net_n_layers(self->net))
         return qfpy_raise(QF_ERR_ARG, "no such layer");
+    lock_read(self);
     qf_net_layer_output_shape(self->net, layer, s);
+    unlock(self);
     return shape_tuple(s);
 }
 
@@ -545,14 +896,10 @@ static PyObject *Net_get_in_shape(NetObject *self, void *c)
 {
     int64_t s[3];
     if (!ready(self)) return NULL;
+    lock_read(self);
     qf_net_input_shape(self->net, s);
+    unlock(self);
     return shape_tuple(s);
-}
-
-static PyObject *rng_tuple(qf_rng *r)
-{
-    return Py_BuildValue("(KKKK)", (unsigned long long)r->s[0], (unsigned long long)r->s[1],
-                         (unsigned long long)r->s[2], (unsigned long long)r->s[3]);
 }
 
 static int rng_from(qf_rng *r, PyObject *t)
@@ -570,8 +917,10 @@ static int rng_from(qf_rng *r, PyObject *t)
 static PyObject *Net_rng_state(NetObject *self, PyObject *unused)
 {
     if (!ready(self)) return NULL;
-    return Py_BuildValue("(NN)", rng_tuple(qf_net_init_rng(self->net)),
-                         rng_tuple(qf_net_shuffle_rng(self->net)));
+    lock_read(self);
+    qf_rng a = *qf_net_init_rng(self->net), b = *qf_net_shuffle_rng(self->net);
+    unlock(self);
+    return Py_BuildValue("(NN)", rng_tuple(&a), rng_tuple(&b));
 }
 
 static PyObject *Net_set_rng_state(NetObject *self, PyObject *args)
@@ -581,15 +930,20 @@ static PyObject *Net_set_rng_state(NetObject *self, PyObject *args)
         return NULL;
     qf_rng ra, rb;
     if (rng_from(&ra, a) < 0 || rng_from(&rb, b) < 0) return NULL;
+    lock_write(self);
     *qf_net_init_rng(self->net) = ra;
     *qf_net_shuffle_rng(self->net) = rb;
+    unlock(self);
     Py_RETURN_NONE;
 }
 
 static PyObject *Net_get_training(NetObject *self, void *closure)
 {
     if (!ready(self)) return NULL;
-    return PyBool_FromLong(qf_net_training(self->net));
+    lock_read(self);
+    int t = qf_net_training(self->net);
+    unlock(self);
+    return PyBool_FromLong(t);
 }
 
 static int Net_set_training(NetObject *self, PyObject *value, void *closure)
@@ -597,24 +951,35 @@ static int Net_set_training(NetObject *self, PyObject *value, void *closure)
     if (!ready(self)) return -1;
     int t = PyObject_IsTrue(value);
     if (t < 0) return -1;
+    lock_write(self);
     qf_net_set_training(self->net, t);
+    unlock(self);
     return 0;
 }
 
 static PyObject *Net_get_in_size(NetObject *self, void *c)
 {
     if (!ready(self)) return NULL;
-    return PyLong_FromLongLong((long long)qf_net_in_size(self->net));
+    lock_read(self);
+    long long size = (long long)qf_net_in_size(self->net);
+    unlock(self);
+    return PyLong_FromLongLong(size);
 }
 
 static PyObject *Net_get_out_size(NetObject *self, void *c)
 {
     if (!ready(self)) return NULL;
-    return PyLong_FromLongLong((long long)qf_net_out_size(self->net));
+    lock_read(self);
+    long long size = (long long)qf_net_out_size(self->net);
+    unlock(self);
+    return PyLong_FromLongLong(size);
 }
 
 static PyMethodDef Net_methods[] = {
-    {"forward", (PyCFunction)Net_forward, METH_O, "forward(X) -> outputs (n, out_size)"},
+    {"forward", (PyCFunction)Net_forward, METH_O,
+     "forward(X) -> outputs (n, out_size); in eval mode as infer(X)"},
+    {"infer", (PyCFunction)Net_infer, METH_O,
+     "infer(X) -> eval-mode outputs, whatever the mode; safe from several threads at once"},
     {"backward_ce", (PyCFunction)Net_backward_ce, METH_O,
      "backward_ce(y) -> (mean loss, n_correct): cross-entropy of the last training forward"},
     {"backward", (PyCFunction)Net_backward, METH_O, "backward(grad_output)"},
@@ -636,6 +1001,10 @@ static PyMethodDef Net_methods[] = {
      "set_input_shape((C, H, W)): check every layer against this sample shape"},
     {"layer_output_shape", (PyCFunction)Net_layer_output_shape, METH_VARARGS,
      "layer_output_shape(i) -> (C, H, W) under the current input shape"},
+    {"write_tensor", (PyCFunction)Net_write_tensor, METH_VARARGS,
+     "write_tensor(name, values): copy values into a tensor (waits for a running epoch)"},
+    {"snapshot", (PyCFunction)Net_snapshot, METH_NOARGS,
+     "copies of every tensor, mask, random state and the step, taken at one moment"},
     {"rng_state", (PyCFunction)Net_rng_state, METH_NOARGS, "(init stream, shuffle stream)"},
     {"set_rng_state", (PyCFunction)Net_set_rng_state, METH_VARARGS, "restore rng_state()"},
     {NULL}
@@ -647,6 +1016,8 @@ static PyGetSetDef Net_getset[] = {
     {"in_size", (getter)Net_get_in_size, NULL, "features per input sample", NULL},
     {"in_shape", (getter)Net_get_in_shape, NULL, "current (C, H, W) of input samples", NULL},
     {"out_size", (getter)Net_get_out_size, NULL, "outputs per sample", NULL},
+    {"buffer_bytes", (getter)Net_buffer_bytes, NULL,
+     "heap bytes of batch buffers and the kept inference workspace", NULL},
     {NULL}
 };
 
@@ -656,7 +1027,7 @@ static PyTypeObject NetType = {
     .tp_basicsize = sizeof(NetObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Net(layers, in_size, seed): a C network (see qatfhe.nn.Sequential)",
-    .tp_new = PyType_GenericNew,
+    .tp_new = Net_new,
     .tp_init = (initproc)Net_init,
     .tp_dealloc = (destructor)Net_dealloc,
     .tp_methods = Net_methods,
