@@ -444,11 +444,7 @@ def _net_samples(net, X, name):
             if net._features is not None:
                 arr = _checks.features(arr, net._features, name)
             arr = arr.reshape(len(arr), -1, 1, 1)
-    try:
-        net._core.set_input_shape(tuple(int(d) for d in arr.shape[1:]))
-    except ValueError as exc:
-        raise ValueError(f"{name} of per-sample shape {tuple(arr.shape[1:])}: "
-                         f"{net._name_layers(str(exc))}") from None
+    net._core.set_input_shape(tuple(int(d) for d in arr.shape[1:]))
     return arr
 
 
