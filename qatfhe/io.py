@@ -300,6 +300,11 @@ def _check_network_sizes(header, sizes, where):
     if declared > held:
         raise FileFormatError(f"{where} describes a network of {declared // 4} parameters "
                               f"but holds only {held} bytes of tensors (corrupt?)")
+    # data, two optimizer moments and a mask per weight, small buffers and npy headers
+    bound = 4 * declared + (1 << 20) + 1024 * len(sizes)
+    if sum(sizes.values()) > bound:
+        raise FileFormatError(f"{where} declares {sum(sizes.values())} bytes of arrays for a "
+                              f"network that needs at most {bound} (corrupt?)")
 
 
 def _network(path, header, arrays):

@@ -79,3 +79,14 @@ def test_uninitialised_core_objects_raise():
         with pytest.raises(RuntimeError, match="not initialised"):
             obj.forward(np.zeros((1, 2), np.float32)) if cls is _core.Net else obj.run(
                 np.zeros((1, 2), np.float32))
+
+
+def test_fit_with_a_huge_batch_does_not_keep_its_buffers():
+    net = simple_net()
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(20_000, 2)).astype(np.float32)
+    y = rng.integers(0, 2, size=len(X))
+    net.fit(X[:64], y[:64], epochs=1, batch_size=8, progress=False)
+    held_small = net._core.buffer_bytes
+    net.fit(X, y, epochs=1, batch_size=len(X), progress=False)
+    assert net._core.buffer_bytes <= held_small

@@ -255,3 +255,19 @@ def test_save_syncs_before_it_renames(tmp_path, monkeypatch):
                                                      real_replace(a, b))[1])
     net.save(tmp_path / "synced.npz")
     assert events[:2] == ["fsync", "replace"]
+
+
+def test_arrays_beyond_what_the_network_needs_are_not_read(files, tmp_path, monkeypatch):
+    folder = files[0]
+    with zipfile.ZipFile(folder / "net.npz") as archive:
+        entries = {info.filename[:-4]: archive.read(info) for info in archive.infolist()}
+    entries["data/extra"] = npy_bytes(np.zeros(1 << 21, np.float32))   # 8 MB nobody needs
+    path = tmp_path / "padded.npz"
+    path.write_bytes(zip_bytes(entries))
+    reads = []
+    real = io._read_array
+    monkeypatch.setattr(io, "_read_array", lambda a, info, *rest: (reads.append(info.filename),
+                                                                   real(a, info, *rest))[1])
+    with pytest.raises(FileFormatError, match="padded.npz.*at most"):
+        qatfhe.load(path)
+    assert reads == ["__header__.npy"]

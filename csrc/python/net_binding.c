@@ -571,6 +571,7 @@ static PyObject *Net_train_epoch(NetObject *self, PyObject *args, PyObject *kwds
         Py_BEGIN_ALLOW_THREADS
         st = qf_net_train_epoch(self->net, PyArray_DATA(x), PyArray_DATA(y), n, batch, rng,
                                 &loss_sum, &correct);
+        qf_net_trim_buffers(self->net);   /* huge batches do not stay allocated */
         Py_END_ALLOW_THREADS
     }
     if (st != QF_OK) raise_net(self, st);
