@@ -15,6 +15,17 @@
 
 static float *tensor_data(qf_net *net, int t) { return t >= 0 ? net->tensors[t].data : NULL; }
 
+float *qf_net_bn_place_cache(qf_layer *L, float *cache)
+{
+    int64_t c = L->spec.in_features;
+    L->bn_mean = cache; cache += c;
+    L->bn_var = cache; cache += c;
+    L->bn_invstd = cache; cache += c;
+    L->bn_k = cache; cache += c;
+    L->bn_fold_bias = cache; cache += c;
+    return cache;
+}
+
 void qf_net_bn_init(qf_net *net, qf_layer *L)
 {
     int64_t c = L->spec.in_features;

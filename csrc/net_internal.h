@@ -58,7 +58,8 @@ typedef struct {
     int bn_batch_stats;                 /* the last forward normalised with batch statistics */
     int fold_bn;                        /* LINEAR, CONV2D: index of the eval BatchNorm2d
                                            folded into this forward's epilogue, else -1      */
-    int32_t *argmax;                    /* MAXPOOL2D: (cap, out_size) flat input index     */
+    int32_t *argmax;                    /* MAXPOOL2D: (cap, out_size) flat input index,
+                                           carved from act_storage (float-sized slots)      */
 } qf_layer;
 
 /* A pruned parameter's kept entries, packed in CSR order (net_packed.c).
@@ -94,7 +95,6 @@ struct qf_net {
     float *x;                           /* (batch_cap, in_size) input of the last forward    */
     float *scratch;                     /* (batch_cap * max layer size) for percentiles     */
     int32_t *labels;                    /* (batch_cap)                                      */
-    int32_t *index_storage;             /* (batch_cap * max pooling outputs) argmax indices */
     int64_t last_n;                     /* samples in the last forward                      */
     int have_train_forward;             /* activations of a training forward are kept       */
     int64_t *perm;                      /* (perm_cap) epoch shuffle                          */
@@ -105,7 +105,14 @@ struct qf_net {
 };
 
 /* net.c */
+/* Batch buffers above this many bytes shrink when a batch under a quarter of
+ * their capacity comes, and after a backward (qf_net_trim_buffers). */
+#ifndef QF_NET_KEEP_BYTES
+#define QF_NET_KEEP_BYTES (64 << 20)
+#endif
 qf_status qf_net_prepare(qf_net *net, int64_t n);      /* buffers for n samples */
+void qf_net_free_buffers(qf_net *net);                 /* batch buffers only */
+int64_t qf_net_sample_floats(const qf_net *net);       /* batch buffer floats per sample */
 int64_t qf_net_cur_in_size(const qf_net *net);
 /* net_pass.c */
 void qf_net_forward_layers(qf_net *net, int64_t n);
@@ -115,6 +122,10 @@ float qf_net_weight_scales(const qf_layer *L, const float *w, float *scale, int6
 float qf_net_learned_eval_threshold(const qf_net *net, const qf_layer *L);
 float qf_net_clamp_scale(float threshold, float int_threshold);
 /* net_batchnorm.c: BatchNorm2d layers in the network */
+#define QF_BN_CACHE_PER_CHANNEL 5       /* floats of a BatchNorm2d's per-channel cache     */
+/* Point L's per-channel arrays into cache (QF_BN_CACHE_PER_CHANNEL * C floats);
+ * returns the end. */
+float *qf_net_bn_place_cache(qf_layer *L, float *cache);
 void qf_net_bn_init(qf_net *net, qf_layer *L);
 int qf_net_bn_uses_running(const qf_net *net, const qf_layer *L);
 /* Whether layer i (LINEAR / CONV2D from codes, quantized weights) folds the eval

@@ -431,6 +431,22 @@ def test_export_onnx_names_the_layers_it_does_not_write(tmp_path, trained_qat_cn
         qatfhe.export_onnx(net, tmp_path / "cnn.onnx")
 
 
+def test_eval_from_threads_leaves_batchnorm_state_alone(trained_qat_cnn):
+    """Eval forwards run in private workspaces: concurrent ones give the serial result and
+    write nothing into the network (running statistics, counts)."""
+    from concurrent.futures import ThreadPoolExecutor
+    net, X = trained_qat_cnn
+    before = net.state_dict()
+    want = np.asarray(net(X))
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda rows: np.asarray(net(X[rows])),
+                             [slice(k, k + 30) for k in range(0, 120, 30)] * 2))
+    np.testing.assert_array_equal(np.concatenate(outs[:4]), want)
+    np.testing.assert_array_equal(np.concatenate(outs[4:]), want)
+    for name, value in net.state_dict().items():
+        np.testing.assert_array_equal(value, before[name], err_msg=name)
+
+
 def test_torch_interop_round_trip():
     tnet = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4),
                                torch.nn.ReLU(), torch.nn.MaxPool2d(2, padding=1),

@@ -14,6 +14,7 @@
 #include "helpers.h"
 #include "maxpool.h"
 #include "net.h"
+#include "net_infer.h"
 
 /* ------------------------------------------------------------------ BatchNorm2d */
 
@@ -318,6 +319,11 @@ static void test_net(void)
         same &= same_bits(one, out + s * 3, 3);
     }
     CHECK(same, "eval of a batch equals eval of each sample");
+    qf_net_infer *ws = qf_net_infer_create();   /* the private-workspace eval: same results */
+    float other[N * 3];
+    CHECK(ws && qf_net_infer_forward(ws, net, x, N, other) == QF_OK, "infer");
+    CHECK(same_bits(other, out, N * 3), "private-workspace eval equals the net's eval");
+    qf_net_infer_free(ws);
     qf_net_free(net);
     /* a BatchNorm2d of 1 x 1 values cannot train on one sample */
     qf_layer_spec flat[2] = {layer(QF_LAYER_LINEAR), batchnorm(3)};
