@@ -409,10 +409,12 @@ def test_save_load_keeps_batchnorm_buffers_and_resumes_exactly(tmp_path, trained
     assert loaded[2].num_batches_tracked[0] > 0
     loaded.eval()
     np.testing.assert_array_equal(loaded(X), net(X))
-    net.fit(X, y, epochs=1, batch_size=16, seed=1, progress=False)
+    again = qatfhe.load(path)            # training resumes identically (the fixture is kept)
     loaded.fit(X, y, epochs=1, batch_size=16, seed=1, progress=False)
-    for name, value in net.state_dict().items():
-        np.testing.assert_array_equal(loaded.state_dict()[name], value, err_msg=name)
+    again.fit(X, y, epochs=1, batch_size=16, seed=1, progress=False)
+    assert loaded[2].num_batches_tracked[0] > net[2].num_batches_tracked[0]
+    for name, value in loaded.state_dict().items():
+        np.testing.assert_array_equal(again.state_dict()[name], value, err_msg=name)
 
 
 def test_pruning_leaves_batchnorm_alone():
@@ -436,6 +438,7 @@ def test_eval_from_threads_leaves_batchnorm_state_alone(trained_qat_cnn):
     write nothing into the network (running statistics, counts)."""
     from concurrent.futures import ThreadPoolExecutor
     net, X = trained_qat_cnn
+    net.eval()
     before = net.state_dict()
     want = np.asarray(net(X))
     with ThreadPoolExecutor(4) as pool:
