@@ -129,14 +129,15 @@ void qf_net_bn_backward(qf_net *net, qf_layer *B, float *din, int64_t n)
                    B->bn_invstd, n, c, hw);
 }
 
-qf_status qf_net_bn_check_batch(qf_net *net, int64_t n)
+qf_status qf_net_bn_check_batch(qf_net *net, int64_t n, int training)
 {
     for (int i = 0; i < net->n_layers; i++) {
         const qf_layer *B = &net->layers[i];
-        if (B->spec.kind == QF_LAYER_BATCHNORM2D && n * (B->in_size / B->spec.in_features) < 2) {
-            snprintf(net->err, sizeof net->err, "layer %d (BatchNorm2d): training needs more than "
-                     "one value per channel, got a batch of %lld sample(s) of %lld value(s) per "
-                     "channel; use a larger batch", i, (long long)n,
+        if (B->spec.kind == QF_LAYER_BATCHNORM2D && (training || !B->spec.track_running_stats) &&
+            n * (B->in_size / B->spec.in_features) < 2) {
+            snprintf(net->err, sizeof net->err, "layer %d (BatchNorm2d): batch statistics need "
+                     "more than one value per channel, got a batch of %lld sample(s) of %lld "
+                     "value(s) per channel; use a larger batch", i, (long long)n,
                      (long long)(B->in_size / B->spec.in_features));
             return QF_ERR_SHAPE;
         }

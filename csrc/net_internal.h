@@ -136,9 +136,10 @@ int qf_net_bn_fold_target(const qf_net *net, int i, int from_codes);
 const float *qf_net_bn_fold(qf_net *net, qf_layer *L, const float *b);
 void qf_net_bn_forward(qf_net *net, int i, const float *in, const float *in_codes, int64_t n);
 void qf_net_bn_backward(qf_net *net, qf_layer *L, float *din, int64_t n);
-/* QF_ERR_SHAPE when a training batch of n samples would give a BatchNorm2d
- * channel a single value (torch refuses it too). */
-qf_status qf_net_bn_check_batch(qf_net *net, int64_t n);
+/* QF_ERR_SHAPE when a batch of n samples would give a BatchNorm2d that
+ * normalises with batch statistics (training, or no running statistics) a
+ * single value per channel (torch refuses it too). */
+qf_status qf_net_bn_check_batch(qf_net *net, int64_t n, int training);
 /* net_train.c: one optimizer update of p, m, v (n) from g (n), mask (n) or NULL;
  * c: the step's AdamW coefficients (unused for SGD) */
 void qf_net_update_params(const qf_net *net, const qf_adamw_coeffs *c, float *p, float *m,

@@ -396,7 +396,7 @@ qf_status qf_net_forward(qf_net *net, const float *x, int64_t n, float *out)
         return st;
     int64_t in_size = qf_net_cur_in_size(net);
     if ((st = qf_net_check_finite(net, x, n * in_size)) != QF_OK ||
-        (net->training && (st = qf_net_bn_check_batch(net, n)) != QF_OK))
+        (st = qf_net_bn_check_batch(net, n, net->training)) != QF_OK)
         return st;
     memcpy(net->x, x, sizeof(float) * (size_t)(n * in_size));
     qf_net_forward_layers(net, n);

@@ -123,6 +123,11 @@ def test_batchnorm_refuses_a_single_value_per_channel():
     with pytest.raises(ValueError, match="more than one value per channel"):
         net.fit(np.ones((5, 3), F32), np.zeros(5, np.int64), batch_size=2, progress=False)
     net.eval()(X)                      # eval uses the running statistics: fine
+    no_running = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm2d(4, track_running_stats=False),
+                               seed=0).eval()
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        no_running(X)                  # eval with batch statistics, as torch
+    no_running(np.ones((2, 3), F32))
 
 
 @pytest.mark.parametrize("kwargs,match", [
