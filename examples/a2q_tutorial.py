@@ -19,15 +19,21 @@ def main(argv=None):
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--tighten-epochs", type=int, default=6)
+    parser.add_argument("--output-bits", default="same",
+                        help='budget of the last QuantLinear: "same" (default), "none" or P')
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     result = a2q.tutorial_experiment(range(args.runs), jobs=args.jobs,
                                      accumulator_bits=args.bits, epochs=args.epochs,
-                                     tighten_epochs=args.tighten_epochs)
+                                     tighten_epochs=args.tighten_epochs,
+                                     output_bits=(None if args.output_bits == "none" else
+                                                  args.output_bits if args.output_bits == "same"
+                                                  else int(args.output_bits)))
     for r in result["runs"]:
         print(f"seed {r['seed']}: accuracy {r['accuracy']:.1%}  max bit width "
               f"{r['max_bit_width']}  worst case {r['worst_case_bit_width']} "
-              f"({r['worst_case_method']})  circuit == fake-quant: {r['agree']}")
+              f"({r['worst_case_method']}; table-lookup inputs {r['lookup_input_worst_case_bits']})"
+              f"  circuit == fake-quant: {r['agree']}")
     print(f"mean accuracy {result['mean_accuracy']:.2%}; worst case at most "
           f"{result['max_worst_case_bit_width']} bits")
     if args.out:
