@@ -427,6 +427,9 @@ def _check_limits(max_bits, on_overflow):
 def _net_samples(net, X, name):
     """X as float32 (n, C, H, W) for net, whose input shape it sets: X is (n, C, H, W), or
     (n, features) for a fully connected network or a flattened image of the known shape."""
+    from . import nn
+    if not isinstance(net, nn.Sequential):
+        raise TypeError(f"net must be a qatfhe.nn.Sequential network, got {type(net).__name__}")
     if net._features is not None:
         X = _checks.features(X, net._features, name)
     arr = _checks.samples(X, name)
@@ -877,6 +880,9 @@ class QuantizedModule:
         q = np.asarray(q_y)
         if q.dtype == object or not np.issubdtype(q.dtype, np.integer):
             raise TypeError(f"q_y must hold integers, got dtype {q.dtype}")
+        if q.size and np.issubdtype(q.dtype, np.unsignedinteger) and q.max() > 2 ** 63 - 1:
+            raise ValueError(f"q_y holds {q.max()}, beyond the int64 range of the circuit's "
+                             f"integers (quantized_forward returns int64)")
         if q.ndim != 2 or q.shape[1] != self.out_features:
             raise ValueError(f"q_y must have shape (n_samples, {self.out_features}), got "
                              f"{q.shape}")

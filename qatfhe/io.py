@@ -16,6 +16,9 @@ VERSION = 1
 def write_npz(path, header, arrays):
     """Write header (JSON) + arrays to path atomically: a failure leaves nothing behind."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot save to {path!r}: it is a directory; expected a file "
+                                f"name")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ValueError(f"cannot save to {path!r}: directory {directory!r} does not exist")
@@ -37,6 +40,8 @@ def read_npz(path, expected_format, version=VERSION):
     """(header, arrays) from a file written by write_npz with that format name and
     version, or ValueError saying what is wrong."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path!r} is a directory; expected a file written by save()")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such file: {path!r}")
     try:

@@ -18,10 +18,14 @@ def fit(net, X, y, epochs=1, batch_size=1, optimizer=None, seed=None, progress=T
     X = net._samples(X)
     y = _checks.labels(y, len(X), net._core.out_size)
     epochs = _checks.positive_int(epochs, "epochs", minimum=0)
-    batch_size = _checks.positive_int(batch_size, "batch_size")
+    batch_size = _checks.positive_int(batch_size, "batch_size", maximum=_checks.INT64_MAX)
     if seed is not None:
         seed = _checks.seed(seed)
     if optimizer is not None:
+        from .optim import Optimizer
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a qatfhe.optim optimizer such as "
+                            f"optim.AdamW(net.parameters(), lr=1e-3), or None, got {optimizer!r}")
         if getattr(optimizer, "net", None) is not net:
             raise ValueError("optimizer belongs to another network; build it from "
                              "net.parameters()")
