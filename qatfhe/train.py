@@ -29,6 +29,7 @@ def fit(net, X, y, epochs=1, batch_size=1, optimizer=None, seed=None, progress=T
         if getattr(optimizer, "net", None) is not net:
             raise ValueError("optimizer belongs to another network; build it from "
                              "net.parameters()")
+        optimizer._check_bound()
     elif net.optimizer is None:
         from .optim import AdamW
         AdamW(net.parameters())
