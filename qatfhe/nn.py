@@ -477,28 +477,35 @@ class CrossEntropyLoss:
 
     def __call__(self, logits, y):
         net = getattr(logits, "_qatfhe_net", None)
+        forward_id = getattr(logits, "_qatfhe_forward", None)
         logits = np.asarray(logits, dtype=np.float64)
         if logits.ndim != 2:
             raise ValueError(f"logits must be 2-dimensional (n, classes), got shape {logits.shape}")
         y = _checks.labels(y, len(logits), logits.shape[1])
         shifted = logits - logits.max(axis=1, keepdims=True)
         log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        return Loss(-log_probs[np.arange(len(y)), y].mean(), net, y)
+        return Loss(-log_probs[np.arange(len(y)), y].mean(), net, y, forward_id)
 
 
 class Loss(float):
-    """A loss value whose backward() runs the network's backward pass."""
+    """A loss value whose backward() runs the network's backward pass.
 
-    def __new__(cls, value, net, labels):
+    It remembers the forward it came from: backward() raises RuntimeError when another
+    forward (or fit, or an eval-mode predict) has replaced that forward's activations, or
+    when it already ran once."""
+
+    def __new__(cls, value, net, labels, forward_id=None):
         obj = super().__new__(cls, value)
-        obj._net, obj._labels = net, labels
+        obj._net, obj._labels, obj._forward = net, labels, forward_id
         return obj
 
     def backward(self):
         if self._net is None:
             raise RuntimeError("these logits did not come from a network's training forward; "
                                "call net.train() and net(X) first")
+        self._net._check_current(self._forward)
         self._net._core.backward_ce(self._labels)
+        self._net._backward_of = self._forward
 
 
 class _Init:
@@ -578,6 +585,9 @@ class Sequential(Module):
         self._layers = list(layers)
         self._tensors = {t["name"]: t for t in self._core.tensors()}
         self.optimizer = None
+        self._forwards = 0            # forwards run so far (fit epochs included)
+        self._last_eval_forward = 0   # number of the last eval-mode forward
+        self._backward_of = 0         # number of the forward whose backward ran
         _live_networks.add(self)
 
     # --- container protocol
@@ -690,13 +700,38 @@ class Sequential(Module):
             return f"layer {self.layer_path(index)} ({type(layer).__name__})"
         return re.sub(r"layer (\d+) \([^)]*\)", name, message)
 
+    def _next_forward(self, training):
+        """Number the forward about to run: its activations replace the kept ones."""
+        self._forwards += 1
+        if not training:
+            self._last_eval_forward = self._forwards
+        return self._forwards
+
+    def _check_current(self, forward_id):
+        """RuntimeError unless forward_id is the last forward and its backward has not run."""
+        if forward_id == self._forwards and self._backward_of != forward_id:
+            return
+        if forward_id == self._forwards:
+            raise RuntimeError("backward already ran for this loss: a forward's activations "
+                               "serve one backward; run net(X) again for another")
+        if self._last_eval_forward > forward_id:
+            raise RuntimeError("an eval-mode forward (net.predict(), net.score(), or net(X) "
+                               "after net.eval()) ran after the training forward this loss "
+                               "came from and replaced its activations; compute the loss "
+                               "again from a new training forward (net.train(); net(X))")
+        raise RuntimeError("another training forward (net(X) or fit) ran after the forward "
+                           "this loss came from and replaced its activations; backward "
+                           "applies to the latest forward only: compute the loss from it")
+
     def forward(self, X):
         X = self._samples(X)
+        forward_id = self._next_forward(self._core.training)
         out = self._core.forward(X)
         self._last_n = len(X)
         if self._core.training:
             out = out.view(_NetOutput)
             out._qatfhe_net = self
+            out._qatfhe_forward = forward_id
         return out
 
     __call__ = forward

@@ -39,6 +39,7 @@ def fit(net, X, y, epochs=1, batch_size=1, optimizer=None, seed=None, progress=T
     try:
         for epoch in range(epochs):
             epoch_seed = None if seed is None else (seed + epoch) % 2 ** 64
+            net._next_forward(True)
             loss_sum, correct = net._core.train_epoch(X, y, batch_size, epoch_seed)
             history["loss"].append(loss_sum / len(X))
             history["accuracy"].append(correct / len(X))
