@@ -82,6 +82,7 @@ import numpy as np
 
 from . import _checks
 from . import _core
+from ._finite import check_finite_state
 
 __all__ = ["compile_model", "compile_qat_model", "QuantizedModule", "BitWidthError"]
 
@@ -743,6 +744,7 @@ def compile_model(net, X_calib, n_bits=3, rounding_threshold_bits=None, max_bits
     rounding = _check_rounding(rounding_threshold_bits)
     max_bits, on_overflow = _check_limits(max_bits, on_overflow)
     X = _net_samples(net, X_calib, "X_calib")
+    check_finite_state(net, "cannot compile")
     input_quant, ops = _ptq_ops(net, X, bits, rounding)
     info = {"mode": "ptq", "n_bits": bits, "rounding_threshold_bits": rounding,
             "max_bits": max_bits}
@@ -763,6 +765,7 @@ def compile_qat_model(net, X_calib, rounding_threshold_bits=None, max_bits=16,
     rounding = _check_rounding(rounding_threshold_bits)
     max_bits, on_overflow = _check_limits(max_bits, on_overflow)
     X = _net_samples(net, X_calib, "X_calib")
+    check_finite_state(net, "cannot compile")
     input_quant, ops = _qat_ops(net, X, rounding)
     info = {"mode": "qat", "n_bits": None, "rounding_threshold_bits": rounding,
             "max_bits": max_bits}

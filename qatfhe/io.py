@@ -10,7 +10,8 @@ import zipfile
 import numpy as np
 
 FORMAT = "qatfhe-network"
-VERSION = 1
+VERSION = 2          # 2: per-parameter optimizer step counts ("optimizer_steps")
+READ_VERSIONS = (1, 2)
 
 
 def write_npz(path, header, arrays):
@@ -62,9 +63,10 @@ def read_npz(path, expected_format, version=VERSION):
     if not isinstance(header, dict) or header.get("format") != expected_format:
         raise ValueError(f"{path!r} is not a {expected_format} file (format "
                          f"{header.get('format') if isinstance(header, dict) else None!r})")
-    if header.get("version") != version:
+    versions = version if isinstance(version, tuple) else (version,)
+    if header.get("version") not in versions:
         raise ValueError(f"{path!r} has format version {header.get('version')!r}; this qatfhe "
-                         f"reads version {version}")
+                         f"reads version {' or '.join(map(str, versions))}")
     return header, arrays
 
 
@@ -87,6 +89,10 @@ def _checksum(arrays):
 
 
 def save(net, path):
+    """Refuses (ValueError naming the tensor) a network holding NaN or infinity, which load
+    would reject: a saved file always loads."""
+    from ._finite import check_finite_state
+    check_finite_state(net, f"cannot save to {os.fspath(path)!r}", optimizer_state=True)
     arrays = {}
     for name, t in net._tensors.items():
         arrays[f"data/{name}"] = t["data"]
@@ -102,14 +108,15 @@ def save(net, path):
     header = {"format": FORMAT, "version": VERSION, "network": net.config(),
               "training": net.training,
               "optimizer": None if net.optimizer is None else net.optimizer.config(),
-              "optimizer_step": net._core.optimizer_step}
+              "optimizer_step": net._core.optimizer_step,
+              "optimizer_steps": net._core.tensor_steps()}
     write_npz(path, header, arrays)
 
 
 def load(path):
     """A network saved by net.save(path), with its optimizer state and masks."""
     from . import nn, optim
-    header, arrays = read_npz(path, FORMAT)
+    header, arrays = read_npz(path, FORMAT, READ_VERSIONS)
     try:
         config = header["network"]
         layers = [nn.layer_from_config(c) for c in config["layers"]]
@@ -134,6 +141,7 @@ def load(path):
                 _copy(t["opt_m"], arrays.get(f"opt_m/{name}"), "opt_m/" + name, path)
                 _copy(t["opt_v"], arrays.get(f"opt_v/{name}"), "opt_v/" + name, path)
         net._core.optimizer_step = int(header.get("optimizer_step", 0))
+        _restore_steps(net, header, path)
     try:
         net._core.set_rng_state(tuple(int(v) for v in arrays["rng/init"]),
                                 tuple(int(v) for v in arrays["rng/shuffle"]))
@@ -142,6 +150,29 @@ def load(path):
     net.train(bool(header.get("training", True)))
     verify_checksum(path, header, arrays)
     return net
+
+
+def _restore_steps(net, header, path):
+    """Each parameter's optimizer step count.  Version 1 files kept one count for all:
+    every parameter takes it, except a learned threshold still in its statistics phase,
+    which has taken no step yet."""
+    steps = header.get("optimizer_steps")
+    if steps is None:
+        count = int(header.get("optimizer_step", 0))
+        steps = {name: count for name in net._core.tensor_steps()}
+        for name in steps:
+            if name.endswith(".act_quant.threshold"):
+                layer = net._c_layers[int(name.split(".", 1)[0])]
+                seen = net._tensors[name.replace("threshold", "stats_count")]["data"][0]
+                if seen <= layer.act_quant.collect_stats_steps:
+                    steps[name] = 0
+    if not isinstance(steps, dict) or set(steps) != set(net._core.tensor_steps()):
+        raise ValueError(f"{path!r}: the optimizer step counts do not match the network")
+    for name, step in steps.items():
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"{path!r}: optimizer step count of {name!r} must be an int >= 0, "
+                             f"got {step!r}")
+        net._core.set_tensor_step(name, step)
 
 
 def _stored_shape(shape):

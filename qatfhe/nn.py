@@ -499,13 +499,21 @@ class Loss(float):
         obj._net, obj._labels, obj._forward = net, labels, forward_id
         return obj
 
-    def backward(self):
+    def backward(self, input_grad=False):
+        """Add the gradients of this loss into the network's parameters.  input_grad=True
+        also returns d loss / d X, shaped as the X of the forward (straight through the
+        quantizers, as autograd with Brevitas gives X.grad)."""
         if self._net is None:
             raise RuntimeError("these logits did not come from a network's training forward; "
                                "call net.train() and net(X) first")
-        self._net._check_current(self._forward)
-        self._net._core.backward_ce(self._labels)
-        self._net._backward_of = self._forward
+        net = self._net
+        net._check_current(self._forward)
+        if input_grad:
+            dx = net._core.backward_ce_dx(self._labels)[2]
+        else:
+            net._core.backward_ce(self._labels)
+        net._backward_of = self._forward
+        return dx.reshape(net._last_x_shape) if input_grad else None
 
 
 class _Init:
@@ -727,7 +735,7 @@ class Sequential(Module):
         X = self._samples(X)
         forward_id = self._next_forward(self._core.training)
         out = self._core.forward(X)
-        self._last_n = len(X)
+        self._last_n, self._last_x_shape = len(X), X.shape
         if self._core.training:
             out = out.view(_NetOutput)
             out._qatfhe_net = self
@@ -751,14 +759,24 @@ class Sequential(Module):
         y = _checks.labels(y, len(predicted), self._core.out_size)
         return float(np.mean(predicted == y))
 
-    def backward(self, grad_output):
-        """Backward of the last training forward from d loss / d output (n, out)."""
-        self._core.backward(_checks.float_array(grad_output, "grad_output"))
+    def backward(self, grad_output, input_grad=False):
+        """Backward of the last training forward from d loss / d output (n, out): adds the
+        parameters' gradients.  input_grad=True also returns d loss / d X, shaped as that
+        forward's X (straight through the quantizers; for saliency and adversarial
+        examples)."""
+        grad_output = _checks.float_array(grad_output, "grad_output")
+        if input_grad:
+            dx = self._core.backward_dx(grad_output)
+        else:
+            self._core.backward(grad_output)
+        self._backward_of = self._forwards
+        return dx.reshape(self._last_x_shape) if input_grad else None
 
     def loss_backward(self, y):
         """Mean cross-entropy of the last training forward against y, and its backward."""
         y = _checks.labels(y, getattr(self, "_last_n", None), self._core.out_size)
         loss, _ = self._core.backward_ce(y)
+        self._backward_of = self._forwards
         return loss
 
     def fit(self, X, y, epochs=1, batch_size=1, optimizer=None, seed=None, progress=True):

@@ -1,7 +1,24 @@
-"""Network.fit: whole epochs in C, one call per epoch, with an optional progress bar."""
+"""Network.fit: whole epochs in C, one call per epoch, with an optional progress bar.
+
+Training stops at the first NaN or infinity (loss, parameter or statistic) with a
+DivergenceError naming the epoch and step; the network is left as it was after the last
+finite step (the C epoch keeps a copy from its start and replays the batches before)."""
+import re
+
 import numpy as np
 
 from . import _checks
+from ._finite import check_finite_state
+
+
+class DivergenceError(ValueError, FloatingPointError):
+    """fit stopped because the loss or a parameter became NaN or infinite.  epoch and step
+    (1-based; step counts the epoch's batches) say where; history holds the finished
+    epochs.  The network holds its values after the last finite step."""
+
+    def __init__(self, message, epoch, step, history):
+        super().__init__(message)
+        self.epoch, self.step, self.history = epoch, step, history
 
 
 def _progress(total, enabled, desc):
@@ -33,6 +50,7 @@ def fit(net, X, y, epochs=1, batch_size=1, optimizer=None, seed=None, progress=T
     elif net.optimizer is None:
         from .optim import AdamW
         AdamW(net.parameters())
+    check_finite_state(net, "cannot train")
     history = {"loss": [], "accuracy": []}
     bar = _progress(epochs, progress, "fit")
     net.train()
@@ -40,7 +58,10 @@ def fit(net, X, y, epochs=1, batch_size=1, optimizer=None, seed=None, progress=T
         for epoch in range(epochs):
             epoch_seed = None if seed is None else (seed + epoch) % 2 ** 64
             net._next_forward(True)
-            loss_sum, correct = net._core.train_epoch(X, y, batch_size, epoch_seed)
+            try:
+                loss_sum, correct = net._core.train_epoch(X, y, batch_size, epoch_seed)
+            except FloatingPointError as exc:
+                raise _diverged(net, exc, epoch, epochs, history) from None
             history["loss"].append(loss_sum / len(X))
             history["accuracy"].append(correct / len(X))
             if bar is not None:
@@ -51,3 +72,10 @@ def fit(net, X, y, epochs=1, batch_size=1, optimizer=None, seed=None, progress=T
         if bar is not None:
             bar.close()
     return history
+
+
+def _diverged(net, exc, epoch, epochs, history):
+    message = net._name_layers(str(exc))
+    step = int(re.search(r"step (\d+)", message).group(1))
+    return DivergenceError(f"epoch {epoch + 1} of {epochs}: {message} (lower lr, weight_decay "
+                           f"or momentum, or clip the data)", epoch + 1, step, history)

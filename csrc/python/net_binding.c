@@ -387,6 +387,91 @@ static PyObject *Net_train_epoch(NetObject *self, PyObject *args, PyObject *kwds
     return Py_BuildValue("dL", loss_sum, (long long)correct);
 }
 
+/* A new (n, in_size) float32 array for the gradient w.r.t. the last forward's input. */
+static PyArrayObject *input_grad_array(NetObject *self, npy_intp n)
+{
+    npy_intp dims[2] = {n, (npy_intp)qf_net_in_size(self->net)};
+    return (PyArrayObject *)PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+}
+
+static PyObject *Net_backward_dx(NetObject *self, PyObject *arg)
+{
+    if (!ready(self)) return NULL;
+    PyArrayObject *d = qfpy_array(arg, "grad_output", NPY_FLOAT32, -1, 1);
+    if (!d) return NULL;
+    npy_intp n = PyArray_NDIM(d) < 1 ? 0 : PyArray_DIM(d, 0);
+    if (PyArray_NDIM(d) < 1 || PyArray_SIZE(d) != n * qf_net_out_size(self->net)) {
+        PyErr_Format(PyExc_ValueError, "grad_output must hold %lld values per sample",
+                     (long long)qf_net_out_size(self->net));
+        Py_DECREF(d);
+        return NULL;
+    }
+    PyArrayObject *dx = input_grad_array(self, n);
+    if (!dx) { Py_DECREF(d); return NULL; }
+    qf_status st;
+    self->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    st = qf_net_backward_dx(self->net, PyArray_DATA(d), n, PyArray_DATA(dx));
+    Py_END_ALLOW_THREADS
+    self->busy = 0;
+    Py_DECREF(d);
+    if (st != QF_OK) { Py_DECREF(dx); return raise_net(self, st); }
+    return (PyObject *)dx;
+}
+
+static PyObject *Net_backward_ce_dx(NetObject *self, PyObject *arg)
+{
+    if (!ready(self)) return NULL;
+    PyArrayObject *y = qfpy_array(arg, "y", NPY_INT32, 1, 0);
+    if (!y) return NULL;
+    npy_intp n = PyArray_DIM(y, 0);
+    PyArrayObject *dx = input_grad_array(self, n);
+    if (!dx) { Py_DECREF(y); return NULL; }
+    double loss = 0.0;
+    int64_t correct = 0;
+    qf_status st;
+    self->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    st = qf_net_backward_ce_dx(self->net, PyArray_DATA(y), n, &loss, &correct,
+                               PyArray_DATA(dx));
+    Py_END_ALLOW_THREADS
+    self->busy = 0;
+    Py_DECREF(y);
+    if (st != QF_OK) { Py_DECREF(dx); return raise_net(self, st); }
+    return Py_BuildValue("dLN", loss, (long long)correct, (PyObject *)dx);
+}
+
+/* {parameter name: optimizer steps it took} */
+static PyObject *Net_tensor_steps(NetObject *self, PyObject *unused)
+{
+    if (!ready(self)) return NULL;
+    PyObject *d = PyDict_New();
+    for (int i = 0; d && i < qf_net_n_tensors(self->net); i++) {
+        qf_tensor *t = qf_net_tensor(self->net, i);
+        if (t->kind != QF_TENSOR_PARAM) continue;
+        PyObject *v = PyLong_FromLongLong((long long)t->opt_step);
+        if (!v || PyDict_SetItemString(d, t->name, v) < 0) { Py_XDECREF(v); Py_CLEAR(d); break; }
+        Py_DECREF(v);
+    }
+    return d;
+}
+
+static int find(NetObject *self, const char *name);
+
+static PyObject *Net_set_tensor_step(NetObject *self, PyObject *args)
+{
+    const char *name;
+    long long step;
+    if (!ready(self) || !PyArg_ParseTuple(args, "sL", &name, &step)) return NULL;
+    int index = find(self, name);
+    if (index < 0) return NULL;
+    qf_tensor *t = qf_net_tensor(self->net, index);
+    if (t->kind != QF_TENSOR_PARAM || step < 0)
+        return qfpy_raise(QF_ERR_ARG, "a step count is set on a parameter and must be >= 0");
+    t->opt_step = step;
+    Py_RETURN_NONE;
+}
+
 /* ------------------------------------------------------------ tensors */
 
 static PyObject *view(NetObject *self, float *data, const qf_tensor *t)
@@ -637,6 +722,14 @@ static PyMethodDef Net_methods[] = {
     {"layer_output_shape", (PyCFunction)Net_layer_output_shape, METH_VARARGS,
      "layer_output_shape(i) -> (C, H, W) under the current input shape"},
     {"rng_state", (PyCFunction)Net_rng_state, METH_NOARGS, "(init stream, shuffle stream)"},
+    {"backward_dx", (PyCFunction)Net_backward_dx, METH_O,
+     "backward_dx(grad_output) -> gradient w.r.t. the last forward's input (n, in_size)"},
+    {"backward_ce_dx", (PyCFunction)Net_backward_ce_dx, METH_O,
+     "backward_ce_dx(y) -> (mean loss, n_correct, input gradient (n, in_size))"},
+    {"tensor_steps", (PyCFunction)Net_tensor_steps, METH_NOARGS,
+     "{parameter name: optimizer steps it took}"},
+    {"set_tensor_step", (PyCFunction)Net_set_tensor_step, METH_VARARGS,
+     "set_tensor_step(name, step): restore a parameter's step count"},
     {"set_rng_state", (PyCFunction)Net_set_rng_state, METH_VARARGS, "restore rng_state()"},
     {NULL}
 };
