@@ -3,19 +3,17 @@
  *
  * At an epoch's start qf_net_train_epoch copies every tensor's values and the
  * parameters' optimizer moments and step counts (one copy per epoch, not per
- * step).  After every step it checks the parameters and statistics with one
- * vectorised pass (cheap next to the step, which reads and writes four arrays
- * per entry); when a loss or a value is not finite it restores the copy and
- * replays the epoch's earlier batches, which are deterministic. */
+ * step).  The optimizer updates test every value they write (optim.c, in the
+ * same vectorised loop: no extra pass); after each step the epoch also checks
+ * the few statistics.  When a loss or a value is not finite it restores the
+ * copy and replays the epoch's earlier batches, which are deterministic. */
 #include <stdlib.h>
 #include <string.h>
-#include "dispatch.h"
 #include "net_internal.h"
 
 /* 1 if every x (n) is finite: a float is NaN or infinite exactly when its
- * exponent bits are all ones (an integer test, so that the loop vectorises). */
-QF_MULTIVERSION
-static int all_finite(const float *restrict x, int64_t n)
+ * exponent bits are all ones (an integer test). */
+static int all_finite(const float *x, int64_t n)
 {
     uint32_t bad = 0;
     for (int64_t i = 0; i < n; i++) {
@@ -28,11 +26,11 @@ static int all_finite(const float *restrict x, int64_t n)
 
 int qf_net_first_nonfinite(const qf_net *net)
 {
-    for (int t = 0; t < net->n_tensors; t++) {
+    if (net->step_bad >= 0)
+        return net->step_bad;
+    for (int t = 0; t < net->n_tensors; t++) {   /* statistics: a few values per layer */
         const qf_tensor *T = &net->tensors[t];
-        const qf_packed *pk = net->packed_live ? net->packed[t] : NULL;
-        int ok = pk ? all_finite(pk->value, pk->csr.nnz) : all_finite(T->data, T->size);
-        if (!ok)
+        if (T->kind == QF_TENSOR_BUFFER && !all_finite(T->data, T->size))
             return t;
     }
     return -1;

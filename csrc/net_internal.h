@@ -90,6 +90,7 @@ struct qf_net {
     int64_t perm_cap;
     qf_packed **packed;                 /* (n_tensors): masked parameters, else NULL      */
     int packed_live;                    /* inside qf_net_train_epoch: packed state is truth */
+    int step_bad;                       /* first tensor the last step made NaN/inf, or -1  */
     char err[256];
 };
 
@@ -105,14 +106,17 @@ qf_status qf_net_check_finite(qf_net *net, const float *x, int64_t count);
 float qf_net_weight_scales(const qf_layer *L, const float *w, float *scale, int64_t *argmax);
 float qf_net_learned_eval_threshold(const qf_net *net, const qf_layer *L);
 float qf_net_clamp_scale(float threshold, float int_threshold);
-/* AdamW coefficients of the last step count asked for (step -1: none yet). */
+/* AdamW coefficients of the last two step counts asked for (step -1: none yet):
+ * a step usually meets two counts, the weights' and the learned thresholds'
+ * (300 behind), and each costs two pow() calls to compute. */
 typedef struct {
-    qf_adamw_coeffs c;
-    int64_t step;
+    qf_adamw_coeffs c[2];
+    int64_t step[2];
+    int next;                           /* the slot to replace next                        */
 } qf_coeff_cache;
 /* net_train.c: one optimizer update of p, m, v (n) from g (n), mask (n) or NULL,
- * at the tensor's own step count `step` (1-based) */
-void qf_net_update_params(const qf_net *net, qf_coeff_cache *cache, int64_t step, float *p,
+ * at the tensor's own step count `step` (1-based); 0 if a new p is NaN or infinite */
+int qf_net_update_params(const qf_net *net, qf_coeff_cache *cache, int64_t step, float *p,
                           float *m, float *v, float *g, const uint8_t *mask, int64_t n);
 /* net_guard.c: the state an epoch can roll back to after a divergence */
 typedef struct {
@@ -123,8 +127,9 @@ typedef struct {
 qf_status qf_net_checkpoint_take(qf_net *net, qf_net_checkpoint *ck);  /* outside epochs */
 void qf_net_checkpoint_restore(qf_net *net, const qf_net_checkpoint *ck);
 void qf_net_checkpoint_free(qf_net_checkpoint *ck);
-/* Index of the first tensor whose values (packed ones during an epoch) hold
- * NaN or infinity, -1 if none. */
+/* Index of the first tensor the last step made NaN or infinite (the updates
+ * check what they write), else of the first statistic holding NaN or
+ * infinity, else -1. */
 int qf_net_first_nonfinite(const qf_net *net);
 /* net_packed.c */
 qf_status qf_net_packed_set(qf_net *net, int t);       /* (re)build from the mask, or drop */

@@ -159,21 +159,26 @@ static void packed_gradient(qf_net *net, int t)
 
 void qf_net_packed_step(qf_net *net)
 {
-    qf_coeff_cache cache = {.step = -1};
+    qf_coeff_cache cache = {.step = {-1, -1}};
     for (int t = 0; t < net->n_tensors; t++) {
         qf_tensor *T = &net->tensors[t];
         qf_packed *pk = net->packed[t];
         if (!qf_net_tensor_in_step(net, t))
             continue;
         T->opt_step++;
+        int ok;
         if (!pk) {
-            qf_net_update_params(net, &cache, T->opt_step, T->data, T->opt_m, T->opt_v,
-                                 T->grad, T->mask, T->size);
-            continue;
+            ok = qf_net_update_params(net, &cache, T->opt_step, T->data, T->opt_m, T->opt_v,
+                                      T->grad, T->mask, T->size);
+        } else {
+            packed_gradient(net, t);
+            ok = qf_net_update_params(net, &cache, T->opt_step, pk->value, pk->m, pk->v,
+                                      pk->grad, NULL, pk->csr.nnz);
         }
-        packed_gradient(net, t);
-        qf_net_update_params(net, &cache, T->opt_step, pk->value, pk->m, pk->v, pk->grad,
-                             NULL, pk->csr.nnz);
+        if (!ok && net->step_bad < 0)
+            net->step_bad = t;
+        if (!pk)
+            continue;
         pk->data_stale = 1;
         if (!sparse_capable(net, t))   /* dense kernels read it: bring it up to date now */
             qf_net_packed_sync_data(net, t);

@@ -95,27 +95,28 @@ qf_status qf_net_set_learning_rate(qf_net *net, float lr)
     return QF_OK;
 }
 
-void qf_net_update_params(const qf_net *net, qf_coeff_cache *cache, int64_t step, float *p,
-                          float *m, float *v, float *g, const uint8_t *mask, int64_t n)
+int qf_net_update_params(const qf_net *net, qf_coeff_cache *cache, int64_t step, float *p,
+                         float *m, float *v, float *g, const uint8_t *mask, int64_t n)
 {
     const qf_optimizer *o = &net->opt;
     if (o->kind == QF_OPT_ADAMW) {
-        if (cache->step != step) {
-            qf_adamw_coeffs_init(&cache->c, o->lr, o->beta1, o->beta2, o->eps, o->weight_decay,
-                                 step);
-            cache->step = step;
+        int slot = cache->step[0] == step ? 0 : cache->step[1] == step ? 1 : -1;
+        if (slot < 0) {
+            slot = cache->next;
+            cache->next ^= 1;
+            qf_adamw_coeffs_init(&cache->c[slot], o->lr, o->beta1, o->beta2, o->eps,
+                                 o->weight_decay, step);
+            cache->step[slot] = step;
         }
         if (mask)   /* pruned entries take no gradient and stay 0 (selects: no inf/NaN leak) */
-            qf_adamw_apply_masked(p, m, v, g, mask, n, &cache->c);
-        else
-            qf_adamw_apply(p, m, v, g, n, &cache->c);
-    } else if (mask) {
-        qf_sgd_update_masked(p, m, g, mask, n, o->lr, o->momentum, o->dampening,
-                             o->weight_decay, o->nesterov, step);
-    } else {
-        qf_sgd_update(p, m, g, n, o->lr, o->momentum, o->dampening, o->weight_decay,
-                      o->nesterov, step);
+            return qf_adamw_apply_masked(p, m, v, g, mask, n, &cache->c[slot]);
+        return qf_adamw_apply(p, m, v, g, n, &cache->c[slot]);
     }
+    if (mask)
+        return qf_sgd_update_masked(p, m, g, mask, n, o->lr, o->momentum, o->dampening,
+                                    o->weight_decay, o->nesterov, step);
+    return qf_sgd_update(p, m, g, n, o->lr, o->momentum, o->dampening, o->weight_decay,
+                         o->nesterov, step);
 }
 
 int qf_net_tensor_in_step(const qf_net *net, int index)
@@ -140,18 +141,20 @@ qf_status qf_net_step(qf_net *net)
         return QF_ERR_STATE;
     }
     net->opt.step++;
+    net->step_bad = -1;
     if (net->packed_live) {
         qf_net_packed_step(net);
         return QF_OK;
     }
-    qf_coeff_cache cache = {.step = -1};
+    qf_coeff_cache cache = {.step = {-1, -1}};
     for (int t = 0; t < net->n_tensors; t++) {
         qf_tensor *T = &net->tensors[t];
         if (!qf_net_tensor_in_step(net, t))
             continue;
         T->opt_step++;   /* masked: the update also undoes writes through the views */
-        qf_net_update_params(net, &cache, T->opt_step, T->data, T->opt_m, T->opt_v, T->grad,
-                             T->mask, T->size);
+        if (!qf_net_update_params(net, &cache, T->opt_step, T->data, T->opt_m, T->opt_v,
+                                  T->grad, T->mask, T->size) && net->step_bad < 0)
+            net->step_bad = t;
     }
     return QF_OK;
 }
