@@ -81,7 +81,7 @@ class Module:
         value = _checks.float_array(value, suffix)
         if value.shape != target.shape:
             raise ValueError(f"{suffix} must have shape {target.shape}, got {value.shape}")
-        target[...] = value
+        self.net._core.write_tensor(f"{self.index}.{suffix}", value)   # waits for a fit
 
     def __repr__(self):
         parts = []
@@ -593,8 +593,8 @@ class Sequential(Module):
         self._layers = list(layers)
         self._tensors = {t["name"]: t for t in self._core.tensors()}
         self.optimizer = None
-        self._forwards = 0            # forwards run so far (fit epochs included)
-        self._last_eval_forward = 0   # number of the last eval-mode forward
+        self._forwards = 0            # training forwards run so far (fit epochs included)
+        self._mode_set_at = 0         # the last one before a train()/eval() call
         self._backward_of = 0         # number of the forward whose backward ran
         _live_networks.add(self)
 
@@ -636,6 +636,7 @@ class Sequential(Module):
 
     def train(self, mode=True):
         self._core.training = bool(mode)
+        self._mode_set_at = self._forwards     # setting the mode drops the kept forward
         return self
 
     def eval(self):
@@ -649,8 +650,9 @@ class Sequential(Module):
         return _ParameterList(self, [data for _, data in self.named_parameters()])
 
     def state_dict(self):
-        """Copies of every parameter and buffer, keyed by name ("1.weight" ...)."""
-        return {name: t["data"].copy() for name, t in self._tensors.items()}
+        """Copies of every parameter and buffer, keyed by name ("1.weight" ...), taken at
+        one moment (a fit running in another thread is waited for, between epochs)."""
+        return {name: t["data"] for name, t in self._core.snapshot()["tensors"].items()}
 
     def load_state_dict(self, state):
         missing = sorted(set(self._tensors) - set(state))
@@ -663,7 +665,7 @@ class Sequential(Module):
             value = _checks.float_array(value, name)
             if value.shape != target.shape:
                 raise ValueError(f"{name} must have shape {target.shape}, got {value.shape}")
-            target[...] = value
+            self._core.write_tensor(name, value)
 
     def zero_grad(self):
         self._core.zero_grad()
@@ -709,34 +711,37 @@ class Sequential(Module):
         return re.sub(r"layer (\d+) \([^)]*\)", name, message)
 
     def _next_forward(self, training):
-        """Number the forward about to run: its activations replace the kept ones."""
-        self._forwards += 1
-        if not training:
-            self._last_eval_forward = self._forwards
+        """Number the forward about to run.  A training forward (or a fit epoch) replaces
+        the kept activations; an eval-mode one runs in its own workspace and keeps them."""
+        if training:
+            self._forwards += 1
         return self._forwards
 
     def _check_current(self, forward_id):
-        """RuntimeError unless forward_id is the last forward and its backward has not run."""
-        if forward_id == self._forwards and self._backward_of != forward_id:
-            return
-        if forward_id == self._forwards:
+        """RuntimeError unless the kept activations are those of forward forward_id and its
+        backward has not run."""
+        if forward_id != self._forwards:
+            raise RuntimeError("another training forward (net(X) in training mode, or fit) "
+                               "ran after the forward this loss came from and replaced its "
+                               "activations; backward applies to the latest training forward "
+                               "only: compute the loss from it")
+        if self._backward_of == forward_id:
             raise RuntimeError("backward already ran for this loss: a forward's activations "
                                "serve one backward; run net(X) again for another")
-        if self._last_eval_forward > forward_id:
-            raise RuntimeError("an eval-mode forward (net.predict(), net.score(), or net(X) "
-                               "after net.eval()) ran after the training forward this loss "
-                               "came from and replaced its activations; compute the loss "
-                               "again from a new training forward (net.train(); net(X))")
-        raise RuntimeError("another training forward (net(X) or fit) ran after the forward "
-                           "this loss came from and replaced its activations; backward "
-                           "applies to the latest forward only: compute the loss from it")
+        if self._mode_set_at == forward_id:
+            raise RuntimeError("net.train() or net.eval() was called after the training "
+                               "forward this loss came from, which drops its kept "
+                               "activations (eval-mode forwards such as net.predict() do not "
+                               "need the mode switch and keep them); compute the loss again "
+                               "from a new training forward")
 
     def forward(self, X):
         X = self._samples(X)
-        forward_id = self._next_forward(self._core.training)
+        training = self._core.training
+        forward_id = self._next_forward(training)
         out = self._core.forward(X)
-        self._last_n, self._last_x_shape = len(X), X.shape
-        if self._core.training:
+        if training:
+            self._last_n, self._last_x_shape = len(X), X.shape
             out = out.view(_NetOutput)
             out._qatfhe_net = self
             out._qatfhe_forward = forward_id
@@ -745,13 +750,10 @@ class Sequential(Module):
     __call__ = forward
 
     def predict(self, X):
-        """Class indices (int64) of X, computed in eval mode (the mode is restored)."""
-        mode = self._core.training
-        self._core.training = False
-        try:
-            return np.asarray(self.forward(X)).argmax(axis=1)
-        finally:
-            self._core.training = mode
+        """Class indices (int64) of X, computed in eval mode without changing the network's
+        mode or its kept training forward; several threads may predict at once."""
+        X = self._samples(X)
+        return self._core.infer(X).argmax(axis=1)
 
     def score(self, X, y):
         """Eval-mode accuracy on (X, y)."""

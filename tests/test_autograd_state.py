@@ -1,7 +1,8 @@
 """Issue 11, item 2: a loss remembers the forward it came from.  A backward after another
-forward replaced that forward's activations raises RuntimeError (saying so when an
-eval-mode predict ran in between) instead of silently using the other batch's
-activations; a fresh loss still gives the gradient of its own batch."""
+training forward replaced that forward's activations, after a mode switch dropped them, or
+a second time raises RuntimeError saying which, instead of silently using another batch's
+activations.  Eval-mode forwards (predict, score) run in their own workspace and keep
+them: the loss still gives the gradient of its own batch."""
 import numpy as np
 import pytest
 
@@ -39,15 +40,34 @@ def test_stale_loss_after_another_training_forward():
     np.testing.assert_array_equal(net[2].weight_grad, 0)       # nothing was accumulated
 
 
-def test_stale_loss_after_eval_predict_says_so():
+def test_eval_forwards_in_between_keep_the_loss():
+    """predict() and eval-mode forwards run in their own workspace: the loss still gives
+    the gradient of its own batch (X1), not of the predicted one."""
     net, X1, X2, y1, y2 = make()
     ce = nn.CrossEntropyLoss()
     net.train()
     loss = ce(net(X1), y1)
     net.predict(X2)
-    assert net.training                        # predict restored the mode
-    with pytest.raises(RuntimeError, match=r"eval-mode forward \(net.predict\(\)"):
+    net.score(X2, y2)
+    assert net.training
+    loss.backward()
+    np.testing.assert_allclose(net[2].weight_grad, numpy_grad(net, X1, y1), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_stale_loss_after_a_mode_switch_says_so():
+    """net.eval(); net(X2); net.train() drops the kept forward: the message says why."""
+    net, X1, X2, y1, y2 = make()
+    ce = nn.CrossEntropyLoss()
+    net.train()
+    loss = ce(net(X1), y1)
+    net.eval()
+    net(X2)
+    net.train()
+    with pytest.raises(RuntimeError, match=r"net.train\(\) or net.eval\(\) was called after "
+                       r"the training forward this loss came from"):
         loss.backward()
+    np.testing.assert_array_equal(net[2].weight_grad, 0)
 
 
 def test_stale_loss_after_fit():
