@@ -235,7 +235,6 @@ qf_status qf_net_create_shaped(qf_net **out, const qf_layer_spec *specs, int n_l
     qf_net *net = calloc(1, sizeof *net);
     if (!net)
         return QF_ERR_NOMEM;
-    net->step_bad = -1;
     qf_status st = QF_OK;
     if (n_layers < 1 || in_shape[0] < 1 || in_shape[1] < 0 || in_shape[2] < 0) {
         snprintf(net->err, sizeof net->err, "a network needs at least one layer and one input "

@@ -166,7 +166,8 @@ qf_status qf_net_set_mask(qf_net *net, int index, const uint8_t *mask);
  * sum of per-sample losses and n_correct the training-mode argmax hits.
  * QF_ERR_DIVERGED when a batch's loss or, after a step, a parameter or
  * statistic is NaN or infinite: the net is then left exactly as after the
- * last finite step (the message names the step and the tensor). */
+ * last finite step (the message names the step and the tensor; see
+ * net_guard.c for how this costs a finite epoch one copy and one pass). */
 qf_status qf_net_train_epoch(qf_net *net, const float *x, const int32_t *y, int64_t n,
                              int64_t batch_size, qf_rng *rng, double *loss_sum,
                              int64_t *n_correct);

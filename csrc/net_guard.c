@@ -3,16 +3,16 @@
  *
  * At an epoch's start qf_net_train_epoch copies every tensor's values and the
  * parameters' optimizer moments and step counts (one copy per epoch, not per
- * step).  The optimizer updates test every value they write (optim.c, in the
- * same vectorised loop: no extra pass); after each step the epoch also checks
- * the few statistics.  When a loss or a value is not finite it restores the
- * copy and replays the epoch's earlier batches, which are deterministic. */
+ * step).  It checks each batch's loss as it comes and the parameters and
+ * statistics at the epoch's end; after a failure it finds the first bad step
+ * by a checked replay from the copy and replays the steps before it (the
+ * passes are deterministic), so a finite epoch pays one copy and one check. */
 #include <stdlib.h>
 #include <string.h>
 #include "net_internal.h"
 
 /* 1 if every x (n) is finite: a float is NaN or infinite exactly when its
- * exponent bits are all ones (an integer test). */
+ * exponent bits are all ones (an integer test, which vectorises). */
 static int all_finite(const float *x, int64_t n)
 {
     uint32_t bad = 0;
@@ -26,11 +26,10 @@ static int all_finite(const float *x, int64_t n)
 
 int qf_net_first_nonfinite(const qf_net *net)
 {
-    if (net->step_bad >= 0)
-        return net->step_bad;
-    for (int t = 0; t < net->n_tensors; t++) {   /* statistics: a few values per layer */
+    for (int t = 0; t < net->n_tensors; t++) {
         const qf_tensor *T = &net->tensors[t];
-        if (T->kind == QF_TENSOR_BUFFER && !all_finite(T->data, T->size))
+        const qf_packed *pk = net->packed_live ? net->packed[t] : NULL;
+        if (pk ? !all_finite(pk->value, pk->csr.nnz) : !all_finite(T->data, T->size))
             return t;
     }
     return -1;

@@ -90,7 +90,6 @@ struct qf_net {
     int64_t perm_cap;
     qf_packed **packed;                 /* (n_tensors): masked parameters, else NULL      */
     int packed_live;                    /* inside qf_net_train_epoch: packed state is truth */
-    int step_bad;                       /* first tensor the last step made NaN/inf, or -1  */
     char err[256];
 };
 
@@ -122,8 +121,8 @@ typedef struct {
     int next;                           /* the slot to replace next                        */
 } qf_coeff_cache;
 /* net_train.c: one optimizer update of p, m, v (n) from g (n), mask (n) or NULL,
- * at the tensor's own step count `step` (1-based); 0 if a new p is NaN or infinite */
-int qf_net_update_params(const qf_net *net, qf_coeff_cache *cache, int64_t step, float *p,
+ * at the tensor's own step count `step` (1-based) */
+void qf_net_update_params(const qf_net *net, qf_coeff_cache *cache, int64_t step, float *p,
                           float *m, float *v, float *g, const uint8_t *mask, int64_t n);
 /* net_guard.c: the state an epoch can roll back to after a divergence */
 typedef struct {
@@ -134,9 +133,8 @@ typedef struct {
 qf_status qf_net_checkpoint_take(qf_net *net, qf_net_checkpoint *ck);  /* outside epochs */
 void qf_net_checkpoint_restore(qf_net *net, const qf_net_checkpoint *ck);
 void qf_net_checkpoint_free(qf_net_checkpoint *ck);
-/* Index of the first tensor the last step made NaN or infinite (the updates
- * check what they write), else of the first statistic holding NaN or
- * infinity, else -1. */
+/* Index of the first tensor whose values (the packed ones during an epoch)
+ * hold NaN or infinity, -1 if none. */
 int qf_net_first_nonfinite(const qf_net *net);
 /* net_packed.c */
 qf_status qf_net_packed_set(qf_net *net, int t);       /* (re)build from the mask, or drop */

@@ -166,19 +166,14 @@ void qf_net_packed_step(qf_net *net)
         if (!qf_net_tensor_in_step(net, t))
             continue;
         T->opt_step++;
-        int ok;
         if (!pk) {
-            ok = qf_net_update_params(net, &cache, T->opt_step, T->data, T->opt_m, T->opt_v,
-                                      T->grad, T->mask, T->size);
-        } else {
-            packed_gradient(net, t);
-            ok = qf_net_update_params(net, &cache, T->opt_step, pk->value, pk->m, pk->v,
-                                      pk->grad, NULL, pk->csr.nnz);
-        }
-        if (!ok && net->step_bad < 0)
-            net->step_bad = t;
-        if (!pk)
+            qf_net_update_params(net, &cache, T->opt_step, T->data, T->opt_m, T->opt_v,
+                                 T->grad, T->mask, T->size);
             continue;
+        }
+        packed_gradient(net, t);
+        qf_net_update_params(net, &cache, T->opt_step, pk->value, pk->m, pk->v, pk->grad,
+                             NULL, pk->csr.nnz);
         pk->data_stale = 1;
         if (!sparse_capable(net, t))   /* dense kernels read it: bring it up to date now */
             qf_net_packed_sync_data(net, t);

@@ -95,8 +95,8 @@ qf_status qf_net_set_learning_rate(qf_net *net, float lr)
     return QF_OK;
 }
 
-int qf_net_update_params(const qf_net *net, qf_coeff_cache *cache, int64_t step, float *p,
-                         float *m, float *v, float *g, const uint8_t *mask, int64_t n)
+void qf_net_update_params(const qf_net *net, qf_coeff_cache *cache, int64_t step, float *p,
+                          float *m, float *v, float *g, const uint8_t *mask, int64_t n)
 {
     const qf_optimizer *o = &net->opt;
     if (o->kind == QF_OPT_ADAMW) {
@@ -109,14 +109,16 @@ int qf_net_update_params(const qf_net *net, qf_coeff_cache *cache, int64_t step,
             cache->step[slot] = step;
         }
         if (mask)   /* pruned entries take no gradient and stay 0 (selects: no inf/NaN leak) */
-            return qf_adamw_apply_masked(p, m, v, g, mask, n, &cache->c[slot]);
-        return qf_adamw_apply(p, m, v, g, n, &cache->c[slot]);
+            qf_adamw_apply_masked(p, m, v, g, mask, n, &cache->c[slot]);
+        else
+            qf_adamw_apply(p, m, v, g, n, &cache->c[slot]);
+    } else if (mask) {
+        qf_sgd_update_masked(p, m, g, mask, n, o->lr, o->momentum, o->dampening,
+                             o->weight_decay, o->nesterov, step);
+    } else {
+        qf_sgd_update(p, m, g, n, o->lr, o->momentum, o->dampening, o->weight_decay,
+                      o->nesterov, step);
     }
-    if (mask)
-        return qf_sgd_update_masked(p, m, g, mask, n, o->lr, o->momentum, o->dampening,
-                                    o->weight_decay, o->nesterov, step);
-    return qf_sgd_update(p, m, g, n, o->lr, o->momentum, o->dampening, o->weight_decay,
-                         o->nesterov, step);
 }
 
 int qf_net_tensor_in_step(const qf_net *net, int index)
@@ -141,7 +143,6 @@ qf_status qf_net_step(qf_net *net)
         return QF_ERR_STATE;
     }
     net->opt.step++;
-    net->step_bad = -1;
     if (net->packed_live) {
         qf_net_packed_step(net);
         return QF_OK;
@@ -152,9 +153,8 @@ qf_status qf_net_step(qf_net *net)
         if (!qf_net_tensor_in_step(net, t))
             continue;
         T->opt_step++;   /* masked: the update also undoes writes through the views */
-        if (!qf_net_update_params(net, &cache, T->opt_step, T->data, T->opt_m, T->opt_v,
-                                  T->grad, T->mask, T->size) && net->step_bad < 0)
-            net->step_bad = t;
+        qf_net_update_params(net, &cache, T->opt_step, T->data, T->opt_m, T->opt_v, T->grad,
+                             T->mask, T->size);
     }
     return QF_OK;
 }
@@ -189,22 +189,57 @@ static void batch_update(qf_net *net, int64_t m)
     qf_net_step(net);
 }
 
-/* Batch b of the epoch gave the non-finite loss `loss`, or its step made
- * tensor `bad` non-finite: go back to the checkpoint ck taken at the epoch's
- * start and replay batches 0 .. b-1, which is exactly the state after the
- * last finite step (the passes are deterministic).  Without a checkpoint
- * (no memory for one) the net keeps the failed step's values. */
+/* The batch size and sample count of batch j of an epoch. */
+static int64_t batch_rows(int64_t n, int64_t batch, int64_t j)
+{
+    int64_t start = j * batch;
+    return n - start < batch ? n - start : batch;
+}
+
+/* Replay the epoch's batches from the checkpoint ck, checking each loss and,
+ * after each step, every parameter and statistic.  Returns the index of the
+ * first batch whose loss (*bad = -1, *loss) or step (*bad = the tensor) is not
+ * finite, or -1 if none up to batch `last`. */
+static int64_t first_bad_batch(qf_net *net, const qf_net_checkpoint *ck, const float *x,
+                               const int32_t *y, int64_t n, int64_t batch, int64_t last,
+                               double *loss, int *bad)
+{
+    net->packed_live = 0;                /* the packed state is dropped */
+    qf_net_checkpoint_restore(net, ck);
+    qf_net_packed_begin(net);
+    for (int64_t j = 0; j <= last; j++) {
+        int64_t m = batch_rows(n, batch, j), correct;
+        *loss = batch_forward(net, x, y, j * batch, m, &correct);
+        *bad = -1;
+        if (!isfinite(*loss))
+            return j;
+        batch_update(net, m);
+        if ((*bad = qf_net_first_nonfinite(net)) >= 0)
+            return j;
+    }
+    return -1;
+}
+
+/* The epoch met a non-finite loss at batch `last`, or non-finite values at its
+ * end: find the first batch whose loss or step was not finite (a checked
+ * replay from the checkpoint ck taken at the epoch's start), then replay the
+ * batches before it, which leaves the net exactly as after the last finite
+ * step (the passes are deterministic).  Without a checkpoint (no memory for
+ * one) the net keeps the failed values. */
 static qf_status diverged(qf_net *net, const qf_net_checkpoint *ck, const float *x,
-                          const int32_t *y, int64_t n, int64_t batch, int64_t b, double loss,
+                          const int32_t *y, int64_t n, int64_t batch, int64_t last, double loss,
                           int bad)
 {
+    int64_t b = last;
     if (ck) {
-        net->packed_live = 0;            /* the packed state is dropped */
+        int64_t found = first_bad_batch(net, ck, x, y, n, batch, last, &loss, &bad);
+        b = found >= 0 ? found : last;
+        net->packed_live = 0;
         qf_net_checkpoint_restore(net, ck);
         qf_net_packed_begin(net);
         for (int64_t j = 0; j < b; j++) {
-            int64_t start = j * batch, m = n - start < batch ? n - start : batch, correct;
-            batch_forward(net, x, y, start, m, &correct);
+            int64_t m = batch_rows(n, batch, j), correct;
+            batch_forward(net, x, y, j * batch, m, &correct);
             batch_update(net, m);
         }
     }
@@ -221,7 +256,7 @@ static qf_status diverged(qf_net *net, const qf_net_checkpoint *ck, const float 
     snprintf(net->err, sizeof net->err, "training diverged at step %lld of the epoch: %.128s; %s",
              (long long)(b + 1), what, ck ? "the network is left as after the last finite step"
                                            : "no memory for a checkpoint: the network keeps "
-                                             "that step's values");
+                                             "the failed values");
     return QF_ERR_DIVERGED;
 }
 
@@ -270,24 +305,32 @@ qf_status qf_net_train_epoch(qf_net *net, const float *x, const int32_t *y, int6
     }
     qf_rng_permutation(rng, net->perm, n);
     net->training = 1;
+    /* Every loss is checked as it comes; parameters and statistics once, at the
+     * end: a NaN or infinity there cannot vanish again (a step keeps it or makes
+     * the loss non-finite).  Either way the failing step is then located by a
+     * checked replay from the copy taken here, so the cost falls on a diverged
+     * epoch only. */
     qf_net_checkpoint ck;
     int guarded = qf_net_checkpoint_take(net, &ck) == QF_OK;
     qf_net_packed_begin(net);
-    for (int64_t b = 0, start = 0; start < n; start += batch, b++) {
-        int64_t m = n - start < batch ? n - start : batch, correct;
-        double loss = batch_forward(net, x, y, start, m, &correct);
-        int bad = -1;
-        if (isfinite(loss)) {
-            batch_update(net, m);
-            bad = qf_net_first_nonfinite(net);
-        }
-        if (!isfinite(loss) || bad >= 0) {
-            st = diverged(net, guarded ? &ck : NULL, x, y, n, batch, b, loss, bad);
+    int64_t n_batches = (n + batch - 1) / batch;
+    for (int64_t b = 0; b < n_batches; b++) {
+        int64_t m = batch_rows(n, batch, b), correct;
+        double loss = batch_forward(net, x, y, b * batch, m, &correct);
+        if (!isfinite(loss)) {
+            st = diverged(net, guarded ? &ck : NULL, x, y, n, batch, b, loss, -1);
             qf_net_checkpoint_free(&ck);
             return st;
         }
+        batch_update(net, m);
         *loss_sum += loss * (double)m;
         *n_correct += correct;
+    }
+    int bad = qf_net_first_nonfinite(net);
+    if (bad >= 0) {
+        st = diverged(net, guarded ? &ck : NULL, x, y, n, batch, n_batches - 1, 0.0, bad);
+        qf_net_checkpoint_free(&ck);
+        return st;
     }
     qf_net_packed_end(net);
     qf_net_zero_grad(net);

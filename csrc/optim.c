@@ -6,19 +6,7 @@
  * use the plain ones with the same per-element arithmetic. */
 #include "dispatch.h"
 #include <math.h>
-#include <string.h>
 #include "optim.h"
-
-/* The exponent bits of x: all ones (QF_EXP_ALL) exactly when x is NaN or
- * infinite.  The updates keep their maximum (an integer max that vectorises,
- * cheaper than a compare per element) to report a non-finite result. */
-#define QF_EXP_ALL 0x7f800000u
-static inline uint32_t exponent(float x)
-{
-    uint32_t bits;
-    memcpy(&bits, &x, sizeof bits);
-    return bits & QF_EXP_ALL;
-}
 
 void qf_adamw_coeffs_init(qf_adamw_coeffs *c, float lr, float b1, float b2, float eps, float wd,
                           int64_t step)
@@ -46,26 +34,20 @@ static inline float adamw_one(float p, float *m, float *v, float g, const qf_ada
 }
 
 QF_MULTIVERSION
-int qf_adamw_apply(float *restrict p, float *restrict m, float *restrict v,
-                   const float *restrict g, int64_t n, const qf_adamw_coeffs *c)
+void qf_adamw_apply(float *restrict p, float *restrict m, float *restrict v,
+                    const float *restrict g, int64_t n, const qf_adamw_coeffs *c)
 {
     qf_adamw_coeffs k = *c;
-    uint32_t emax = 0;
-    for (int64_t i = 0; i < n; i++) {
-        float pi = adamw_one(p[i], m + i, v + i, g[i], &k);
-        emax = exponent(pi) > emax ? exponent(pi) : emax;
-        p[i] = pi;
-    }
-    return emax != QF_EXP_ALL;
+    for (int64_t i = 0; i < n; i++)
+        p[i] = adamw_one(p[i], m + i, v + i, g[i], &k);
 }
 
 QF_MULTIVERSION
-int qf_adamw_apply_masked(float *restrict p, float *restrict m, float *restrict v,
-                          float *restrict g, const uint8_t *restrict mask, int64_t n,
-                          const qf_adamw_coeffs *c)
+void qf_adamw_apply_masked(float *restrict p, float *restrict m, float *restrict v,
+                           float *restrict g, const uint8_t *restrict mask, int64_t n,
+                           const qf_adamw_coeffs *c)
 {
     qf_adamw_coeffs k = *c;
-    uint32_t emax = 0;
     for (int64_t i = 0; i < n; i++) {
         int keep = mask[i] != 0;
         float gi = keep ? g[i] : 0.0f;
@@ -75,9 +57,7 @@ int qf_adamw_apply_masked(float *restrict p, float *restrict m, float *restrict 
         p[i] = keep ? pi : 0.0f;
         m[i] = keep ? mi : 0.0f;
         v[i] = keep ? vi : 0.0f;
-        emax = exponent(p[i]) > emax ? exponent(p[i]) : emax;
     }
-    return emax != QF_EXP_ALL;
 }
 
 void qf_adamw_update(float *p, float *m, float *v, const float *g, int64_t n, float lr,
@@ -102,24 +82,18 @@ static inline float sgd_one(float *p, float *buf, float g, float lr, float momen
 }
 
 QF_MULTIVERSION
-int qf_sgd_update(float *restrict p, float *restrict buf, const float *restrict g, int64_t n,
-                  float lr, float momentum, float dampening, float wd, int nesterov, int64_t step)
+void qf_sgd_update(float *restrict p, float *restrict buf, const float *restrict g, int64_t n,
+                   float lr, float momentum, float dampening, float wd, int nesterov, int64_t step)
 {
-    uint32_t emax = 0;
-    for (int64_t i = 0; i < n; i++) {
-        float pi = sgd_one(p + i, buf + i, g[i], lr, momentum, dampening, wd, nesterov, step);
-        emax = exponent(pi) > emax ? exponent(pi) : emax;
-        p[i] = pi;
-    }
-    return emax != QF_EXP_ALL;
+    for (int64_t i = 0; i < n; i++)
+        p[i] = sgd_one(p + i, buf + i, g[i], lr, momentum, dampening, wd, nesterov, step);
 }
 
 QF_MULTIVERSION
-int qf_sgd_update_masked(float *restrict p, float *restrict buf, float *restrict g,
-                         const uint8_t *restrict mask, int64_t n, float lr, float momentum,
-                         float dampening, float wd, int nesterov, int64_t step)
+void qf_sgd_update_masked(float *restrict p, float *restrict buf, float *restrict g,
+                          const uint8_t *restrict mask, int64_t n, float lr, float momentum,
+                          float dampening, float wd, int nesterov, int64_t step)
 {
-    uint32_t emax = 0;
     for (int64_t i = 0; i < n; i++) {
         int keep = mask[i] != 0;
         float gi = keep ? g[i] : 0.0f;
@@ -128,7 +102,5 @@ int qf_sgd_update_masked(float *restrict p, float *restrict buf, float *restrict
         g[i] = gi;
         p[i] = keep ? np : 0.0f;
         buf[i] = keep ? bi : 0.0f;
-        emax = exponent(p[i]) > emax ? exponent(p[i]) : emax;
     }
-    return emax != QF_EXP_ALL;
 }

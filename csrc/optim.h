@@ -18,23 +18,22 @@ typedef struct {
 
 void qf_adamw_coeffs_init(qf_adamw_coeffs *c, float lr, float b1, float b2, float eps, float wd,
                           int64_t step);
-/* The update of p, m, v (n) from g (n) with coefficients c.  It and the three
- * below return 1 when every updated p is finite, 0 if one is NaN or infinite. */
-int qf_adamw_apply(float *p, float *m, float *v, const float *g, int64_t n,
+/* The update of p, m, v (n) from g (n) with coefficients c. */
+void qf_adamw_apply(float *p, float *m, float *v, const float *g, int64_t n,
                     const qf_adamw_coeffs *c);
 /* The same for a pruned tensor in one pass: where mask (n) is 0 the gradient
  * is first set to 0 (in g too) and p, m, v are set to 0 after the update;
  * elsewhere exactly qf_adamw_apply. */
-int qf_adamw_apply_masked(float *p, float *m, float *v, float *g, const uint8_t *mask,
+void qf_adamw_apply_masked(float *p, float *m, float *v, float *g, const uint8_t *mask,
                            int64_t n, const qf_adamw_coeffs *c);
 
 /* SGD step number `step` (1-based): d = g + wd p; with momentum mu:
  *   buf = d on step 1, else buf = mu buf + (1 - dampening) d;
  *   d = nesterov ? d + mu buf : buf;   p -= lr d */
-int qf_sgd_update(float *p, float *buf, const float *g, int64_t n, float lr, float momentum,
+void qf_sgd_update(float *p, float *buf, const float *g, int64_t n, float lr, float momentum,
                    float dampening, float wd, int nesterov, int64_t step);
 /* The same for a pruned tensor in one pass, as qf_adamw_apply_masked. */
-int qf_sgd_update_masked(float *p, float *buf, float *g, const uint8_t *mask, int64_t n,
+void qf_sgd_update_masked(float *p, float *buf, float *g, const uint8_t *mask, int64_t n,
                           float lr, float momentum, float dampening, float wd, int nesterov,
                           int64_t step);
 

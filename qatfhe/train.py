@@ -2,7 +2,9 @@
 
 Training stops at the first NaN or infinity (loss, parameter or statistic) with a
 DivergenceError naming the epoch and step; the network is left as it was after the last
-finite step (the C epoch keeps a copy from its start and replays the batches before)."""
+finite step (the C epoch keeps a copy from its start, checks each loss and, at its end, the
+parameters; after a failure a checked replay finds the first bad step and the batches
+before it are replayed)."""
 import re
 
 import numpy as np

@@ -108,6 +108,31 @@ static void test_divergence_rolls_back(void)
     qf_net_free(b);
 }
 
+/* A NaN that the loss never sees (a weight row whose ReLU output is then 0)
+ * is found at the epoch's end and located by the checked replay: step 1. */
+static void test_hidden_nan_found_at_the_epoch_end(void)
+{
+    float x[8] = {0.1f, 0.9f, 0.5f, 0.3f, 0.8f, 0.2f, 0.4f, 0.6f};
+    int32_t y[4] = {1, 0, 0, 1};
+    qf_net *net = make_net(0);
+    set_sgd(net, 0.1f, 0.0f, 0.0f);
+    qf_tensor *w = qf_net_tensor(net, qf_net_find_tensor(net, "0.weight"));
+    w->data[0] = w->data[1] = NAN;   /* hidden unit 0: NaN pre-activation, ReLU gives 0 */
+    float before[12];
+    memcpy(before, w->data, sizeof before);
+    qf_rng rng;
+    qf_rng_seed(&rng, 5, 2);
+    double loss;
+    int64_t correct;
+    qf_status st = qf_net_train_epoch(net, x, y, 4, 1, &rng, &loss, &correct);
+    CHECK(st == QF_ERR_DIVERGED, "status %d", st);
+    CHECK(strstr(qf_net_error(net), "step 1 of the epoch: the weight of layer 0") != NULL, "%s",
+          qf_net_error(net));
+    CHECK(memcmp(before, w->data, sizeof before) == 0 && qf_net_optimizer(net)->step == 0,
+          "the net is not back at its state before step 1");
+    qf_net_free(net);
+}
+
 static void test_threshold_skips_the_statistics_phase(void)
 {
     qf_net *net = make_net(1);
@@ -163,6 +188,7 @@ static void test_input_gradient(void)
 int main(void)
 {
     test_divergence_rolls_back();
+    test_hidden_nan_found_at_the_epoch_end();
     test_threshold_skips_the_statistics_phase();
     test_input_gradient();
     return CHECK_REPORT();
