@@ -151,7 +151,8 @@ static void test_threshold_skips_the_statistics_phase(void)
         float before = qf_net_tensor(net, th)->data[0];
         qf_net_step(net);
         if (s < 2)   /* untouched: no decay, no momentum */
-            CHECK(qf_net_tensor(net, th)->data[0] == before && qf_net_tensor(net, th)->opt_m[0] == 0,
+            CHECK(qf_net_tensor(net, th)->data[0] == before &&
+                      qf_net_tensor(net, th)->opt_m[0] == 0,
                   "threshold moved in the statistics phase (step %d)", s);
     }
     CHECK(qf_net_tensor(net, th)->opt_step == 3, "threshold steps %lld",
