@@ -61,7 +61,7 @@ static qf_status a2q_input(qf_net *net, int i)
     if (s->accumulator_bits != 0 && (s->accumulator_bits < QF_A2Q_BITS_MIN ||
                                      s->accumulator_bits > QF_A2Q_BITS_MAX)) {
         snprintf(net->err, sizeof net->err, "layer %d (%s): accumulator_bit_width must be in "
-                 "[%d, %d], got %d", i, kind_name(s->kind), QF_A2Q_BITS_MIN, QF_A2Q_BITS_MAX,
+                 "[%d, %d], got %d", i, qf_net_kind_name(s->kind), QF_A2Q_BITS_MIN, QF_A2Q_BITS_MAX,
                  s->accumulator_bits);
         return QF_ERR_ARG;
     }
@@ -69,7 +69,7 @@ static qf_status a2q_input(qf_net *net, int i)
         return QF_OK;
     if (s->weight_quant.kind == QF_QUANT_NONE) {
         snprintf(net->err, sizeof net->err, "layer %d (%s): accumulator_bit_width needs a "
-                 "weight quantizer (QuantLinear, QuantConv2d)", i, kind_name(s->kind));
+                 "weight quantizer (QuantLinear, QuantConv2d)", i, qf_net_kind_name(s->kind));
         return QF_ERR_ARG;
     }
     int j = i - 1;
@@ -83,7 +83,7 @@ static qf_status a2q_input(qf_net *net, int i)
     if (!p || p->kind != QF_LAYER_ACT_QUANT) {
         snprintf(net->err, sizeof net->err, "layer %d (%s): accumulator_bit_width needs integer "
                  "input codes; put a QuantIdentity or QuantReLU right before it", i,
-                 kind_name(s->kind));
+                 qf_net_kind_name(s->kind));
         return QF_ERR_ARG;
     }
     L->a2q_in_bits = p->act_quant.bits + add;
@@ -119,7 +119,7 @@ static qf_status check_spec(qf_net *net, int i, const qf_layer_spec *s)
         return QF_ERR_ARG;
     if (!weighted && s->accumulator_bits != 0) {
         snprintf(net->err, sizeof net->err, "layer %d (%s): only Linear and Conv2d layers take "
-                 "accumulator_bit_width", i, kind_name(s->kind));
+                 "accumulator_bit_width", i, qf_net_kind_name(s->kind));
         return QF_ERR_ARG;
     }
     if (windowed) {
@@ -849,8 +849,8 @@ int qf_net_a2q_budget(const qf_net *net, int layer, double *budget, int *in_bits
 qf_status qf_net_set_accumulator_bits(qf_net *net, int layer, int bits, double relax)
 {
     if (layer < 0 || layer >= net->n_layers || net->layers[layer].t_norm < 0) {
-        snprintf(net->err, sizeof net->err, "layer %d was not created with an accumulator_bit_width",
-                 layer);
+        snprintf(net->err, sizeof net->err,
+                 "layer %d was not created with an accumulator_bit_width", layer);
         return QF_ERR_ARG;
     }
     if (bits < QF_A2Q_BITS_MIN || bits > QF_A2Q_BITS_MAX) {

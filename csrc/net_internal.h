@@ -130,8 +130,9 @@ float qf_net_weight_scales(const qf_layer *L, const float *w, float *scale, int6
 float qf_net_learned_eval_threshold(const qf_net *net, const qf_layer *L);
 float qf_net_clamp_scale(float threshold, float int_threshold);
 /* codes and fq (may be NULL) (w_rows, w_cols) of A2Q layer L for weights w and
- * scales (w_rows: read for a constant scale, written for abs-max), rows (w_rows, may be NULL) the state for the backward; the
- * first training call initialises the norms g. */
+ * scales (w_rows: read for a constant scale, written for abs-max); rows (w_rows,
+ * may be NULL) receive the state for the backward; the first training call
+ * initialises the norms g. */
 void qf_net_a2q_quantize(qf_net *net, qf_layer *L, const float *w, float *fq, float *codes,
                          float *scale, qf_a2q_row *rows);
 /* net_batchnorm.c: BatchNorm2d layers in the network */
