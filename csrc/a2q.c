@@ -12,6 +12,18 @@ double qf_a2q_budget(int acc_bits, int in_bits, int in_signed)
     return (ldexp(1.0, acc_bits - 1) - 1.0) * ldexp(1.0, (in_signed ? 1 : 0) - in_bits);
 }
 
+qf_a2q_bound qf_a2q_bound_of(int acc_bits, int in_bits, int in_signed, int split, double relax)
+{
+    qf_a2q_bound b = {qf_a2q_budget(acc_bits, in_bits, in_signed) * relax, HUGE_VAL, HUGE_VAL};
+    if (split && !in_signed) {
+        double x = ldexp(1.0, in_bits) - 1.0;              /* the largest input code */
+        b.l1 = HUGE_VAL;
+        b.pos = (ldexp(1.0, acc_bits - 1) - 1.0) / x * relax;
+        b.neg = ldexp(1.0, acc_bits - 1) / x * relax;
+    }
+    return b;
+}
+
 static double reduce(const float lane[LANES])
 {
     double sum = 0.0;
@@ -33,20 +45,68 @@ static double l1_norm(const float *restrict v, int64_t n)
     return reduce(lane);
 }
 
+/* Whether v_i counts in the norm sel (0: all, 1: positive, -1: negative). */
+static int in_norm(int sel, float v)
+{
+    return sel == 0 || (sel > 0 ? v > 0.0f : v < 0.0f);
+}
+
+/* sum of v_i > 0 over n values (the negative part is ||v||_1 minus it) */
+static double positive_sum(const float *restrict v, int64_t n)
+{
+    float lane[LANES] = {0};
+    for (int64_t i = 0; i < n; i++)
+        lane[i % LANES] += v[i] > 0.0f ? v[i] : 0.0f;
+    return reduce(lane);
+}
+
+/* The multiplier k of a row whose bound caps it: min over the bound's norms
+ * (b->l1 / ||v||_1, b->pos / ||v+||_1, b->neg / ||v-||_1); row->sel, row->l1_sel
+ * name the norm that attains it. */
+static double capped_multiplier(qf_a2q_row *row, const qf_a2q_bound *b, const float *v,
+                                int64_t n, double l1)
+{
+    double k = b->l1 / l1, pos = positive_sum(v, n), neg = l1 - pos;
+    row->sel = 0;
+    row->l1_sel = l1;
+    if (pos > 1e-20 && b->pos / pos < k) {
+        k = b->pos / pos;
+        row->sel = 1;
+        row->l1_sel = pos;
+    }
+    if (neg > 1e-20 && b->neg / neg < k) {
+        k = b->neg / neg;
+        row->sel = -1;
+        row->l1_sel = neg;
+    }
+    return k;
+}
+
 static void truncated_codes(float *codes, const float *v, int64_t n, double multiplier,
-                            double budget, float qmin, float qmax);
+                            const qf_a2q_bound *b, float qmin, float qmax);
 
 QF_MULTIVERSION
 void qf_a2q_forward_row(float *fq, float *codes, qf_a2q_row *row, const float *v, int64_t n,
-                        float s, float g_abs, double budget, float qmin, float qmax)
+                        float s, float g_abs, const qf_a2q_bound *b, float qmin, float qmax)
 {
     double l1 = l1_norm(v, n);
     double ratio = (double)g_abs / (double)s;
     row->l1 = l1;
-    row->norm_free = ratio < budget;
-    row->c = row->norm_free ? ratio : budget;
-    row->k = l1 > 1e-20 ? row->c / l1 : 0.0;      /* an all-zero row stays 0 */
-    truncated_codes(codes, v, n, row->k, budget, qmin, qmax);
+    row->sel = 0;
+    row->l1_sel = l1;
+    row->norm_free = 1;
+    row->k = 0.0;                                   /* an all-zero row stays 0 */
+    if (l1 > 1e-20) {
+        double cap = capped_multiplier(row, b, v, n, l1);
+        row->norm_free = ratio / l1 < cap;
+        row->k = row->norm_free ? ratio / l1 : cap;
+        if (row->norm_free) {
+            row->sel = 0;
+            row->l1_sel = l1;
+        }
+    }
+    row->c = row->k * l1;
+    truncated_codes(codes, v, n, row->k, b, qmin, qmax);
     if (fq)
         for (int64_t i = 0; i < n; i++)
             fq[i] = s * codes[i];
@@ -54,7 +114,7 @@ void qf_a2q_forward_row(float *fq, float *codes, qf_a2q_row *row, const float *v
 
 QF_MULTIVERSION
 void qf_a2q_forward_row_absmax(float *fq, float *codes, float *scale, qf_a2q_row *row,
-                               const float *v, int64_t n, float g_abs, double budget,
+                               const float *v, int64_t n, float g_abs, const qf_a2q_bound *b,
                                float int_threshold, float qmin, float qmax)
 {
     double l1 = l1_norm(v, n), m = 0.0;
@@ -68,14 +128,14 @@ void qf_a2q_forward_row_absmax(float *fq, float *codes, float *scale, qf_a2q_row
     row->m = m;
     row->argmax = k;
     int live = l1 > 1e-20 && m > 0.0;
-    double t = int_threshold;
-    row->norm_free = live && t / m <= budget / l1;      /* the abs-max codes fit */
-    row->k = !live ? 0.0 : (row->norm_free ? t / m : budget / l1);
+    double t = int_threshold, cap = live ? capped_multiplier(row, b, v, n, l1) : 0.0;
+    row->norm_free = live && t / m <= cap;              /* the abs-max codes fit */
+    row->k = !live ? 0.0 : (row->norm_free ? t / m : cap);
     row->c = row->k * l1;
     double s = live ? (double)g_abs * m / (t * l1) : 1.0;
     row->s = s > 1e-10 ? s : 1e-10;                     /* QF_SCALE_MIN */
     *scale = (float)row->s;
-    truncated_codes(codes, v, n, row->k, budget, qmin, qmax);
+    truncated_codes(codes, v, n, row->k, b, qmin, qmax);
     if (fq)
         for (int64_t i = 0; i < n; i++)
             fq[i] = *scale * codes[i];
@@ -98,23 +158,45 @@ void qf_a2q_backward_row_absmax(float *dv, double *dg, const float *dfq, const f
         return;
     double t = int_threshold, m = row->m, l1 = row->l1, g = g_abs;
     *dg = sum_q * m / (t * l1);
-    double dm = sum_q * g / (t * l1), dn = -sum_q * g * m / (t * l1 * l1);
+    double dm = sum_q * g / (t * l1), dn = -sum_q * g * m / (t * l1 * l1), dk = 0.0;
     if (row->norm_free)
         dm -= t / (m * m) * a;
     else
-        dn -= row->c / (l1 * l1) * a;                  /* c = T */
-    float ks = (float)(row->k * s), fdn = (float)dn;
+        dk = -row->k / row->l1_sel * a;             /* k = bound / the capping norm */
+    float ks = (float)(row->k * s), fdn = (float)dn, fdk = (float)dk;
     for (int64_t i = 0; i < n; i++) {
         float sign = v[i] > 0.0f ? 1.0f : (v[i] < 0.0f ? -1.0f : 0.0f);
-        dv[i] += ks * dfq[i] + sign * fdn;
+        dv[i] += ks * dfq[i] + sign * (fdn + (in_norm(row->sel, v[i]) ? fdk : 0.0f));
     }
     int64_t k = row->argmax;
     dv[k] += (float)(v[k] >= 0.0f ? dm : -dm);
 }
 
-/* codes (n) = clamp(trunc(v multiplier)), then the integer L1 check against floor(budget) */
+/* The largest |code| among those of sign sel (0: any), or -1 if none is non-zero. */
+static int64_t largest_code(const float *codes, int64_t n, int sel)
+{
+    int64_t top = -1;
+    for (int64_t j = 0; j < n; j++)
+        if (codes[j] != 0.0f && in_norm(sel, codes[j]) &&
+            (top < 0 || __builtin_fabsf(codes[j]) > __builtin_fabsf(codes[top])))
+            top = j;
+    return top;
+}
+
+/* Take units off the largest codes of sign sel while their sum of |q| exceeds limit. */
+static void trim(float *codes, int64_t n, int sel, double sum, double limit)
+{
+    for (; sum > limit; sum -= 1.0) {
+        int64_t top = largest_code(codes, n, sel);
+        if (top < 0)
+            return;
+        codes[top] -= codes[top] > 0.0f ? 1.0f : -1.0f;
+    }
+}
+
+/* codes (n) = clamp(trunc(v multiplier)), then the integer checks against the floored bound */
 static void truncated_codes(float *codes, const float *v, int64_t n, double multiplier,
-                            double budget, float qmin, float qmax)
+                            const qf_a2q_bound *b, float qmin, float qmax)
 {
     /* k is nudged up by 2^-20 so that a value meant to be an integer (the abs-max entry of
      * a row whose g = ||v||_1 is s * qmax) is not truncated to the integer below by float
@@ -124,23 +206,12 @@ static void truncated_codes(float *codes, const float *v, int64_t n, double mult
         float q = __builtin_truncf(v[i] * k);                /* round toward zero */
         codes[i] = q < qmin ? qmin : (q > qmax ? qmax : q);
     }
-    float lane[LANES] = {0};
-    int64_t i = 0;
-    for (; i + LANES <= n; i += LANES)
-        for (int j = 0; j < LANES; j++)
-            lane[j] += __builtin_fabsf(codes[i + j]);
-    for (; i < n; i++)
-        lane[i % LANES] += __builtin_fabsf(codes[i]);
     /* the guarantee is on integers: float error in k must not break it, so an
      * excess (at most a unit or two, from k rounded up) comes off the largest codes */
-    double sum = reduce(lane), limit = floor(budget);
-    while (sum > limit) {
-        int64_t top = 0;
-        for (int64_t j = 1; j < n; j++)
-            top = __builtin_fabsf(codes[j]) > __builtin_fabsf(codes[top]) ? j : top;
-        codes[top] -= codes[top] > 0.0f ? 1.0f : -1.0f;
-        sum -= 1.0;
-    }
+    double l1 = l1_norm(codes, n), pos = positive_sum(codes, n);
+    trim(codes, n, 1, pos, floor(b->pos));
+    trim(codes, n, -1, l1 - pos, floor(b->neg));
+    trim(codes, n, 0, l1_norm(codes, n), floor(b->l1));
 }
 
 QF_MULTIVERSION
@@ -160,11 +231,11 @@ double qf_a2q_backward_row(float *dv, double *dg, const float *dfq, const float 
         lane_s[i % LANES] += dfq[i] * codes[i];
     }
     double ds = reduce(lane_s);
-    double d = row->k > 0.0 ? (double)s * reduce(lane_d) / row->l1 : 0.0;   /* dL/dc */
+    double d = row->k > 0.0 ? (double)s * reduce(lane_d) / row->l1_sel : 0.0;  /* dL/dc */
     float ks = (float)(row->k * s), kd = (float)(row->k * d);
     for (i = 0; i < n; i++) {
         float sign = v[i] > 0.0f ? 1.0f : (v[i] < 0.0f ? -1.0f : 0.0f);
-        dv[i] += ks * dfq[i] - sign * kd;
+        dv[i] += ks * dfq[i] - (in_norm(row->sel, v[i]) ? sign * kd : 0.0f);
     }
     *dg = row->norm_free ? d / s : 0.0;
     if (row->norm_free)

@@ -31,12 +31,32 @@
 #define QF_A2Q_BITS_MIN 2
 #define QF_A2Q_BITS_MAX 32
 
+/* The integer budgets of one row's codes (HUGE_VAL: no limit); each is floored:
+ *   l1:  sum_i |q_i|                      (Brevitas' A2Q bound, any input sign)
+ *   pos: sum_{q_i > 0} q_i,  neg: sum_{q_i < 0} |q_i|   (the split bound below)
+ * The split bound, for unsigned input codes x_i in [0, X], X = 2^N - 1: the
+ * accumulator sum q_i x_i lies in [-X neg(q), X pos(q)], so
+ *   pos <= (2^(P-1) - 1) / X  and  neg <= 2^(P-1) / X
+ * keep it in [-2^(P-1), 2^(P-1) - 1] for every input: P signed bits, and up to
+ * about twice the L1 mass of T (A2Q+, Colbert et al. 2024, bound the same
+ * range with zero-centred weights, ||q||_1 <= (2^P - 2) / X; splitting the two
+ * signs needs no centring).  For signed inputs it is the L1 bound T. */
+typedef struct {
+    double l1, pos, neg;
+} qf_a2q_bound;
+
+/* The bound of P, N, sign (0/1) and form (split 0: L1 T; 1: split for unsigned
+ * inputs, T for signed), every limit multiplied by relax >= 1. */
+qf_a2q_bound qf_a2q_bound_of(int acc_bits, int in_bits, int in_signed, int split, double relax);
+
 /* What the forward of one row leaves for its backward. */
 typedef struct {
     double l1;        /* ||v||_1 of the row                                  */
     double c;         /* min(|g| / s, T), the codes' real-valued L1 norm       */
     double k;         /* c / ||v||_1 (0 for an all-zero row)                   */
     int norm_free;    /* |g| / s < T: the learned norm is not clamped          */
+    int sel;          /* the norm that sets k: 0 ||v||_1, 1 ||v+||_1, -1 ||v-||_1 */
+    double l1_sel;    /* that norm                                            */
     double m;         /* abs-max form: max |v_i|                               */
     int64_t argmax;   /* abs-max form: its index                               */
     double s;         /* abs-max form: the row's scale                         */
@@ -46,9 +66,12 @@ typedef struct {
 double qf_a2q_budget(int acc_bits, int in_bits, int in_signed);
 
 /* codes (n), fq (n, may be NULL) of row v (n) with scale s, norm |g| = g_abs,
- * budget T; fills *row for the backward. */
+ * bound b; fills *row for the backward.  With the split bound, c = min(|g| / s,
+ * ...) becomes k = min(|g| / (s ||v||_1), pos / ||v+||_1, neg / ||v-||_1) and
+ * u_i = k v_i (a capped row's gradient flows through the norm that caps it:
+ * dL/dv_i = k (G_i - [v_i in that sign] sign(v_i) sum_j G_j v_j / that norm)). */
 void qf_a2q_forward_row(float *fq, float *codes, qf_a2q_row *row, const float *v, int64_t n,
-                        float s, float g_abs, double budget, float qmin, float qmax);
+                        float s, float g_abs, const qf_a2q_bound *b, float qmin, float qmax);
 
 /* dv (n) += dL/dv from dfq = dL/dy (n), for the row's last forward; *dg
  * receives dL/d|g| (to be multiplied by sign(g) by the caller); returns dL/ds. */
@@ -65,7 +88,7 @@ double qf_a2q_backward_row(float *dv, double *dg, const float *dfq, const float 
  * at T, and |g| is the L1 norm of the effective weights s u.  Codes never
  * saturate and the learned g sets only the magnitude.  *scale receives s. */
 void qf_a2q_forward_row_absmax(float *fq, float *codes, float *scale, qf_a2q_row *row,
-                               const float *v, int64_t n, float g_abs, double budget,
+                               const float *v, int64_t n, float g_abs, const qf_a2q_bound *b,
                                float int_threshold, float qmin, float qmax);
 
 /* Its backward: dv (n) += dL/dv, *dg = dL/d|g|, for dfq = dL/dy (n). */

@@ -50,6 +50,8 @@ typedef struct {
                                    is the skip operand and whose quantizer both share   */
     int accumulator_bits;       /* LINEAR, CONV2D with a weight quantizer: A2Q (a2q.h), the
                                    accumulator budget P in 2..32 for the input's codes; 0: off */
+    int accumulator_split;      /* A2Q: 1 bounds the positive and negative codes apart for
+                                   unsigned inputs (a2q.h's split bound); 0: L1 (Brevitas) */
     float eps;                  /* BATCHNORM2D: added to the variance (> 0)              */
     float momentum;             /* BATCHNORM2D: running statistics factor in [0, 1], or
                                    < 0 for a cumulative average (torch momentum=None)    */

@@ -33,6 +33,7 @@ typedef struct {
     /* A2Q (spec.accumulator_bits > 0): learned norms g, their lazy initialisation flag */
     int t_norm, t_norm_init;            /* "weight_norm" (w_rows), "weight_norm_init" (1)   */
     double a2q_budget;                  /* T of a2q.h for the input's codes                 */
+    qf_a2q_bound a2q_bound;             /* the row quantizer's limits (a2q.h), relax included */
     int a2q_in_bits, a2q_in_signed;     /* N and sign of the input codes                    */
     qf_a2q_row *a2q_rows;               /* (w_rows) what the last forward left per row      */
     int codes_fit_f32;                  /* integer sums exact in float32                   */

@@ -170,9 +170,9 @@ void qf_net_a2q_quantize(qf_net *net, qf_layer *L, const float *w, float *fq, fl
             g[r] = norm;
         if (absmax)
             qf_a2q_forward_row_absmax(fq_r, codes_r, &scale[r], row, v, L->w_cols, norm,
-                                      L->a2q_budget, L->w_int_threshold, L->w_qmin, L->w_qmax);
+                                      &L->a2q_bound, L->w_int_threshold, L->w_qmin, L->w_qmax);
         else
-            qf_a2q_forward_row(fq_r, codes_r, row, v, L->w_cols, scale[r], norm, L->a2q_budget,
+            qf_a2q_forward_row(fq_r, codes_r, row, v, L->w_cols, scale[r], norm, &L->a2q_bound,
                                L->w_qmin, L->w_qmax);
     }
     if (init)
