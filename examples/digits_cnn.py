@@ -58,10 +58,10 @@ def fp32_cnn(seed):
         nn.Flatten(), nn.Linear(4 * c2, 10), seed=seed)
 
 
-def qat_cnn(bits, seed, accumulator_bits=None):
+def qat_cnn(bits, seed, accumulator_bits=None, bound="split"):
     c1, c2 = CHANNELS
     unsigned = nn.Uint8ActPerTensorFloat          # inputs and pooled values are >= 0
-    acc = dict(accumulator_bit_width=accumulator_bits)
+    acc = dict(accumulator_bit_width=accumulator_bits, accumulator_bound=bound)
     return nn.Sequential(
         nn.QuantIdentity(act_quant=unsigned, bit_width=bits),
         nn.QuantConv2d(1, c1, 3, padding=1, weight_bit_width=bits,
@@ -107,6 +107,8 @@ def main(argv=None):
     parser.add_argument("--bits", type=int, default=3)
     parser.add_argument("--accumulator-bits", type=int, default=None, metavar="P",
                         help="A2Q: every accumulator provably fits P bits")
+    parser.add_argument("--accumulator-bound", choices=("split", "l1"), default="split",
+                        help="A2Q's proven bound (qatfhe.a2q): split (default) or l1 (Brevitas)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     X_train, X_test, y_train, y_test = digits(args.seed)
@@ -118,7 +120,8 @@ def main(argv=None):
     print(f"fp32 baseline          accuracy {fp32_acc:.2%}   ({time.perf_counter() - t:.1f} s)")
 
     t = time.perf_counter()
-    qat = train(qat_cnn(args.bits, args.seed, args.accumulator_bits), X_train, y_train,
+    qat = train(qat_cnn(args.bits, args.seed, args.accumulator_bits, args.accumulator_bound),
+                X_train, y_train,
                 args.epochs, args.seed, tighten=args.accumulator_bits is not None)
     qat_logits = qat(X_test)
     qat_pred = np.asarray(qat_logits).argmax(axis=1)

@@ -179,17 +179,20 @@ class QuantLinear(_A2Q, _WeightLayer):
     def __init__(self, in_features, out_features, bias=True, weight_quant=Int8WeightPerTensorFloat,
                  weight_bit_width=None, bias_quant=None, return_quant_tensor=False,
                  weight_narrow_range=None, weight_scaling_const=None,
-                 weight_scaling_per_output_channel=False, accumulator_bit_width=None):
+                 weight_scaling_per_output_channel=False, accumulator_bit_width=None,
+                 accumulator_bound="l1"):
         super().__init__(in_features, out_features, bias)
         _init_weight_quant(self, weight_quant, weight_bit_width, bias_quant, return_quant_tensor,
                            weight_narrow_range, weight_scaling_const,
-                           weight_scaling_per_output_channel, accumulator_bit_width)
+                           weight_scaling_per_output_channel, accumulator_bit_width,
+                           accumulator_bound)
 
     def _core_spec(self):
         return {"kind": _core.LAYER_LINEAR, "in_features": self.in_features,
                 "out_features": self.out_features, "bias": int(self.has_bias),
                 "weight_quant": self.weight_quant.to_core(), "per_channel": int(self.per_channel),
-                "accumulator_bits": self.accumulator_bit_width or 0}
+                "accumulator_bits": self.accumulator_bit_width or 0,
+                "accumulator_split": int(self.accumulator_bound == "split")}
 
     def config(self):
         return _a2q_config(self, {
@@ -206,7 +209,8 @@ class QuantLinear(_A2Q, _WeightLayer):
 
 
 def _init_weight_quant(layer, weight_quant, weight_bit_width, bias_quant, return_quant_tensor,
-                       narrow_range, scaling_const, per_channel, accumulator_bit_width=None):
+                       narrow_range, scaling_const, per_channel, accumulator_bit_width=None,
+                       accumulator_bound="l1"):
     if bias_quant is not None:
         raise NotImplementedError("bias quantization is not supported: use bias_quant=None "
                                   "(the bias stays float and joins the table lookup)")
@@ -227,11 +231,16 @@ def _init_weight_quant(layer, weight_quant, weight_bit_width, bias_quant, return
         if layer.accumulator_bit_width > 32:
             raise ValueError(f"accumulator_bit_width must be an integer in [2, 32], got "
                              f"{accumulator_bit_width!r}")
+    if accumulator_bound not in ("l1", "split"):      # qatfhe.a2q: the two proven bounds
+        raise ValueError(f'accumulator_bound must be "l1" or "split", got {accumulator_bound!r}')
+    layer.accumulator_bound = accumulator_bound
 
 
 def _a2q_config(layer, config):
     if layer.accumulator_bit_width is not None:
         config["accumulator_bit_width"] = layer.accumulator_bit_width
+        if layer.accumulator_bound != "l1":
+            config["accumulator_bound"] = layer.accumulator_bound
     return config
 
 
@@ -353,16 +362,19 @@ class QuantConv2d(_A2Q, Conv2d):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
                  weight_quant=Int8WeightPerTensorFloat, weight_bit_width=None, bias_quant=None,
                  return_quant_tensor=False, weight_narrow_range=None, weight_scaling_const=None,
-                 weight_scaling_per_output_channel=False, accumulator_bit_width=None):
+                 weight_scaling_per_output_channel=False, accumulator_bit_width=None,
+                 accumulator_bound="l1"):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias)
         _init_weight_quant(self, weight_quant, weight_bit_width, bias_quant, return_quant_tensor,
                            weight_narrow_range, weight_scaling_const,
-                           weight_scaling_per_output_channel, accumulator_bit_width)
+                           weight_scaling_per_output_channel, accumulator_bit_width,
+                           accumulator_bound)
 
     def _core_spec(self):
         spec = super()._core_spec()
         spec.update(weight_quant=self.weight_quant.to_core(), per_channel=int(self.per_channel),
-                    accumulator_bits=self.accumulator_bit_width or 0)
+                    accumulator_bits=self.accumulator_bit_width or 0,
+                    accumulator_split=int(self.accumulator_bound == "split"))
         return spec
 
     def config(self):
