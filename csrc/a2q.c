@@ -14,7 +14,8 @@ double qf_a2q_budget(int acc_bits, int in_bits, int in_signed)
 
 qf_a2q_bound qf_a2q_bound_of(int acc_bits, int in_bits, int in_signed, int split, double relax)
 {
-    qf_a2q_bound b = {qf_a2q_budget(acc_bits, in_bits, in_signed) * relax, HUGE_VAL, HUGE_VAL};
+    qf_a2q_bound b = {qf_a2q_budget(acc_bits, in_bits, in_signed) * relax, HUGE_VAL, HUGE_VAL,
+                      split != 0};
     if (split && !in_signed) {
         double x = ldexp(1.0, in_bits) - 1.0;              /* the largest input code */
         b.l1 = HUGE_VAL;
@@ -63,8 +64,11 @@ static double positive_sum(const float *restrict v, int64_t n)
 /* The multiplier k of a row whose bound caps it: min over the bound's norms
  * (b->l1 / ||v||_1, b->pos / ||v+||_1, b->neg / ||v-||_1); row->sel, row->l1_sel
  * name the norm that attains it. */
+static double filled_multiplier(const float *v, int64_t n, double k, double limit,
+                                double norm, const qf_a2q_bound *b, float qmin, float qmax);
+
 static double capped_multiplier(qf_a2q_row *row, const qf_a2q_bound *b, const float *v,
-                                int64_t n, double l1)
+                                int64_t n, double l1, float qmin, float qmax)
 {
     double k = b->l1 / l1, pos = positive_sum(v, n), neg = l1 - pos;
     row->sel = 0;
@@ -78,6 +82,43 @@ static double capped_multiplier(qf_a2q_row *row, const qf_a2q_bound *b, const fl
         k = b->neg / neg;
         row->sel = -1;
         row->l1_sel = neg;
+    }
+    if (b->fill && isfinite(k))
+        k = filled_multiplier(v, n, k, k * row->l1_sel, row->l1_sel, b, qmin, qmax);
+    return k;
+}
+
+/* Whether clamp(trunc(v k)) (the codes truncated_codes makes) is within the floored bound. */
+static int codes_within(const float *v, int64_t n, double multiplier, const qf_a2q_bound *b,
+                        float qmin, float qmax)
+{
+    float k = (float)(multiplier * (1.0 + 0x1p-20));
+    double pos = 0.0, neg = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        float q = __builtin_truncf(v[i] * k);
+        q = q < qmin ? qmin : (q > qmax ? qmax : q);
+        pos += q > 0.0f ? q : 0.0f;
+        neg += q < 0.0f ? -q : 0.0f;
+    }
+    return pos <= floor(b->pos) && neg <= floor(b->neg) && pos + neg <= floor(b->l1);
+}
+
+/* The filled form: the largest multiplier in [k, (limit + n) / norm] whose truncated
+ * codes stay within the bound (bisection; k itself is: truncation only lowers |u_i|).
+ * Truncation drops the fractions of every u_i, so k ||v||_1 <= T wastes up to n units
+ * of budget on a row of n small entries; this spends them on whole codes instead. */
+static double filled_multiplier(const float *v, int64_t n, double k, double limit,
+                                double norm, const qf_a2q_bound *b, float qmin, float qmax)
+{
+    double hi = (limit + (double)n) / norm;
+    if (codes_within(v, n, hi, b, qmin, qmax))
+        return hi;
+    for (int it = 0; it < 30; it++) {
+        double mid = 0.5 * (k + hi);
+        if (codes_within(v, n, mid, b, qmin, qmax))
+            k = mid;
+        else
+            hi = mid;
     }
     return k;
 }
@@ -97,7 +138,7 @@ void qf_a2q_forward_row(float *fq, float *codes, qf_a2q_row *row, const float *v
     row->norm_free = 1;
     row->k = 0.0;                                   /* an all-zero row stays 0 */
     if (l1 > 1e-20) {
-        double cap = capped_multiplier(row, b, v, n, l1);
+        double cap = capped_multiplier(row, b, v, n, l1, qmin, qmax);
         row->norm_free = ratio / l1 < cap;
         row->k = row->norm_free ? ratio / l1 : cap;
         if (row->norm_free) {
@@ -128,7 +169,7 @@ void qf_a2q_forward_row_absmax(float *fq, float *codes, float *scale, qf_a2q_row
     row->m = m;
     row->argmax = k;
     int live = l1 > 1e-20 && m > 0.0;
-    double t = int_threshold, cap = live ? capped_multiplier(row, b, v, n, l1) : 0.0;
+    double t = int_threshold, cap = live ? capped_multiplier(row, b, v, n, l1, qmin, qmax) : 0.0;
     row->norm_free = live && t / m <= cap;              /* the abs-max codes fit */
     row->k = !live ? 0.0 : (row->norm_free ? t / m : cap);
     row->c = row->k * l1;

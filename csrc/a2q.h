@@ -43,6 +43,7 @@
  * signs needs no centring).  For signed inputs it is the L1 bound T. */
 typedef struct {
     double l1, pos, neg;
+    int fill;      /* 1: a capped row's multiplier is the largest whose truncated codes fit */
 } qf_a2q_bound;
 
 /* The bound of P, N, sign (0/1) and form (split 0: L1 T; 1: split for unsigned

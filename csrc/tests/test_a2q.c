@@ -85,7 +85,7 @@ static void backward_matches_differences(void)
     float dfq[N] = {0.2f, -0.1f, 0.4f, 0.05f, -0.3f, 0.1f}, codes[N], dv[N] = {0};
     float s = 0.25f, g = 0.6f;
     double dg;
-    qf_a2q_bound b = {100.0, HUGE_VAL, HUGE_VAL};
+    qf_a2q_bound b = {100.0, HUGE_VAL, HUGE_VAL, 0};
     qf_a2q_row row;
     qf_a2q_forward_row(NULL, codes, &row, v, N, s, g, &b, -7.0f, 7.0f);
     qf_a2q_backward_row(dv, &dg, dfq, v, codes, N, s, g, &row);
@@ -130,7 +130,7 @@ static void split_backward_matches_differences(void)
     int sels[3] = {1, -1, 0};
     float dfq[N] = {0.2f, -0.1f, 0.4f, 0.05f, -0.3f, 0.1f}, codes[N];
     float s = 0.25f;
-    qf_a2q_bound b = {HUGE_VAL, 3.0, 4.0};
+    qf_a2q_bound b = {HUGE_VAL, 3.0, 4.0, 0};
     for (int r = 0; r < 3; r++) {
         float *v = rows[r], dv[N] = {0};
         double dg, x[N];
@@ -149,6 +149,25 @@ static void split_backward_matches_differences(void)
             CHECK_CLOSE(dv[j], (lp - lm) / (2 * h), 1e-3, 1e-5);
         }
         CHECK(r == 2 ? dg != 0.0 : dg == 0.0, "row %d: dL/dg", r);
+        if (r == 2)
+            continue;
+        /* filled: k grows by a factor rho held constant in the backward, dv scales by it */
+        qf_a2q_bound fb = b;
+        fb.fill = 1;
+        float dvf[N] = {0}, fcodes[N];
+        qf_a2q_row frow;
+        qf_a2q_forward_row(NULL, fcodes, &frow, v, N, s, gs[r], &fb, -7.0f, 7.0f);
+        double rho = frow.k / row.k, pos = 0.0, neg = 0.0;
+        for (int i = 0; i < N; i++) {
+            pos += fcodes[i] > 0 ? fcodes[i] : 0.0;
+            neg += fcodes[i] < 0 ? -fcodes[i] : 0.0;
+            CHECK(fabsf(fcodes[i]) >= fabsf(codes[i]), "row %d: filling lowered a code", r);
+        }
+        CHECK(rho > 1.0 && pos <= 3.0 && neg <= 4.0, "row %d: filled k x%g, codes +%g -%g",
+              r, rho, pos, neg);
+        qf_a2q_backward_row(dvf, &dg, dfq, v, fcodes, N, s, gs[r], &frow);
+        for (int j = 0; j < N; j++)
+            CHECK_CLOSE(dvf[j], rho * dv[j], 1e-5, 1e-6);
     }
 }
 
