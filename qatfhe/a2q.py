@@ -30,6 +30,26 @@ Brevitas initialises it from the weights), so a layer inside its budget starts f
 weights.  Gradients are straight through trunc and clamp; see csrc/a2q.h for the formulas
 (checked against torch autograd in tests/test_a2q.py).
 
+The split bound (`accumulator_bound="split"`; the library's examples use it): for unsigned
+input codes x_i in [0, X], X = 2^N - 1 (after a QuantReLU, or an unsigned QuantIdentity), the
+accumulator lies in [-X ||q-||_1, X ||q+||_1] (q+ and q-: the positive and negative codes),
+attained when every x_i sits at 0 or X by the sign of q_i.  So
+
+    ||q+||_1 <= Tp = (2^(P-1) - 1) / X     and     ||q-||_1 <= Tn = 2^(P-1) / X
+
+keep it in [-2^(P-1), 2^(P-1) - 1], P signed bits, for every input: each sign may carry about
+T alone (9 and 9 codes at P = 7, N = 3, against T = 7.875 for the two together).  A2Q+
+(Colbert, Pappalardo, Petri-Koenig and Umuroglu, ICML 2024) bounds the same range with
+zero-centred weights (sum q_i = 0, ||q||_1 <= (2^P - 2) / X); bounding the two signs apart
+needs no centring.  The row's multiplier becomes k = min(|g| / (s ||v||_1), Tp / ||v+||_1,
+Tn / ||v-||_1), and a capped row is filled: k grows to the largest value (bisection) whose
+truncated codes clamp(trunc(k v_i)) still meet floor(Tp) and floor(Tn), since truncation
+drops the fractions of every k v_i and a row of many small entries would otherwise spend its
+budget on codes that round to 0.  The growth factor is held constant in the backward
+(straight through, as trunc).  For signed inputs the split form is the L1 bound T with the
+same filling.  The default stays "l1", Brevitas' quantizer, so that weights trained here and
+there agree; the integer checks make both bounds hold on the codes whatever float rounding does.
+
 Training: a tight budget from the first step can leave every code at 0 (a wide layer's
 ||v||_1 spreads over many inputs, and truncation zeroes them), so `fit_tightening` relaxes the
 budget by a factor that decays to 1 over the first epochs and then trains at the true budget.
@@ -40,12 +60,20 @@ import warnings
 
 import numpy as np
 
-__all__ = ["budget", "a2q_layers", "check_budgets", "set_budgets", "fit_tightening"]
+__all__ = ["budget", "split_budget", "a2q_layers", "check_budgets", "set_budgets",
+           "fit_tightening"]
 
 
 def budget(acc_bits, in_bits, in_signed):
     """The L1 budget T of the integer weights of one output channel (module docstring)."""
     return (2.0 ** (acc_bits - 1) - 1.0) * 2.0 ** (int(bool(in_signed)) - in_bits)
+
+
+def split_budget(acc_bits, in_bits):
+    """(Tp, Tn): the budgets of the positive and of the negative integer weights of one
+    output channel under the split bound, for unsigned N-bit inputs (module docstring)."""
+    largest = 2.0 ** in_bits - 1.0
+    return (2.0 ** (acc_bits - 1) - 1.0) / largest, 2.0 ** (acc_bits - 1) / largest
 
 
 def a2q_layers(net):
@@ -120,12 +148,13 @@ def fit_tightening(net, X, y, epochs, tighten_epochs, relax_start=64.0, batch_si
 
 def tutorial_run(seed, accumulator_bits=7, hidden=100, epochs=8, tighten_epochs=6,
                  relax_start=64.0, lr=1e-3, final_lr=1e-4, n_train=None, output_bits="same",
-                 weight_quant="const"):
+                 weight_quant="const", bound="split"):
     """One run of the tutorial architecture (2-hidden-hidden-2, 3 bits, experiments.qat_net's
     U(-1, 1) init) with accumulator_bit_width on the two hidden QuantLinear layers and
     output_bits on the last one ("same": accumulator_bits; None: no budget; its accumulator
     is returned, not looked up), weights quantized by the tutorial's CommonWeightQuant
-    (weight_quant="const") or by abs-max scales ("absmax"), trained by fit_tightening
+    (weight_quant="const") or by abs-max scales ("absmax"), under the accumulator_bound
+    `bound` ("split" or "l1"), trained by fit_tightening
     (AdamW lr, weight decay 0.01, batch 1); n_train limits the training set (tests).
     Returns a dict: seed, accuracy (integer circuit on the test points), fake_quant_accuracy,
     agree (circuit == fake-quant on every test point), max_bit_width, worst_case_bit_width,
@@ -139,7 +168,7 @@ def tutorial_run(seed, accumulator_bits=7, hidden=100, epochs=8, tighten_epochs=
     template = qat_net(hidden, seed)
     quant = nn.CommonWeightQuant if weight_quant == "const" else nn.Int8WeightPerTensorFloat
     weights = dict(bias=True, weight_quant=quant, weight_bit_width=3,
-                   accumulator_bit_width=accumulator_bits)
+                   accumulator_bit_width=accumulator_bits, accumulator_bound=bound)
     net = nn.Sequential(
         nn.QuantIdentity(act_quant=nn.CommonActQuant, bit_width=3),
         nn.QuantLinear(2, hidden, **weights), nn.QuantReLU(bit_width=3),
