@@ -104,7 +104,8 @@ static int codes_within(const float *v, int64_t n, double multiplier, const qf_a
 }
 
 /* The filled form: the largest multiplier in [k, (limit + n) / norm] whose truncated
- * codes stay within the bound (bisection; k itself is: truncation only lowers |u_i|).
+ * codes stay within the bound, to QF_A2Q_FILL_STEPS halvings of that interval (k itself
+ * is within: truncation only lowers |u_i|; the codes' sums only grow with k).
  * Truncation drops the fractions of every u_i, so k ||v||_1 <= T wastes up to n units
  * of budget on a row of n small entries; this spends them on whole codes instead. */
 static double filled_multiplier(const float *v, int64_t n, double k, double limit,
@@ -113,7 +114,7 @@ static double filled_multiplier(const float *v, int64_t n, double k, double limi
     double hi = (limit + (double)n) / norm;
     if (codes_within(v, n, hi, b, qmin, qmax))
         return hi;
-    for (int it = 0; it < 30; it++) {
+    for (int it = 0; it < QF_A2Q_FILL_STEPS; it++) {
         double mid = 0.5 * (k + hi);
         if (codes_within(v, n, mid, b, qmin, qmax))
             k = mid;

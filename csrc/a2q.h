@@ -30,6 +30,7 @@
 
 #define QF_A2Q_BITS_MIN 2
 #define QF_A2Q_BITS_MAX 32
+#define QF_A2Q_FILL_STEPS 16    /* bisection steps of the filled multiplier (fill below) */
 
 /* The integer budgets of one row's codes (HUGE_VAL: no limit); each is floored:
  *   l1:  sum_i |q_i|                      (Brevitas' A2Q bound, any input sign)

@@ -1,7 +1,8 @@
 """The tutorial architecture (2-100-100-2, 3 bits) with accumulator_bit_width=P on every
 QuantLinear, over seeded runs (qatfhe.a2q.tutorial_experiment):
 
-    python examples/a2q_tutorial.py [--bits 7] [--runs 10] [--jobs 2] [--out a2q.json]
+    python examples/a2q_tutorial.py [--bits 7] [--runs 10] [--jobs 2] [--bound split]
+                                    [--output-bits same|none|P] [--out a2q.json]
 
 Prints per run the integer-circuit accuracy on the 500 test points, the measured and the
 worst-case (exhaustive over the 49 input codes) bit widths, then the mean."""
@@ -21,11 +22,13 @@ def main(argv=None):
     parser.add_argument("--tighten-epochs", type=int, default=6)
     parser.add_argument("--output-bits", default="same",
                         help='budget of the last QuantLinear: "same" (default), "none" or P')
+    parser.add_argument("--bound", choices=("split", "l1"), default="split",
+                        help="A2Q's proven bound (qatfhe.a2q): split (default) or l1 (Brevitas)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     result = a2q.tutorial_experiment(range(args.runs), jobs=args.jobs,
                                      accumulator_bits=args.bits, epochs=args.epochs,
-                                     tighten_epochs=args.tighten_epochs,
+                                     tighten_epochs=args.tighten_epochs, bound=args.bound,
                                      output_bits=(None if args.output_bits == "none" else
                                                   args.output_bits if args.output_bits == "same"
                                                   else int(args.output_bits)))

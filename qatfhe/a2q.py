@@ -42,10 +42,11 @@ T alone (9 and 9 codes at P = 7, N = 3, against T = 7.875 for the two together).
 (Colbert, Pappalardo, Petri-Koenig and Umuroglu, ICML 2024) bounds the same range with
 zero-centred weights (sum q_i = 0, ||q||_1 <= (2^P - 2) / X); bounding the two signs apart
 needs no centring.  The row's multiplier becomes k = min(|g| / (s ||v||_1), Tp / ||v+||_1,
-Tn / ||v-||_1), and a capped row is filled: k grows to the largest value (bisection) whose
+Tn / ||v-||_1), and a capped row is filled: k grows to the largest value whose
 truncated codes clamp(trunc(k v_i)) still meet floor(Tp) and floor(Tn), since truncation
 drops the fractions of every k v_i and a row of many small entries would otherwise spend its
-budget on codes that round to 0.  The growth factor is held constant in the backward
+budget on codes that round to 0 (16 halvings of [k, (T + n) / ||v||], n the row's length,
+csrc/a2q.c).  The growth factor is held constant in the backward
 (straight through, as trunc).  For signed inputs the split form is the L1 bound T with the
 same filling.  The default stays "l1", Brevitas' quantizer, so that weights trained here and
 there agree; the integer checks make both bounds hold on the codes whatever float rounding does.

@@ -53,14 +53,15 @@ def test_accumulator_fits_on_every_input_code(P, wq, per_channel):
 
 def filled_multiplier(v, k, limit, norm, pos_b, neg_b, qmax):
     """NumPy: the largest multiplier in [k, (limit + n) / norm] whose codes
-    clip(trunc(v * k (1 + 2^-20))) meet floor(pos_b), floor(neg_b) (module docstring)."""
+    clip(trunc(v * k (1 + 2^-20))) meet floor(pos_b), floor(neg_b), by 16 halvings of that
+    interval (module docstring), the same float32 products as csrc/a2q.c."""
     def fits(m):
         q = np.clip(np.trunc(v * F32(m * (1 + 2.0 ** -20))), -qmax, qmax)
         return q[q > 0].sum() <= np.floor(pos_b) and -q[q < 0].sum() <= np.floor(neg_b)
     hi = (limit + len(v)) / norm
     if fits(hi):
         return hi
-    for _ in range(60):
+    for _ in range(16):                  # QF_A2Q_FILL_STEPS
         mid = 0.5 * (k + hi)
         k, hi = (mid, hi) if fits(mid) else (k, mid)
     return k
