@@ -84,6 +84,18 @@ static qf_status check_spec(qf_net *net, int i, const qf_layer_spec *s)
             return QF_ERR_ARG;
         }
     }
+    if (s->kind == QF_LAYER_CONV2D && s->groups > 1 &&
+        (s->in_features % s->groups || s->out_features % s->groups)) {
+        snprintf(net->err, sizeof net->err, "layer %d (Conv2d): in_channels (%d) and out_channels "
+                 "(%d) must both be divisible by groups (%d)", i, s->in_features, s->out_features,
+                 s->groups);
+        return QF_ERR_ARG;
+    }
+    if (s->kind == QF_LAYER_CONV2D && s->groups < 0) {
+        snprintf(net->err, sizeof net->err, "layer %d (Conv2d): groups must be >= 1, got %d", i,
+                 s->groups);
+        return QF_ERR_ARG;
+    }
     if (s->kind == QF_LAYER_ACT_QUANT) {
         if ((s->act_quant.kind == QF_QUANT_NONE || s->act_quant.kind == QF_QUANT_ABSMAX) &&
             bad(net, &st, QF_ERR_ARG, "layer %d: an activation quantizer must be constant or "
@@ -139,8 +151,10 @@ static qf_status build_tensors(qf_net *net)
         L->t_weight = L->t_bias = L->t_threshold = L->t_stats_buffer = L->t_stats_count = -1;
         L->a_argmax = -1;
         if (s->kind == QF_LAYER_LINEAR || s->kind == QF_LAYER_CONV2D) {
-            int64_t shape[4] = {s->out_features, s->in_features, s->kernel[0], s->kernel[1]};
             int conv = s->kind == QF_LAYER_CONV2D;
+            int groups = conv && s->groups > 1 ? s->groups : 1;
+            int64_t shape[4] = {s->out_features, s->in_features / groups, s->kernel[0],
+                                s->kernel[1]};
             L->t_weight = add_tensor(net, i, "weight", QF_TENSOR_PARAM, conv ? 4 : 2, shape);
             if (s->has_bias)
                 L->t_bias = add_tensor(net, i, "bias", QF_TENSOR_PARAM, 1, shape);
@@ -494,20 +508,21 @@ qf_status qf_net_prepare(qf_net *net, int64_t n)
     if (n <= net->batch_cap && !net->buffers_stale)
         return QF_OK;
     int64_t cap = n > net->batch_cap ? n : net->batch_cap;
-    int64_t act = 0, max_size = qf_net_cur_in_size(net);
+    int64_t act = 0, fixed = 0, max_size = qf_net_cur_in_size(net);
     for (int i = 0; i < net->n_layers; i++) {
         qf_layer *L = &net->layers[i];
         act += L->out_size * (2 + (L->emits_codes ? 1 : 0) +
                               (L->spec.kind == QF_LAYER_RESIDUAL_ADD ? 1 : 0));
         if (L->spec.kind == QF_LAYER_CONV2D) {
-            int64_t p = L->geom.oh * L->geom.ow, k = L->w_cols;
+            int64_t p = L->geom.oh * L->geom.ow, k = L->geom.c * L->geom.kh * L->geom.kw;
             act += 3 * p * k + p * L->spec.out_features;
+            fixed += 2 * L->w_rows * L->w_cols;
         }
         if (L->out_size > max_size)
             max_size = L->out_size;
     }
     free_buffers(net);
-    net->act_storage = malloc(sizeof(float) * (size_t)(act * cap + 1));
+    net->act_storage = malloc(sizeof(float) * (size_t)(act * cap + fixed + 1));
     net->x = malloc(sizeof(float) * (size_t)(qf_net_cur_in_size(net) * cap));
     net->scratch = malloc(sizeof(float) * (size_t)(max_size * cap));
     net->labels = malloc(sizeof(int32_t) * (size_t)cap);
@@ -523,6 +538,7 @@ qf_status qf_net_prepare(qf_net *net, int64_t n)
         L->out = p; p += L->out_size * cap;
         L->dout = p; p += L->out_size * cap;
         L->codes = L->cols = L->col_codes = L->dcols = L->gemm_out = L->skip_grad = NULL;
+        L->w_t = L->dw_t = NULL;
         if (L->emits_codes) {
             L->codes = p;
             p += L->out_size * cap;
@@ -533,10 +549,13 @@ qf_status qf_net_prepare(qf_net *net, int64_t n)
         }
         if (L->spec.kind == QF_LAYER_CONV2D) {
             int64_t rows = L->geom.oh * L->geom.ow * cap;
-            L->cols = p; p += rows * L->w_cols;
-            L->col_codes = p; p += rows * L->w_cols;
-            L->dcols = p; p += rows * L->w_cols;
+            int64_t k = L->geom.c * L->geom.kh * L->geom.kw;   /* taps of all groups */
+            L->cols = p; p += rows * k;
+            L->col_codes = p; p += rows * k;
+            L->dcols = p; p += rows * k;
             L->gemm_out = p; p += rows * L->spec.out_features;
+            L->w_t = p; p += L->w_rows * L->w_cols;
+            L->dw_t = p; p += L->w_rows * L->w_cols;
         }
     }
     net->batch_cap = cap;

@@ -45,6 +45,8 @@ typedef struct {
     int dims[2];                /* TRANSPOSE: sample dims to swap, 1..3 (0 is the batch)  */
     int begin;                  /* RESIDUAL_ADD: index of the ACT_QUANT layer whose output
                                    is the skip operand and whose quantizer both share   */
+    int groups;                 /* CONV2D: channel groups (torch's groups; 0 or 1: none);
+                                   weight (out, in / groups, KH, KW)                      */
 } qf_layer_spec;
 
 typedef enum {

@@ -46,6 +46,8 @@ typedef struct {
     float *codes;                       /* (cap, out_size) when emits_codes                 */
     float *cols, *col_codes, *dcols;    /* CONV2D: (cap * P, K) patches, codes, gradients   */
     float *gemm_out;                    /* CONV2D: (cap * P, OC) product before transposing */
+    float *w_t, *dw_t;                  /* CONV2D: (w_cols, w_rows) weights used, transposed,
+                                           and the batch's weight gradient (net_conv.c)    */
     float *skip_grad;                   /* RESIDUAL_ADD: (cap, out_size)                    */
     int sparse_pass;                    /* LINEAR: the last forward ran over the packed
                                            kept weights (net_packed.c), so does its backward */
@@ -103,6 +105,14 @@ qf_status qf_net_check_finite(qf_net *net, const float *x, int64_t count);
 float qf_net_weight_scales(const qf_layer *L, const float *w, float *scale, int64_t *argmax);
 float qf_net_learned_eval_threshold(const qf_net *net, const qf_layer *L);
 float qf_net_clamp_scale(float threshold, float int_threshold);
+/* the weight quantizer's forward (w_scale, w_fq, w_codes from w) and backward
+ * (w->grad += the straight-through gradient of dw_fq, plus the scale's) */
+void qf_net_quantize_weights(qf_layer *L, const float *w);
+void qf_net_weight_quant_backward(qf_layer *L, qf_tensor *w);
+/* net_conv.c: a Conv2d layer's passes; din (n, in_size) or NULL */
+void qf_net_forward_conv(qf_net *net, qf_layer *L, const float *in, const float *in_codes,
+                         int64_t n);
+void qf_net_backward_conv(qf_net *net, qf_layer *L, float *din, int64_t n);
 /* net_train.c: one optimizer update of p, m, v (n) from g (n), mask (n) or NULL;
  * c: the step's AdamW coefficients (unused for SGD) */
 void qf_net_update_params(const qf_net *net, const qf_adamw_coeffs *c, float *p, float *m,

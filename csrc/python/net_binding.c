@@ -83,7 +83,8 @@ static int parse_layer(PyObject *layer, qf_layer_spec *s)
         dict_int(layer, "per_channel", 0, &s->per_channel) < 0 ||
         dict_pair(layer, "kernel", 1, s->kernel) < 0 || dict_pair(layer, "stride", 1, s->stride) < 0 ||
         dict_pair(layer, "padding", 0, s->padding) < 0 || dict_pair(layer, "dims", 1, s->dims) < 0 ||
-        dict_int(layer, "begin", -1, &s->begin) < 0)
+        dict_int(layer, "begin", -1, &s->begin) < 0 ||
+        dict_int(layer, "groups", 1, &s->groups) < 0)
         return -1;
     PyObject *shape = PyDict_GetItemString(layer, "shape");
     if (shape && !PyArg_ParseTuple(shape, "iii", &s->shape[0], &s->shape[1], &s->shape[2])) {
