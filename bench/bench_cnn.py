@@ -270,7 +270,8 @@ def run_size(size, args, peak):
         trows.append([name, f"{t.median:.4g}", spread(t), f"{t.cpu_median:.4g}", t.cpu(),
                       f"{t.median / qat:.2f}x",
                       f"{percent_of_peak(train_macs, rate, peak):.1f}%"])
-    table(["net", "s/epoch", "range", "CPU s", "CPU", "vs qatfhe QAT", "conv % peak"], trows)
+    table(["net", "s/epoch", "range", "CPU s", "CPU", "vs qatfhe QAT",
+           "epoch conv FLOP/s, % peak"], trows)
     out = {"training": rows}
     for key, target in (("PyTorch fp32", TARGET_VS_TORCH), ("Brevitas QAT", TARGET_VS_BREVITAS)):
         if key in rows:
@@ -278,7 +279,8 @@ def run_size(size, args, peak):
             print(f"  target: qatfhe QAT >= {target:g}x faster than {key} (CPU time): "
                   f"{ratio:.2f}x {verdict(ratio, target)}")
         else:
-            print(f"  target vs {key}: not measured ({key} not importable)")
+            why = "--only qatfhe" if args.only == "qatfhe" else "not importable"
+            print(f"  target vs {key}: not measured ({why})")
 
     # integer inference
     net = qatfhe_qat(shape, args)
@@ -298,7 +300,7 @@ def run_size(size, args, peak):
         irows.append(("PyTorch fp32 eval", *t_rate))
     print(f"\n-- inference, {len(X_test)} images in one call, samples/s (median); circuit == "
           f"fake-quant on 256 images: {same}; widest accumulator {module.max_bit_width} bits")
-    table(["path", "samples/s", "CPU", "conv % peak"],
+    table(["path", "samples/s", "CPU", "conv FLOP/s, % peak"],
           [[n, fmt_rate(r), t.cpu(), f"{percent_of_peak(fwd_macs, r, peak):.1f}%"]
            for n, r, t in irows])
     if t_rate is not None:

@@ -151,3 +151,73 @@ void qf_gemm(float *c, int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs,
             }
     }
 }
+
+/* ---------------------------------------------------------------- exact integer sums
+ * With every partial sum an integer below 2^24, a fused multiply-add rounds
+ * nothing, exactly as the separate product and sum: the AVX2 + FMA kernel
+ * below gives the bits of qf_gemm, in fewer instructions. */
+#if defined(QF_HAVE_MULTIVERSION)
+#include <immintrin.h>
+
+__attribute__((target("avx2,fma")))
+static void fma_tile(float *c, int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs,
+                     const float *b, int64_t ldb, int64_t k, int zero, int mr)
+{
+    __m256 acc[MR][NV];
+    for (int i = 0; i < mr; i++)
+        for (int v = 0; v < NV; v++)
+            acc[i][v] = zero ? _mm256_setzero_ps() : _mm256_loadu_ps(c + i * ldc + v * LANES);
+    for (int64_t p = 0; p < k; p++) {
+        __m256 b0 = _mm256_loadu_ps(b + p * ldb), b1 = _mm256_loadu_ps(b + p * ldb + LANES);
+        const float *ap = a + p * a_cs;
+        for (int i = 0; i < mr; i++) {
+            __m256 av = _mm256_broadcast_ss(ap + i * a_rs);
+            acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(av, b1, acc[i][1]);
+        }
+    }
+    for (int i = 0; i < mr; i++)
+        for (int v = 0; v < NV; v++)
+            _mm256_storeu_ps(c + i * ldc + v * LANES, acc[i][v]);
+}
+
+/* Whole blocks of MR rows and 16 columns with FMA; returns the columns done. */
+__attribute__((target("avx2,fma")))
+static int64_t fma_gemm(float *c, int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs,
+                        const float *b, int64_t ldb, int64_t m, int64_t n, int64_t k,
+                        int accumulate)
+{
+    int64_t full = n / (NV * LANES) * (NV * LANES);
+    for (int64_t p0 = 0; p0 < k; p0 += KC) {
+        int64_t kb = k - p0 < KC ? k - p0 : KC;
+        int zero = p0 == 0 && !accumulate;
+        for (int64_t j = 0; j < full; j += NV * LANES)
+            for (int64_t i = 0; i < m; i += MR) {
+                int mr = m - i < MR ? (int)(m - i) : MR;
+                const float *ai = a + i * a_rs + p0 * a_cs, *bj = b + p0 * ldb + j;
+                float *cij = c + i * ldc + j;
+                switch (mr) {   /* compile-time row counts */
+                case 6: fma_tile(cij, ldc, ai, a_rs, a_cs, bj, ldb, kb, zero, 6); break;
+                case 5: fma_tile(cij, ldc, ai, a_rs, a_cs, bj, ldb, kb, zero, 5); break;
+                case 4: fma_tile(cij, ldc, ai, a_rs, a_cs, bj, ldb, kb, zero, 4); break;
+                case 3: fma_tile(cij, ldc, ai, a_rs, a_cs, bj, ldb, kb, zero, 3); break;
+                case 2: fma_tile(cij, ldc, ai, a_rs, a_cs, bj, ldb, kb, zero, 2); break;
+                default: fma_tile(cij, ldc, ai, a_rs, a_cs, bj, ldb, kb, zero, 1); break;
+                }
+            }
+    }
+    return full;
+}
+#endif
+
+void qf_gemm_exact(float *c, int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs,
+                   const float *b, int64_t ldb, int64_t m, int64_t n, int64_t k, int accumulate)
+{
+    int64_t done = 0;
+#if defined(QF_HAVE_MULTIVERSION)
+    if (k > 0 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        done = fma_gemm(c, ldc, a, a_rs, a_cs, b, ldb, m, n, k, accumulate);
+#endif
+    if (done < n)
+        qf_gemm(c + done, ldc, a, a_rs, a_cs, b + done, ldb, m, n - done, k, accumulate);
+}

@@ -25,4 +25,10 @@
 void qf_gemm(float *c, int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs,
              const float *b, int64_t ldb, int64_t m, int64_t n, int64_t k, int accumulate);
 
+/* The same product for integers whose every partial sum stays below 2^24 in
+ * magnitude (integer codes): exact in any order, so it may use fused
+ * multiply-adds where the CPU has them (same results, faster). */
+void qf_gemm_exact(float *c, int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs,
+                   const float *b, int64_t ldb, int64_t m, int64_t n, int64_t k, int accumulate);
+
 #endif

@@ -78,10 +78,18 @@ void qf_net_forward_conv(qf_net *net, qf_layer *L, const float *in, const float 
     int64_t ocg = oc / groups;
     int quantized = L->spec.weight_quant.kind != QF_QUANT_NONE;
     int use_codes = in_codes && quantized;
-    for (int64_t s = 0; s < n; s++) {
-        qf_im2col(L->cols + s * p * kt, in + s * L->in_size, g);
-        if (use_codes)
-            qf_im2col(L->col_codes + s * p * kt, in_codes + s * L->in_size, g);
+    for (int64_t s = 0; s < n; s++)
+        qf_im2col((use_codes ? L->col_codes : L->cols) + s * p * kt,
+                  (use_codes ? in_codes : in) + s * L->in_size, g);
+    if (use_codes && net->training) {
+        /* the float patches the weight gradient reads: every layer that emits codes
+         * outputs s q (quant.c), so s times the patches of codes are those bits
+         * (padding: s (+0) = +0) */
+        float s = L->in_scale;
+        const float *restrict q = L->col_codes;
+        float *restrict x = L->cols;
+        for (int64_t i = 0; i < rows * kt; i++)
+            x[i] = s * q[i];
     }
     L->sparse_pass = 0;
     qf_net_packed_sync_data(net, L->t_weight);
@@ -106,8 +114,8 @@ void qf_net_forward_conv(qf_net *net, qf_layer *L, const float *in, const float 
         qf_transpose2d(L->w_t, quantized ? L->w_fq : w, oc, kg);
     }
     for (int64_t gi = 0; gi < groups; gi++)
-        qf_gemm(L->gemm_out + gi * ocg, oc, x + gi * kg, kt, 1, wt + gi * ocg, oc, rows, ocg, kg,
-                0);
+        (use_codes ? qf_gemm_exact : qf_gemm)(L->gemm_out + gi * ocg, oc, x + gi * kg, kt, 1,
+                                               wt + gi * ocg, oc, rows, ocg, kg, 0);
     conv_epilogue(L->out, L->gemm_out, b, use_codes ? L->epi_scale : NULL, n, p, oc);
 }
 

@@ -94,5 +94,27 @@ int main(void)
                 s += (long)a[i * 5 + p] * (long)b[p * 3 + j];
             CHECK(c[i * 3 + j] == (float)s, "codes (%d, %d): %g vs %ld", i, j, c[i * 3 + j], s);
         }
+    /* qf_gemm_exact (fused multiply-adds where available) on integer codes: the bits of
+     * qf_gemm and of the exact integer sums, every block remainder, accumulating or not */
+    const int64_t em[] = {1, 6, 7, 29}, en[] = {3, 16, 17, 40}, ek[] = {1, 9, 300};
+    for (size_t i = 0; i < 4; i++)
+        for (size_t j = 0; j < 4; j++)
+            for (size_t p = 0; p < 3; p++) {
+                int64_t m = em[i], n = en[j], k = ek[p];
+                float *x = malloc(sizeof(float) * (size_t)(m * k)), *y = malloc(sizeof(float) * (size_t)(k * n));
+                float *c1 = malloc(sizeof(float) * (size_t)(m * n)), *c2 = malloc(sizeof(float) * (size_t)(m * n));
+                for (int64_t t = 0; t < m * k; t++)
+                    x[t] = (float)qf_rng_below(&rng, 8);                       /* 3-bit codes */
+                for (int64_t t = 0; t < k * n; t++)
+                    y[t] = (float)((int)qf_rng_below(&rng, 7) - 3);
+                for (int64_t t = 0; t < m * n; t++)
+                    c1[t] = c2[t] = (float)((int)qf_rng_below(&rng, 5) - 2);
+                int acc = (int)(i + j) % 2;
+                qf_gemm_exact(c1, n, x, k, 1, y, n, m, n, k, acc);
+                qf_gemm(c2, n, x, k, 1, y, n, m, n, k, acc);
+                CHECK(same_bits(c1, c2, m * n), "exact m=%lld n=%lld k=%lld", (long long)m,
+                      (long long)n, (long long)k);
+                free(x); free(y); free(c1); free(c2);
+            }
     return CHECK_REPORT();
 }
