@@ -159,8 +159,8 @@ void qf_gemm(float *c, int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs,
 #if defined(QF_HAVE_MULTIVERSION)
 #include <immintrin.h>
 
-__attribute__((target("avx2,fma")))
-static void fma_tile(float *c, int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs,
+__attribute__((target("avx2,fma"), always_inline))
+static inline void fma_tile(float *c, int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs,
                      const float *b, int64_t ldb, int64_t k, int zero, int mr)
 {
     __m256 acc[MR][NV];
