@@ -315,13 +315,17 @@ static void pad_input(float *restrict pad, const float *restrict src, const qf_c
         }
 }
 
+#define INLINE_LANES static inline __attribute__((always_inline))
+
 /* d (nv vectors of lanes) = sum over the taps of w[t] x[(base + off[t]) L ..]:
  * the running sums stay in registers (exact: any order). */
-static inline void conv_lanes(float *restrict d, const float *restrict x, int64_t base,
+INLINE_LANES void conv_lanes(float *restrict d, const float *restrict x, int64_t base,
                               const int64_t *off, const float *w, int64_t taps, int64_t lanes,
                               int nv)
 {
-    lanes8 acc[4] = {{0}, {0}, {0}, {0}}, xv;
+    lanes8 acc[8], xv;
+    for (int v = 0; v < nv; v++)
+        acc[v] = (lanes8){0};
     for (int64_t t = 0; t < taps; t++) {
         const float *row = x + (base + off[t]) * lanes;
         float wt = w[t];
@@ -350,14 +354,15 @@ static void conv_block(float *restrict dst, const float *restrict src, const qf_
             for (int64_t ox = 0; ox < ow; ox++) {
                 float *d = dst + ((o * oh + oy) * ow + ox) * lanes;
                 int64_t base = oy * p->sh * wp + ox * p->sw;
-                for (int64_t s0 = 0; s0 < lanes; s0 += 4 * LANE_GROUP) {
-                    int64_t left = (lanes - s0) / LANE_GROUP;
-                    switch (left >= 4 ? 4 : (int)left) {
-                    case 4: conv_lanes(d + s0, pad + s0, base, off, w, taps, lanes, 4); break;
-                    case 3: conv_lanes(d + s0, pad + s0, base, off, w, taps, lanes, 3); break;
-                    case 2: conv_lanes(d + s0, pad + s0, base, off, w, taps, lanes, 2); break;
-                    default: conv_lanes(d + s0, pad + s0, base, off, w, taps, lanes, 1); break;
-                    }
+                switch (lanes / LANE_GROUP) {   /* 1..8 vectors: compile-time counts */
+                case 8: conv_lanes(d, pad, base, off, w, taps, lanes, 8); break;
+                case 7: conv_lanes(d, pad, base, off, w, taps, lanes, 7); break;
+                case 6: conv_lanes(d, pad, base, off, w, taps, lanes, 6); break;
+                case 5: conv_lanes(d, pad, base, off, w, taps, lanes, 5); break;
+                case 4: conv_lanes(d, pad, base, off, w, taps, lanes, 4); break;
+                case 3: conv_lanes(d, pad, base, off, w, taps, lanes, 3); break;
+                case 2: conv_lanes(d, pad, base, off, w, taps, lanes, 2); break;
+                default: conv_lanes(d, pad, base, off, w, taps, lanes, 1); break;
                 }
             }
     }
