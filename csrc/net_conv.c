@@ -101,6 +101,7 @@ void qf_net_forward_conv(qf_net *net, qf_layer *L, const float *in, const float 
     if (use_codes) {
         for (int64_t o = 0; o < oc; o++)
             L->epi_scale[o] = L->in_scale * L->w_scale[o];
+        b = qf_net_bn_fold(net, L, b);   /* an eval BatchNorm2d after it (net_batchnorm.c) */
         if (!L->codes_fit_f32) {
             conv_codes_wide(L->out, L->col_codes, L->w_codes, b, L, n, p);
             return;
