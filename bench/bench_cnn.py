@@ -325,8 +325,8 @@ def main():
     args = arguments()
     print_header("3-bit QAT CNN at image sizes: training, integer inference, conv GEMMs")
     options = [f"BatchNorm2d {'on' if args.bn else 'off'}" + ("" if HAS_BN else
-                                                              " (qatfhe has none yet)"),
-               f"pool {args.pool}" + ("" if HAS_MAXPOOL else " (qatfhe has no MaxPool2d yet)")]
+                                                              " (not in this qatfhe)"),
+               f"pool {args.pool}" + ("" if HAS_MAXPOOL else " (not in this qatfhe)")]
     print("net options: " + ", ".join(options))
     peak = peak_mod.peak()
     with warnings.catch_warnings():
