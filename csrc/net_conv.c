@@ -96,7 +96,7 @@ void qf_net_forward_conv(qf_net *net, qf_layer *L, const float *in, const float 
     const float *w = net->tensors[L->t_weight].data;
     const float *b = L->t_bias >= 0 ? net->tensors[L->t_bias].data : NULL;
     if (quantized)
-        qf_net_quantize_weights(L, w);
+        qf_net_weights_forward(net, L, w);
     const float *x = L->cols, *wt = L->w_t;
     if (use_codes) {
         for (int64_t o = 0; o < oc; o++)
@@ -157,12 +157,12 @@ void qf_net_backward_conv(qf_net *net, qf_layer *L, float *din, int64_t n)
             for (int64_t o = 0; o < oc; o++)
                 db[o] += dout_t[r * oc + o];
     }
-    if (kind == QF_QUANT_ABSMAX) {
+    if (kind == QF_QUANT_NONE || (kind == QF_QUANT_CONST && L->spec.accumulator_bits <= 0)) {
+        add_transposed(w->grad, L->dw_t, oc, kg);   /* float, or straight through: dW = dW_fq */
+    } else {   /* abs-max scale or A2Q: through the weight quantizer's backward */
         memset(L->dw_fq, 0, sizeof(float) * (size_t)(oc * kg));
         add_transposed(L->dw_fq, L->dw_t, oc, kg);
-        qf_net_weight_quant_backward(L, w);
-    } else {   /* float, or straight through a constant scale: dW = dW_fq */
-        add_transposed(w->grad, L->dw_t, oc, kg);
+        qf_net_weights_backward(net, L, w);
     }
     if (w->mask && !net->packed_live)   /* a pruned weight's gradient is 0 */
         for (int64_t j = 0; j < w->size; j++)
