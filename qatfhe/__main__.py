@@ -3,6 +3,7 @@
 Commands:
     demo       train the tutorial's 3-bit QAT network on the checkerboard data once
     tutorial   the tutorial's three experiments over N seeded runs: tables, JSON, plots
+    search     the cheapest FHE circuits at full accuracy: a Pareto front (qatfhe.search)
 Usage errors exit with status 2."""
 import argparse
 import os
@@ -175,6 +176,9 @@ def _parser():
                           "or cosine decay from --lr towards 0 over the epochs")
     tutorial.add_argument("--no-progress", action="store_true", help="no progress bars")
     tutorial.set_defaults(run=_tutorial)
+
+    from .search import add_command
+    add_command(commands)
     return parser
 
 
@@ -191,6 +195,8 @@ def main(argv=None):
             args.jobs = max(1, min(os.cpu_count() or 1, args.runs))
         _check_out(parser, args.out)
         args.argv = argv[1:]
+    if args.command == "search":
+        _check_out(parser, args.out)
     return args.run(args)
 
 
