@@ -87,7 +87,7 @@ class Family:
     weight_decay (AdamW, qatfhe.experiments.train) and init ("uniform": QuantLinear weights
     U(-1, 1) as the tutorial; "default": PyTorch's)."""
 
-    widths: tuple = (8, 16, 32)
+    widths: tuple = (8, 16, 32, 64)
     depths: tuple = (2,)
     weight_bits: tuple = (3,)
     act_bits: tuple = (2, 3)
@@ -617,3 +617,44 @@ def run_command(args):
     print(f"wrote {', '.join(written)} and {len(front)} front module(s) to {args.out} "
           f"({seconds:.1f} s)")
     return 0
+
+
+# ------------------------------------------------------------------ the tutorial's fourth table
+
+# What `python -m qatfhe tutorial` searches (a few candidates, so the tutorial stays quick):
+# the 2-layer nets the full search puts on its front near the ceiling.
+TUTORIAL_FAMILY = Family(widths=(32,), depths=(2,), act_bits=(3,),
+                         rounding_threshold_bits=(None, 6, 5, 4))
+
+
+def cheapest_keeping(front, accuracy):
+    """The cheapest front point whose mean accuracy is at least `accuracy`, or None."""
+    keep = [p for p in front if p["accuracy"] >= accuracy - 1e-12]
+    return min(keep, key=lambda p: (p["cost"], -p["accuracy"])) if keep else None
+
+
+def tutorial_table(qat_means, qat_runs, point, latency=None):
+    """Markdown: the cheapest circuit that keeps the QAT net's accuracy, next to it.
+    qat_means: the qat_pruned experiment's means; latency: {"qat": s, "point": s} or None."""
+    if point is None:
+        return "no searched circuit keeps the QAT net's accuracy"
+    from .cost import estimated_seconds
+    qat_bits = max(r["accumulator_bits"] for r in qat_runs)
+    qat_lookups = max(r["n_lookups"] for r in qat_runs)
+    qat_cost = max(r["cost"] for r in qat_runs)
+    rows = [("integer-circuit accuracy, mean", f"{100 * qat_means['integer_accuracy']:.2f}%",
+             f"{100 * point['accuracy']:.2f}%"),
+            ("max bit width (widest run)", str(qat_bits), str(point["max_bit_width"])),
+            ("table lookups per sample", str(qat_lookups), str(point["n_lookups"])),
+            ("FHE cost, Mops (qatfhe.cost; widest run)", f"{qat_cost:.4g}",
+             f"{point['cost']:.4g}"),
+            ("estimated FHE s/sample (cost x fit)", f"{estimated_seconds(qat_cost):.3g}",
+             f"{estimated_seconds(point['cost']):.3g}")]
+    if latency:
+        rows.append(("measured FHE s/sample (concrete)", f"{latency['qat']:.3g}",
+                     f"{latency['point']:.3g}"))
+    lines = [f"| {len(qat_runs)} runs | tutorial QAT net (100-100, pruned to 20) | cheapest "
+             f"searched circuit: {_describe(point['config'])} |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    ratio = qat_cost / point["cost"]
+    return "\n".join(lines) + f"\n\nFHE cost {ratio:.1f}x lower at the same or better accuracy."

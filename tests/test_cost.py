@@ -66,13 +66,16 @@ def test_rounded_lookups_are_priced_from_their_own_column(small):
     plain = compile_qat_model(net, X)
     rounded = compile_qat_model(net, X, rounding_threshold_bits=2)
     items = cost.lookups(rounded)
-    widths = [b for _, b in lookup_inputs(net, X)]
-    for (_, count, bits, from_bits), m in zip(items, widths):
-        if m > 2:
-            assert from_bits == m and bits in (2, 3)
-        else:
-            assert from_bits is None
-    assert rounded.fhe_cost() <= plain.fhe_cost()
+    first = lookup_inputs(net, X)[0][1]      # the first layer reads the same input codes
+    assert items[0][3] == (first if first > 2 else None)
+    for _, count, bits, from_bits in items:
+        assert bits in (1, 2, 3) and (from_bits is None or from_bits > 2)
+    # a measured (m -> n) pair at the table's own lookup count is priced as measured
+    table = cost.table()
+    for (m, n), value in table["rounded_complexity_per_lookup"].items():
+        priced = cost.lookup_cost(n, table["rounded_lookups"], from_bits=m) * cost.UNIT
+        assert priced == pytest.approx(value, rel=1e-9)
+    assert plain.n_lookups == rounded.n_lookups
 
 
 def test_worst_case_widths_cost_at_least_the_measured():
@@ -133,3 +136,29 @@ def test_ranking_agrees_with_concretes_complexity():
     assert np.argsort(ours).tolist() == np.argsort(theirs).tolist()
     for a, b in zip(ours, theirs):            # within a factor 2 of Concrete's own figure
         assert 0.5 < a * cost.UNIT / b < 2.0
+
+
+def test_ranking_agrees_with_the_fhe_backends_statistics():
+    pytest.importorskip("concrete.fhe")
+    from qatfhe import QuantizedModule
+    if not hasattr(QuantizedModule, "compile_fhe"):
+        pytest.skip("this qatfhe has no FHE backend (QuantizedModule.compile_fhe)")
+    X_train, _, y_train, _ = datasets.checkerboard(seed=1)
+    w = dict(bias=True, weight_quant=nn.CommonWeightQuant)
+    modules = []
+    for width, bits, rounding in ((3, 3, None), (6, 3, None), (6, 4, None), (12, 4, 4)):
+        net = nn.Sequential(nn.QuantIdentity(act_quant=nn.CommonActQuant, bit_width=3),
+                            nn.QuantLinear(2, width, weight_bit_width=bits, **w),
+                            nn.QuantReLU(bit_width=bits),
+                            nn.QuantLinear(width, 2, weight_bit_width=bits, **w), seed=1)
+        optim.AdamW(net.parameters(), lr=1e-3)
+        net.fit(X_train[:500], y_train[:500], epochs=1, batch_size=8, progress=False)
+        module = compile_qat_model(net, X_train, rounding_threshold_bits=rounding)
+        module.compile_fhe()
+        statistics = module.fhe_statistics()
+        complexity = statistics.get("complexity") if isinstance(statistics, dict) else None
+        if complexity is None:
+            pytest.skip("fhe_statistics() reports no complexity")
+        modules.append((module.fhe_cost(), complexity))
+    ours, theirs = zip(*modules)
+    assert np.argsort(ours).tolist() == np.argsort(theirs).tolist()
