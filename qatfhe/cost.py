@@ -20,7 +20,8 @@ the circuit's operations), from a table measured on Concrete by bench/calibrate_
 - Concrete targets one error probability for the whole circuit, so a PBS gets dearer as the
   circuit holds more of them: the table has columns for 1, 16 and 64 lookups and the cost of
   one lookup is interpolated in log2(cost) against log2(lookups), extrapolated past 64 with
-  the 16 -> 64 slope;
+  the 16 -> 64 slope, and never below the cost of a narrower lookup (extrapolation could
+  otherwise price 3 bits above 4);
 - a lookup after `rounding_threshold_bits` rounding (m bits rounded to n) is priced from its
   own measured column (Concrete lowers exact rounding to extra small PBS and keeps the
   lookup at a precision close to m bits: rounding saves less than the bit count suggests);
@@ -66,6 +67,12 @@ def lookup_cost(n_bits, n_lookups=16, from_bits=None):
     n_bits = int(n_bits)
     if n_bits < 1:
         raise ValueError(f"n_bits must be >= 1, got {n_bits}")
+    if n_bits > 2 and from_bits is None:   # never cheaper than a narrower lookup
+        return max(_raw_cost(n_bits, n_lookups), lookup_cost(n_bits - 1, n_lookups))
+    return _raw_cost(n_bits, n_lookups, from_bits)
+
+
+def _raw_cost(n_bits, n_lookups, from_bits=None):
     tab = table()
     columns = tab["complexity_per_lookup"]
     counts = sorted(columns)

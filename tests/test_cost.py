@@ -93,7 +93,7 @@ def test_worst_case_widths_cost_at_least_the_measured():
 def test_table_grows_with_width_and_with_the_lookup_count():
     for n_lookups in (1, 16, 64, 300):
         costs = [cost.lookup_cost(b, n_lookups) for b in range(2, 17)]
-        assert all(a < b for a, b in zip(costs, costs[1:]))
+        assert all(a <= b for a, b in zip(costs, costs[1:])) and costs[-1] > 100 * costs[0]
     for bits in (3, 6, 9):
         assert cost.lookup_cost(bits, 1) <= cost.lookup_cost(bits, 16) <= \
             cost.lookup_cost(bits, 200)
