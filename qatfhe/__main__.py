@@ -111,14 +111,16 @@ def _fhe_latency(args, point):
     experiments.train(net, X_train, y_train, experiments.TrainSettings(
         epochs=args.epochs, lr=args.lr, lr_schedule=args.lr_schedule))
     net.unprune()
-    found = search.build_net(point["config"], 2, 2, seed)
-    experiments.train(found, X_train, y_train, experiments.TrainSettings(
-        **{k: point["config"][k] for k in search.TRAINING_KEYS if k != "init"}))
-    found.unprune()
+    config = dict(point["config"])
+    rounding = config.pop("rounding_threshold_bits")
+    blob = search.evaluate(config, seed, rounding=(rounding,))[0]["module_bytes"]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "point.npz")
+        with open(path, "wb") as handle:
+            handle.write(blob)
+        found = QuantizedModule.load(path)
     out = {}
-    for key, net_ in (("qat", net), ("point", found)):
-        module = compile_qat_model(net_, X_train, rounding_threshold_bits=(
-            point["config"]["rounding_threshold_bits"] if key == "point" else None))
+    for key, module in (("qat", compile_qat_model(net, X_train)), ("point", found)):
         module.compile_fhe()
         module.forward(X_test[:1], fhe="execute")            # keys, warm-up
         start = time.perf_counter()

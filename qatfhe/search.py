@@ -42,7 +42,9 @@ __all__ = ["Family", "CHECKERBOARD", "search", "evaluate", "pareto_front", "mark
            "front_figure", "RayExecutor", "executor_for"]
 
 FORMAT, VERSION = "qatfhe-search", 1
-TRAINING_KEYS = ("epochs", "lr", "lr_schedule", "batch_size", "weight_decay", "init")
+TRAINING_KEYS = ("epochs", "lr", "lr_schedule", "batch_size", "weight_decay", "init",
+                 "restarts")
+RESTART_STRIDE = 1_000_003     # restart r of seed s initialises from s + r * RESTART_STRIDE
 
 
 def _tuple(values, name, check):
@@ -84,8 +86,11 @@ class Family:
     (`accumulator_bit_width=P`, needs a qatfhe with accumulator-aware layers); fan_in:
     prune.fan_in(k) on every QuantLinear wider than k; rounding_threshold_bits: compile
     option.  Training (shared by every candidate): epochs, lr, lr_schedule, batch_size,
-    weight_decay (AdamW, qatfhe.experiments.train) and init ("uniform": QuantLinear weights
-    U(-1, 1) as the tutorial; "default": PyTorch's)."""
+    weight_decay (AdamW, qatfhe.experiments.train), init ("uniform": QuantLinear weights
+    U(-1, 1) as the tutorial; "default": PyTorch's) and restarts: networks trained per
+    seed, restart r initialised and shuffled from seed + r * RESTART_STRIDE on the seed's
+    data, keeping the one whose integer circuit scores best on the training set (the
+    test set is not looked at; ties keep the first)."""
 
     widths: tuple = (8, 16, 32, 64)
     depths: tuple = (2,)
@@ -101,6 +106,7 @@ class Family:
     batch_size: int = 1
     weight_decay: float = 0.01
     init: str = "uniform"
+    restarts: int = 1
 
     def __post_init__(self):
         checks = {"widths": _count, "depths": _count, "weight_bits": _bits, "act_bits": _bits,
@@ -111,6 +117,7 @@ class Family:
         if self.init not in ("uniform", "default"):
             raise ValueError(f"init must be 'uniform' or 'default', got {self.init!r}")
         self.settings()                      # validates the training values
+        _count(self.restarts, "restarts")
         if any(p is not None for p in self.accumulator_bits):
             _check_a2q()
 
@@ -209,10 +216,19 @@ def evaluate(training, seed, data="checkerboard", rounding=(None,)):
     X_test = _checks.samples(X_test, "X_test").reshape(len(X_test), -1)
     y_train, y_test = np.asarray(y_train, np.int64), np.asarray(y_test, np.int64)
     n_classes = int(max(y_train.max(), y_test.max())) + 1
-    net = build_net(training, X_train.shape[1], max(n_classes, 2), seed)
-    train(net, X_train, y_train, TrainSettings(**{k: training[k] for k in TRAINING_KEYS
-                                                  if k != "init"}))
-    net.unprune()
+    settings = TrainSettings(**{k: training[k] for k in TRAINING_KEYS
+                                if k not in ("init", "restarts")})
+    best = None
+    for r in range(training.get("restarts", 1)):
+        net = build_net(training, X_train.shape[1], max(n_classes, 2),
+                        seed + r * RESTART_STRIDE)
+        train(net, X_train, y_train, settings)
+        net.unprune()
+        score = np.mean(compile_qat_model(net, X_train).predict(X_train, fhe="simulate")
+                        == y_train) if training.get("restarts", 1) > 1 else 0.0
+        if best is None or score > best[0]:
+            best = (score, net)
+    net = best[1]
     train_seconds = time.perf_counter() - start
     out = []
     for r in rounding:
@@ -559,6 +575,9 @@ def add_command(commands):
     p.add_argument("--lr-schedule", choices=("constant", "cosine"), default=d.lr_schedule)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--init", choices=("uniform", "default"), default=d.init)
+    p.add_argument("--restarts", type=int, default=d.restarts, metavar="R",
+                   help=f"networks trained per seed, the best on the training set kept "
+                   f"(default {d.restarts})")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--jobs", type=int, default=None, metavar="J",
                        help="local worker processes (default: one per core)")
@@ -595,7 +614,7 @@ def run_command(args):
     from . import plots
     names = ("widths", "depths", "weight_bits", "act_bits", "input_bits", "accumulator_bits",
              "fan_in", "rounding_threshold_bits", "epochs", "lr", "lr_schedule", "batch_size",
-             "init")
+             "init", "restarts")
     try:
         family = Family(**{k: getattr(args, k) for k in names})
         data = "checkerboard" if args.data is None else _load_data(args.data)

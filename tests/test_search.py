@@ -139,3 +139,26 @@ def test_command_writes_the_front(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "qatfhe", "search", "--out", str(out),
                           "--widths", "x"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2
+
+
+def test_restarts_keep_the_network_best_on_the_training_set(tmp_path):
+    from qatfhe import compile_qat_model, experiments
+    family = search.Family(widths=(3,), depths=(1,), act_bits=(2,),
+                           rounding_threshold_bits=(None,), epochs=1, restarts=2)
+    training = family.trainings()[0]
+    result = search.evaluate(training, 5)[0]
+    path = tmp_path / "m.npz"
+    path.write_bytes(result["module_bytes"])
+    chosen = QuantizedModule.load(path)
+    X_train, X_test, y_train, y_test = datasets.checkerboard(seed=5)
+    scores, tests = [], []
+    for r in range(2):
+        net = search.build_net(training, 2, 2, 5 + r * search.RESTART_STRIDE)
+        experiments.train(net, X_train, y_train, experiments.TrainSettings(
+            epochs=1, lr=family.lr, lr_schedule=family.lr_schedule))
+        module = compile_qat_model(net, X_train)
+        scores.append(np.mean(module.predict(X_train, fhe="simulate") == y_train))
+        tests.append(np.mean(module.predict(X_test, fhe="simulate") == y_test))
+    best = int(np.argmax(scores))
+    assert np.mean(chosen.predict(X_train, fhe="simulate") == y_train) == max(scores)
+    assert result["accuracy"] == pytest.approx(tests[best])
