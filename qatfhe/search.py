@@ -92,7 +92,7 @@ class Family:
     data, keeping the one whose integer circuit scores best on the training set (the
     test set is not looked at; ties keep the first)."""
 
-    widths: tuple = (8, 16, 32, 64)
+    widths: tuple = (8, 16, 32)
     depths: tuple = (2,)
     weight_bits: tuple = (3,)
     act_bits: tuple = (2, 3)
@@ -106,7 +106,7 @@ class Family:
     batch_size: int = 1
     weight_decay: float = 0.01
     init: str = "uniform"
-    restarts: int = 1
+    restarts: int = 4
 
     def __post_init__(self):
         checks = {"widths": _count, "depths": _count, "weight_bits": _bits, "act_bits": _bits,
@@ -654,7 +654,7 @@ def run_command(args):
 # What `python -m qatfhe tutorial` searches (a few candidates, so the tutorial stays quick):
 # the 2-layer nets the full search puts on its front near the ceiling.
 TUTORIAL_FAMILY = Family(widths=(32,), depths=(2,), act_bits=(3,),
-                         rounding_threshold_bits=(None, 6, 5, 4))
+                         rounding_threshold_bits=(None, 6, 5, 4), restarts=1)
 
 
 def cheapest_keeping(front, accuracy):

@@ -14,7 +14,7 @@ from qatfhe import QuantizedModule, datasets, search
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = search.Family(widths=(3,), depths=(1,), act_bits=(2, 3),
-                     rounding_threshold_bits=(None, 3), epochs=1)
+                     rounding_threshold_bits=(None, 3), epochs=1, restarts=1)
 SEEDS = (0, 1)
 
 
@@ -129,7 +129,7 @@ def test_command_writes_the_front(tmp_path):
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-m", "qatfhe", "search", "--out", str(out),
                            "--widths", "3", "--depths", "1", "--act-bits", "2",
-                           "--rounding-bits", "none", "--seeds", "2", "--epochs", "1",
+                           "--rounding-bits", "none", "--seeds", "2", "--epochs", "1", "--restarts", "1",
                            "--jobs", "1", "--no-progress"], env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
