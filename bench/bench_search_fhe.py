@@ -122,7 +122,8 @@ def main():
         rows.append((name, module, compiled, compile_s, keygen_s, per_sample, agree, n))
         print(f"{name}: {module.n_lookups} lookups, max bit width {module.max_bit_width}, "
               f"cost {module.fhe_cost():.4g} Mops, Concrete complexity "
-              f"{compiled.complexity:.4g}, PBS {compiled.statistics['programmable_bootstrap_count']}"
+              f"{compiled.complexity:.4g}, "
+              f"PBS {compiled.statistics['programmable_bootstrap_count']}"
               f"; compile {compile_s:.1f} s, keygen {keygen_s:.1f} s, {per_sample:.3f} s/sample "
               f"(median of {n}), execute == simulate on {agree}/{n}", flush=True)
     ratio = rows[1][5] / rows[0][5]

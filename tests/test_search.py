@@ -129,7 +129,8 @@ def test_command_writes_the_front(tmp_path):
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-m", "qatfhe", "search", "--out", str(out),
                            "--widths", "3", "--depths", "1", "--act-bits", "2",
-                           "--rounding-bits", "none", "--seeds", "2", "--epochs", "1", "--restarts", "1",
+                           "--rounding-bits", "none", "--seeds", "2", "--epochs", "1",
+                           "--restarts", "1",
                            "--jobs", "1", "--no-progress"], env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
