@@ -26,25 +26,33 @@ typedef enum {
     QF_LAYER_AVGPOOL2D = 5,    /* AvgPool2d (count_include_pad)                            */
     QF_LAYER_RESHAPE = 6,      /* Flatten / Reshape: same memory, new (C, H, W)            */
     QF_LAYER_TRANSPOSE = 7,    /* swap two of the sample's dims                            */
-    QF_LAYER_RESIDUAL_ADD = 8  /* y = Q(x_begin) + Q(x): closes a residual block           */
+    QF_LAYER_RESIDUAL_ADD = 8, /* y = Q(x_begin) + Q(x): closes a residual block           */
+    QF_LAYER_BATCHNORM2D = 9,  /* BatchNorm2d over in_features channels (batchnorm.h)      */
+    QF_LAYER_MAXPOOL2D = 10    /* MaxPool2d (maxpool.h): padding at most half the kernel   */
 } qf_layer_kind;
 
 typedef struct {
     int kind;                   /* qf_layer_kind                                          */
-    int in_features;            /* LINEAR: features; CONV2D: in_channels                  */
+    int in_features;            /* LINEAR: features; CONV2D: in_channels; BATCHNORM2D:
+                                   num_features (channels)                                */
     int out_features;           /* LINEAR: features; CONV2D: out_channels                 */
     int has_bias;               /* LINEAR, CONV2D                                         */
     qf_quant_spec weight_quant; /* LINEAR, CONV2D: kind NONE for float weights            */
     int per_channel;            /* LINEAR, CONV2D: one weight scale per output channel    */
     qf_quant_spec act_quant;    /* ACT_QUANT                                              */
     int relu;                   /* ACT_QUANT: ReLU before quantizing                      */
-    int kernel[2];              /* CONV2D, AVGPOOL2D: (KH, KW)                            */
-    int stride[2];              /* CONV2D, AVGPOOL2D                                      */
-    int padding[2];             /* CONV2D, AVGPOOL2D                                      */
+    int kernel[2];              /* CONV2D, AVGPOOL2D, MAXPOOL2D: (KH, KW)                 */
+    int stride[2];              /* CONV2D, AVGPOOL2D, MAXPOOL2D                           */
+    int padding[2];             /* CONV2D, AVGPOOL2D, MAXPOOL2D                           */
     int shape[3];               /* RESHAPE: target (C, H, W); all 0 = flatten             */
     int dims[2];                /* TRANSPOSE: sample dims to swap, 1..3 (0 is the batch)  */
     int begin;                  /* RESIDUAL_ADD: index of the ACT_QUANT layer whose output
                                    is the skip operand and whose quantizer both share   */
+    float eps;                  /* BATCHNORM2D: added to the variance (> 0)              */
+    float momentum;             /* BATCHNORM2D: running statistics factor in [0, 1], or
+                                   < 0 for a cumulative average (torch momentum=None)    */
+    int affine;                 /* BATCHNORM2D: trained weight (gamma) and bias (beta)   */
+    int track_running_stats;    /* BATCHNORM2D: keep running statistics, used in eval    */
 } qf_layer_spec;
 
 typedef enum {

@@ -49,6 +49,17 @@ typedef struct {
     float *skip_grad;                   /* RESIDUAL_ADD: (cap, out_size)                    */
     int sparse_pass;                    /* LINEAR: the last forward ran over the packed
                                            kept weights (net_packed.c), so does its backward */
+    /* BATCHNORM2D (net_batchnorm.c); a LINEAR/CONV2D may fold the one after it */
+    int t_gamma, t_beta;                /* "weight", "bias" parameters, -1 without affine  */
+    int t_running_mean, t_running_var, t_batches;  /* buffers, -1 without running stats   */
+    float *bn_mean, *bn_var, *bn_invstd; /* (C) the last batch-statistics forward's       */
+    float *bn_k, *bn_fold_bias;         /* (C) eval factor; bias of the epilogue folded in  */
+    float *xhat;                        /* (cap, out_size) normalised input                 */
+    int bn_batch_stats;                 /* the last forward normalised with batch statistics */
+    int fold_bn;                        /* LINEAR, CONV2D: index of the eval BatchNorm2d
+                                           folded into this forward's epilogue, else -1      */
+    int32_t *argmax;                    /* MAXPOOL2D: (cap, out_size) flat input index,
+                                           carved from act_storage (float-sized slots)      */
 } qf_layer;
 
 /* A pruned parameter's kept entries, packed in CSR order (net_packed.c).
@@ -110,6 +121,25 @@ qf_status qf_net_check_finite(qf_net *net, const float *x, int64_t count);
 float qf_net_weight_scales(const qf_layer *L, const float *w, float *scale, int64_t *argmax);
 float qf_net_learned_eval_threshold(const qf_net *net, const qf_layer *L);
 float qf_net_clamp_scale(float threshold, float int_threshold);
+/* net_batchnorm.c: BatchNorm2d layers in the network */
+#define QF_BN_CACHE_PER_CHANNEL 5       /* floats of a BatchNorm2d's per-channel cache     */
+/* Point L's per-channel arrays into cache (QF_BN_CACHE_PER_CHANNEL * C floats);
+ * returns the end. */
+float *qf_net_bn_place_cache(qf_layer *L, float *cache);
+void qf_net_bn_init(qf_net *net, qf_layer *L);
+int qf_net_bn_uses_running(const qf_net *net, const qf_layer *L);
+/* Whether layer i (LINEAR / CONV2D from codes, quantized weights) folds the eval
+ * BatchNorm2d after it into its epilogue this forward: its index, else -1. */
+int qf_net_bn_fold_target(const qf_net *net, int i, int from_codes);
+/* epi_scale (w_rows) of L scaled by the folded BatchNorm2d's k; returns the bias
+ * (w_rows) to use instead of b (b NULL: no bias). */
+const float *qf_net_bn_fold(qf_net *net, qf_layer *L, const float *b);
+void qf_net_bn_forward(qf_net *net, int i, const float *in, const float *in_codes, int64_t n);
+void qf_net_bn_backward(qf_net *net, qf_layer *L, float *din, int64_t n);
+/* QF_ERR_SHAPE when a batch of n samples would give a BatchNorm2d that
+ * normalises with batch statistics (training, or no running statistics) a
+ * single value per channel (torch refuses it too). */
+qf_status qf_net_bn_check_batch(qf_net *net, int64_t n, int training);
 /* net_train.c: one optimizer update of p, m, v (n) from g (n), mask (n) or NULL;
  * c: the step's AdamW coefficients (unused for SGD) */
 void qf_net_update_params(const qf_net *net, const qf_adamw_coeffs *c, float *p, float *m,

@@ -165,7 +165,9 @@ qf_status qf_net_train_epoch(qf_net *net, const float *x, const int32_t *y, int6
         }
     }
     int64_t batch = batch_size < n ? batch_size : n;
-    if ((st = qf_net_prepare(net, batch)) != QF_OK)
+    if ((st = qf_net_prepare(net, batch)) != QF_OK ||
+        (st = qf_net_bn_check_batch(net, batch, 1)) != QF_OK ||
+        (n % batch && (st = qf_net_bn_check_batch(net, n % batch, 1)) != QF_OK))
         return st;
     if (n > net->perm_cap) {
         int64_t *perm = malloc(sizeof(int64_t) * (size_t)n);

@@ -10,8 +10,9 @@ in millions of Concrete's complexity units (`circuit.complexity`, the optimizer'
 the circuit's operations), from a table measured on Concrete by bench/calibrate_fhe_cost.py
 (qatfhe/_fhe_cost_table.py says how, when and where):
 
-- one lookup per element of every lookup op; its width is the bit width of the value it
-  reads, measured on the calibration set (Concrete sizes its parameters from the input
+- one lookup per element of every lookup op, and one per pairwise maximum of a MaxPool2d
+  (max(a, b) = b + relu(a - b), a lookup of a - b); its width is the bit width of the
+  value it reads, measured on the calibration set (Concrete sizes its parameters from the input
   set the same way), or the proven worst case with widths="worst_case";
 - Concrete assigns crypto parameters per partition of the circuit (its multi-parameter
   strategy, the default): a 3-bit lookup costs a 3-bit price even next to an 8-bit one
@@ -106,6 +107,11 @@ def lookups(module, widths="measured"):
     report = module.bit_width_report()
     out = []
     for k, op in enumerate(module.ops):
+        if op.kind == "maxpool":         # max(a, b) = b + relu(a - b): a lookup of a - b
+            r = report[k + 1]
+            bits = r["max_diff_bits" if widths == "measured" else "static_max_diff_bits"]
+            out.append((op.name, int(r["pairwise_max_lookups"]), int(bits), None))
+            continue
         if op.kind != "lookup":
             continue
         count = int(np.prod(module._nodes[k + 1]["shape"]))

@@ -342,6 +342,91 @@ class AvgPool2d(Module):
                 "stride": list(self.stride), "padding": list(self.padding)}
 
 
+class MaxPool2d(Module):
+    """torch.nn.MaxPool2d (dilation 1, floor mode; padding counts as -inf, at most half the
+    kernel).  Gradients go to the first maximum of each window, as torch.  On quantized input
+    (after a QuantIdentity / QuantReLU) it carries the integer codes: the integer circuit takes
+    maxima of codes, exact because the quantizer is monotone."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False,
+                 ceil_mode=False):
+        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
+        self.stride = self.kernel_size if stride is None else _pair(stride, "stride", 1)
+        self.padding = _pair(padding, "padding", 0)
+        if _pair(dilation, "dilation", 1) != (1, 1) or return_indices or ceil_mode:
+            raise NotImplementedError("only dilation=1, return_indices=False and "
+                                      "ceil_mode=False are supported")
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
+            raise ValueError(f"padding must be at most half the kernel, got padding "
+                             f"{self.padding} for kernel_size {self.kernel_size}")
+
+    def _core_spec(self):
+        return {"kind": _core.LAYER_MAXPOOL2D, "kernel": self.kernel_size, "stride": self.stride,
+                "padding": self.padding}
+
+    def config(self):
+        return {"type": "MaxPool2d", "kernel_size": list(self.kernel_size),
+                "stride": list(self.stride), "padding": list(self.padding)}
+
+
+class BatchNorm2d(Module):
+    """torch.nn.BatchNorm2d over the channels of NCHW samples (or the features of (F,)
+    samples).  Training normalises with the batch mean and biased variance and updates the
+    running statistics (unbiased variance) by `momentum` (None: cumulative average); eval
+    mode uses the running statistics (or the batch's with track_running_stats=False).
+    weight and bias are trained by the optimizers; running_mean, running_var and
+    num_batches_tracked are buffers, saved and loaded with the network.  Compiled, it is
+    folded into the table lookup after it (see csrc/batchnorm.h for the float32 rule)."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True):
+        self.num_features = _checks.positive_int(num_features, "num_features")
+        if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, (int, float, np.floating)) \
+                or not (np.isfinite(eps) and eps > 0):
+            raise ValueError(f"eps must be a positive finite number, got {eps!r}")
+        if momentum is not None and (isinstance(momentum, (bool, np.bool_)) or not isinstance(
+                momentum, (int, float, np.floating)) or not 0 <= momentum <= 1):
+            raise ValueError(f"momentum must be a number in [0, 1] or None, got {momentum!r}")
+        for name, value in (("affine", affine), ("track_running_stats", track_running_stats)):
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False, got {value!r}")
+        self.eps = float(eps)
+        self.momentum = None if momentum is None else float(momentum)
+        self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
+
+    def _core_spec(self):
+        return {"kind": _core.LAYER_BATCHNORM2D, "in_features": self.num_features,
+                "eps": self.eps, "momentum": -1.0 if self.momentum is None else self.momentum,
+                "affine": int(self.affine), "track_running_stats": int(self.track_running_stats)}
+
+    def config(self):
+        return {"type": "BatchNorm2d", "num_features": self.num_features, "eps": self.eps,
+                "momentum": self.momentum, "affine": self.affine,
+                "track_running_stats": self.track_running_stats}
+
+    weight = property(lambda self: self._tensor("weight"),
+                      lambda self, v: self._set_tensor("weight", v),
+                      doc="float32 (num_features,) gamma, or None without affine")
+    bias = property(lambda self: self._tensor("bias"),
+                    lambda self, v: self._set_tensor("bias", v),
+                    doc="float32 (num_features,) beta, or None without affine")
+    running_mean = property(lambda self: self._tensor("running_mean"),
+                            lambda self, v: self._set_tensor("running_mean", v))
+    running_var = property(lambda self: self._tensor("running_var"),
+                           lambda self, v: self._set_tensor("running_var", v))
+    num_batches_tracked = property(lambda self: self._tensor("num_batches_tracked"),
+                                   lambda self, v: self._set_tensor("num_batches_tracked", v),
+                                   doc="float32 (1,) count of training batches")
+
+    @property
+    def weight_grad(self):
+        return self.net._tensors[f"{self.index}.weight"]["grad"] if self.affine else None
+
+    @property
+    def bias_grad(self):
+        return self.net._tensors[f"{self.index}.bias"]["grad"] if self.affine else None
+
+
 class Flatten(Module):
     """torch.nn.Flatten(): each sample (C, H, W) becomes (C * H * W,)."""
 
@@ -442,7 +527,8 @@ class Residual(Module):
 _LAYER_TYPES = {"Linear": Linear, "QuantLinear": QuantLinear, "ReLU": ReLU,
                 "QuantIdentity": QuantIdentity, "QuantReLU": QuantReLU, "Conv2d": Conv2d,
                 "QuantConv2d": QuantConv2d, "AvgPool2d": AvgPool2d, "Flatten": Flatten,
-                "Reshape": Reshape, "Transpose": Transpose}
+                "Reshape": Reshape, "Transpose": Transpose, "MaxPool2d": MaxPool2d,
+                "BatchNorm2d": BatchNorm2d}
 
 
 def layer_from_config(config):

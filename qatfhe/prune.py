@@ -43,8 +43,11 @@ def _describe(layer):
 
 
 def _has_weight(layer):
-    """True for layer kinds with a weight (Linear, QuantLinear ...), in a net or not."""
-    return isinstance(getattr(type(layer), "weight", None), property)
+    """True for layer kinds with a weight (Linear, QuantLinear ...), in a net or not; not
+    for BatchNorm2d, whose weight is a per-channel scale, not a fan-in."""
+    from .nn import BatchNorm2d
+    return (isinstance(getattr(type(layer), "weight", None), property)
+            and not isinstance(layer, BatchNorm2d))
 
 
 def _net_of(layer):

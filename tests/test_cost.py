@@ -162,3 +162,22 @@ def test_ranking_agrees_with_the_fhe_backends_statistics():
         modules.append((module.fhe_cost(), complexity))
     ours, theirs = zip(*modules)
     assert np.argsort(ours).tolist() == np.argsort(theirs).tolist()
+
+
+def test_max_pools_count_one_lookup_per_pairwise_maximum():
+    if not hasattr(nn, "MaxPool2d"):
+        pytest.skip("no MaxPool2d in this qatfhe")
+    w3 = dict(weight_quant=nn.CommonWeightQuant, weight_bit_width=3)
+    net = nn.Sequential(nn.QuantIdentity(act_quant=nn.CommonActQuant, bit_width=3),
+                        nn.QuantConv2d(1, 2, 3, padding=1, **w3), nn.QuantReLU(bit_width=3),
+                        nn.MaxPool2d(2), nn.Flatten(), nn.QuantLinear(18, 2, **w3), seed=0)
+    X = np.random.default_rng(0).random((50, 1, 6, 6)).astype(np.float32)
+    module = compile_qat_model(net, X)
+    relu_codes = 2 * 6 * 6                       # one lookup per conv output
+    pair_maxima = 2 * 3 * 3 * (2 * 2 - 1)        # 3 per 2x2 window, 9 windows, 2 channels
+    assert module.n_lookups == relu_codes + pair_maxima
+    (_, _, relu_bits, _), (_, count, diff_bits, _) = cost.lookups(module)
+    assert count == pair_maxima and 2 <= diff_bits <= 4    # a - b of 3-bit codes 0..7
+    assert module.fhe_cost() == pytest.approx(
+        relu_codes * cost.lookup_cost(relu_bits, module.n_lookups)
+        + pair_maxima * cost.lookup_cost(diff_bits, module.n_lookups))
