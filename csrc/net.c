@@ -8,7 +8,7 @@
 #include "linear.h"
 #include "net_internal.h"
 
-static const char *kind_name(int kind)
+const char *qf_net_kind_name(int kind)
 {
     switch (kind) {
     case QF_LAYER_LINEAR: return "Linear";
@@ -65,7 +65,7 @@ static qf_status check_spec(qf_net *net, int i, const qf_layer_spec *s)
     }
     if (weighted && (s->in_features < 1 || s->out_features < 1)) {
         snprintf(net->err, sizeof net->err, "layer %d (%s): input and output sizes must be >= 1, "
-                 "got %d and %d", i, kind_name(s->kind), s->in_features, s->out_features);
+                 "got %d and %d", i, qf_net_kind_name(s->kind), s->in_features, s->out_features);
         return QF_ERR_ARG;
     }
     if (weighted && s->weight_quant.kind == QF_QUANT_LEARNED &&
@@ -77,13 +77,13 @@ static qf_status check_spec(qf_net *net, int i, const qf_layer_spec *s)
     if (windowed) {
         if (s->kernel[0] < 1 || s->kernel[1] < 1 || s->stride[0] < 1 || s->stride[1] < 1) {
             snprintf(net->err, sizeof net->err, "layer %d (%s): kernel and stride must be >= 1, "
-                     "got kernel (%d, %d) and stride (%d, %d)", i, kind_name(s->kind),
+                     "got kernel (%d, %d) and stride (%d, %d)", i, qf_net_kind_name(s->kind),
                      s->kernel[0], s->kernel[1], s->stride[0], s->stride[1]);
             return QF_ERR_ARG;
         }
         if (s->padding[0] < 0 || s->padding[1] < 0) {
             snprintf(net->err, sizeof net->err, "layer %d (%s): padding must be >= 0, got (%d, %d)",
-                     i, kind_name(s->kind), s->padding[0], s->padding[1]);
+                     i, qf_net_kind_name(s->kind), s->padding[0], s->padding[1]);
             return QF_ERR_ARG;
         }
         if (s->kind == QF_LAYER_MAXPOOL2D &&
@@ -362,7 +362,7 @@ void qf_net_free(qf_net *net)
 static qf_status shape_error(qf_net *net, int i, const char *what)
 {
     snprintf(net->err, sizeof net->err, "layer %d (%s): %s", i,
-             kind_name(net->layers[i].spec.kind), what);
+             qf_net_kind_name(net->layers[i].spec.kind), what);
     return QF_ERR_SHAPE;
 }
 

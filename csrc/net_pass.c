@@ -496,13 +496,13 @@ static int first_trained_layer(const qf_net *net)
     return net->n_layers;
 }
 
-void qf_net_backward_layers(qf_net *net, int64_t n)
+void qf_net_backward_layers(qf_net *net, int64_t n, float *dx)
 {
-    int first = first_trained_layer(net);
+    int first = dx ? 0 : first_trained_layer(net);
     for (int i = net->n_layers - 1; i >= 0; i--) {
         qf_layer *L = &net->layers[i];
         const float *in = i > 0 ? net->layers[i - 1].out : net->x;
-        float *din = i > first ? net->layers[i - 1].dout : NULL;
+        float *din = i == 0 ? dx : i > first ? net->layers[i - 1].dout : NULL;
         int64_t count = n * L->out_size;
         switch (L->spec.kind) {
         case QF_LAYER_LINEAR:
@@ -583,7 +583,7 @@ static qf_status check_backward(qf_net *net, int64_t n)
     return QF_OK;
 }
 
-qf_status qf_net_backward(qf_net *net, const float *dout, int64_t n)
+qf_status qf_net_backward_dx(qf_net *net, const float *dout, int64_t n, float *dx)
 {
     qf_status st = check_backward(net, n);
     if (st != QF_OK)
@@ -591,7 +591,12 @@ qf_status qf_net_backward(qf_net *net, const float *dout, int64_t n)
     qf_layer *last = &net->layers[net->n_layers - 1];
     if (dout != last->dout)
         memcpy(last->dout, dout, sizeof(float) * (size_t)(n * last->out_size));
-    qf_net_backward_layers(net, n);
+    qf_net_backward_layers(net, n, dx);
     net->have_train_forward = 0;
     return QF_OK;
+}
+
+qf_status qf_net_backward(qf_net *net, const float *dout, int64_t n)
+{
+    return qf_net_backward_dx(net, dout, n, NULL);
 }

@@ -111,6 +111,7 @@ import numpy as np
 
 from . import _checks
 from . import _core
+from ._finite import check_finite_state
 
 __all__ = ["compile_model", "compile_qat_model", "QuantizedModule", "BitWidthError"]
 
@@ -486,6 +487,9 @@ def _net_samples(net, X, name):
     """X as float32 (n, C, H, W) for net, whose input shape it sets: X is (n, C, H, W) as the
     network trains on, or (n, features): a flattened sample of the network's current input
     shape, or of its first Linear's input for a fully connected network."""
+    from . import nn
+    if not isinstance(net, nn.Sequential):
+        raise TypeError(f"net must be a qatfhe.nn.Sequential network, got {type(net).__name__}")
     arr = _checks.samples(X, name)
     if arr.ndim == 2:
         c, h, w = net._core.in_shape
@@ -849,6 +853,7 @@ def compile_model(net, X_calib, n_bits=3, rounding_threshold_bits=None, max_bits
     rounding = _check_rounding(rounding_threshold_bits)
     max_bits, on_overflow = _check_limits(max_bits, on_overflow)
     X = _net_samples(net, X_calib, "X_calib")
+    check_finite_state(net, "cannot compile")
     input_quant, ops = _ptq_ops(net, X, bits, rounding)
     info = {"mode": "ptq", "n_bits": bits, "rounding_threshold_bits": rounding,
             "max_bits": max_bits}
@@ -869,6 +874,7 @@ def compile_qat_model(net, X_calib, rounding_threshold_bits=None, max_bits=16,
     rounding = _check_rounding(rounding_threshold_bits)
     max_bits, on_overflow = _check_limits(max_bits, on_overflow)
     X = _net_samples(net, X_calib, "X_calib")
+    check_finite_state(net, "cannot compile")
     input_quant, ops = _qat_ops(net, X, rounding)
     info = {"mode": "qat", "n_bits": None, "rounding_threshold_bits": rounding,
             "max_bits": max_bits}
@@ -988,6 +994,9 @@ class QuantizedModule:
         q = np.asarray(q_y)
         if q.dtype == object or not np.issubdtype(q.dtype, np.integer):
             raise TypeError(f"q_y must hold integers, got dtype {q.dtype}")
+        if q.size and np.issubdtype(q.dtype, np.unsignedinteger) and q.max() > 2 ** 63 - 1:
+            raise ValueError(f"q_y holds {q.max()}, beyond the int64 range of the circuit's "
+                             f"integers (quantized_forward returns int64)")
         if q.ndim != 2 or q.shape[1] != self.out_features:
             raise ValueError(f"q_y must have shape (n_samples, {self.out_features}), got "
                              f"{q.shape}")

@@ -563,28 +563,43 @@ class CrossEntropyLoss:
 
     def __call__(self, logits, y):
         net = getattr(logits, "_qatfhe_net", None)
+        forward_id = getattr(logits, "_qatfhe_forward", None)
         logits = np.asarray(logits, dtype=np.float64)
         if logits.ndim != 2:
             raise ValueError(f"logits must be 2-dimensional (n, classes), got shape {logits.shape}")
         y = _checks.labels(y, len(logits), logits.shape[1])
         shifted = logits - logits.max(axis=1, keepdims=True)
         log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        return Loss(-log_probs[np.arange(len(y)), y].mean(), net, y)
+        return Loss(-log_probs[np.arange(len(y)), y].mean(), net, y, forward_id)
 
 
 class Loss(float):
-    """A loss value whose backward() runs the network's backward pass."""
+    """A loss value whose backward() runs the network's backward pass.
 
-    def __new__(cls, value, net, labels):
+    It remembers the forward it came from: backward() raises RuntimeError when another
+    forward (or fit, or an eval-mode predict) has replaced that forward's activations, or
+    when it already ran once."""
+
+    def __new__(cls, value, net, labels, forward_id=None):
         obj = super().__new__(cls, value)
-        obj._net, obj._labels = net, labels
+        obj._net, obj._labels, obj._forward = net, labels, forward_id
         return obj
 
-    def backward(self):
+    def backward(self, input_grad=False):
+        """Add the gradients of this loss into the network's parameters.  input_grad=True
+        also returns d loss / d X, shaped as the X of the forward (straight through the
+        quantizers, as autograd with Brevitas gives X.grad)."""
         if self._net is None:
             raise RuntimeError("these logits did not come from a network's training forward; "
                                "call net.train() and net(X) first")
-        self._net._core.backward_ce(self._labels)
+        net = self._net
+        net._check_current(self._forward)
+        if input_grad:
+            dx = net._core.backward_ce_dx(self._labels)[2]
+        else:
+            net._core.backward_ce(self._labels)
+        net._backward_of = self._forward
+        return dx.reshape(net._last_x_shape) if input_grad else None
 
 
 class _Init:
@@ -664,6 +679,9 @@ class Sequential(Module):
         self._layers = list(layers)
         self._tensors = {t["name"]: t for t in self._core.tensors()}
         self.optimizer = None
+        self._forwards = 0            # training forwards run so far (fit epochs included)
+        self._mode_set_at = 0         # the last one before a train()/eval() call
+        self._backward_of = 0         # number of the forward whose backward ran
         _live_networks.add(self)
 
     # --- container protocol
@@ -704,6 +722,7 @@ class Sequential(Module):
 
     def train(self, mode=True):
         self._core.training = bool(mode)
+        self._mode_set_at = self._forwards     # setting the mode drops the kept forward
         return self
 
     def eval(self):
@@ -777,13 +796,41 @@ class Sequential(Module):
             return f"layer {self.layer_path(index)} ({type(layer).__name__})"
         return re.sub(r"layer (\d+) \([^)]*\)", name, message)
 
+    def _next_forward(self, training):
+        """Number the forward about to run.  A training forward (or a fit epoch) replaces
+        the kept activations; an eval-mode one runs in its own workspace and keeps them."""
+        if training:
+            self._forwards += 1
+        return self._forwards
+
+    def _check_current(self, forward_id):
+        """RuntimeError unless the kept activations are those of forward forward_id and its
+        backward has not run."""
+        if forward_id != self._forwards:
+            raise RuntimeError("another training forward (net(X) in training mode, or fit) "
+                               "ran after the forward this loss came from and replaced its "
+                               "activations; backward applies to the latest training forward "
+                               "only: compute the loss from it")
+        if self._backward_of == forward_id:
+            raise RuntimeError("backward already ran for this loss: a forward's activations "
+                               "serve one backward; run net(X) again for another")
+        if self._mode_set_at == forward_id:
+            raise RuntimeError("net.train() or net.eval() was called after the training "
+                               "forward this loss came from, which drops its kept "
+                               "activations (eval-mode forwards such as net.predict() do not "
+                               "need the mode switch and keep them); compute the loss again "
+                               "from a new training forward")
+
     def forward(self, X):
         X = self._samples(X)
+        training = self._core.training
+        forward_id = self._next_forward(training)
         out = self._core.forward(X)
-        self._last_n = len(X)
-        if self._core.training:
+        if training:
+            self._last_n, self._last_x_shape = len(X), X.shape
             out = out.view(_NetOutput)
             out._qatfhe_net = self
+            out._qatfhe_forward = forward_id
         return out
 
     __call__ = forward
@@ -800,14 +847,24 @@ class Sequential(Module):
         y = _checks.labels(y, len(predicted), self._core.out_size)
         return float(np.mean(predicted == y))
 
-    def backward(self, grad_output):
-        """Backward of the last training forward from d loss / d output (n, out)."""
-        self._core.backward(_checks.float_array(grad_output, "grad_output"))
+    def backward(self, grad_output, input_grad=False):
+        """Backward of the last training forward from d loss / d output (n, out): adds the
+        parameters' gradients.  input_grad=True also returns d loss / d X, shaped as that
+        forward's X (straight through the quantizers; for saliency and adversarial
+        examples)."""
+        grad_output = _checks.float_array(grad_output, "grad_output")
+        if input_grad:
+            dx = self._core.backward_dx(grad_output)
+        else:
+            self._core.backward(grad_output)
+        self._backward_of = self._forwards
+        return dx.reshape(self._last_x_shape) if input_grad else None
 
     def loss_backward(self, y):
         """Mean cross-entropy of the last training forward against y, and its backward."""
         y = _checks.labels(y, getattr(self, "_last_n", None), self._core.out_size)
         loss, _ = self._core.backward_ce(y)
+        self._backward_of = self._forwards
         return loss
 
     def fit(self, X, y, epochs=1, batch_size=1, optimizer=None, seed=None, progress=True):

@@ -237,6 +237,14 @@ static PyMethodDef Net_methods[] = {
     {"snapshot", (PyCFunction)Net_snapshot, METH_NOARGS,
      "copies of every tensor, mask, random state and the step, taken at one moment"},
     {"rng_state", (PyCFunction)Net_rng_state, METH_NOARGS, "(init stream, shuffle stream)"},
+    {"backward_dx", (PyCFunction)Net_backward_dx, METH_O,
+     "backward_dx(grad_output) -> gradient w.r.t. the last forward's input (n, in_size)"},
+    {"backward_ce_dx", (PyCFunction)Net_backward_ce_dx, METH_O,
+     "backward_ce_dx(y) -> (mean loss, n_correct, input gradient (n, in_size))"},
+    {"tensor_steps", (PyCFunction)Net_tensor_steps, METH_NOARGS,
+     "{parameter name: optimizer steps it took}"},
+    {"set_tensor_step", (PyCFunction)Net_set_tensor_step, METH_VARARGS,
+     "set_tensor_step(name, step): restore a parameter's step count"},
     {"set_rng_state", (PyCFunction)Net_set_rng_state, METH_VARARGS, "restore rng_state()"},
     {NULL}
 };
