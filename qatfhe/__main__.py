@@ -121,10 +121,10 @@ def _fhe_latency(args, point):
         found = QuantizedModule.load(path)
     out = {}
     for key, module in (("qat", compile_qat_model(net, X_train)), ("point", found)):
-        module.compile_fhe()
-        module.forward(X_test[:1], fhe="execute")            # keys, warm-up
+        module.compile_fhe(X_train)                          # a loaded module needs X
+        module.forward(X_test[:1], fhe="execute", progress=False)   # keys, warm-up
         start = time.perf_counter()
-        module.forward(X_test[1:1 + args.fhe_samples], fhe="execute")
+        module.forward(X_test[1:1 + args.fhe_samples], fhe="execute", progress=False)
         out[key] = (time.perf_counter() - start) / args.fhe_samples
     return out
 
