@@ -163,3 +163,19 @@ def test_restarts_keep_the_network_best_on_the_training_set(tmp_path):
     best = int(np.argmax(scores))
     assert np.mean(chosen.predict(X_train, fhe="simulate") == y_train) == max(scores)
     assert result["accuracy"] == pytest.approx(tests[best])
+
+
+def test_accumulator_budgets_reach_the_layers(tmp_path):
+    from qatfhe import nn
+    import inspect
+    if "accumulator_bit_width" not in inspect.signature(nn.QuantLinear.__init__).parameters:
+        pytest.skip("this qatfhe has no accumulator-aware layers")
+    family = search.Family(widths=(4,), depths=(1,), act_bits=(2,), accumulator_bits=(5,),
+                           rounding_threshold_bits=(None,), epochs=1, restarts=1)
+    result = search.evaluate(family.trainings()[0], 0)[0]
+    path = tmp_path / "m.npz"
+    path.write_bytes(result["module_bytes"])
+    report = QuantizedModule.load(path).bit_width_report()
+    accumulators = [r for r in report if r["kind"] == "accumulator"]
+    assert len(accumulators) == 2
+    assert all(r["static_bits"] <= 5 for r in accumulators)   # 6 and 7 bits without A2Q
