@@ -1161,6 +1161,18 @@ class QuantizedModule:
         """Largest measured bit width among the values max_bits applies to."""
         return max(r["bits"] for r in self._report if r["checked"])
 
+    def fhe_cost(self, widths="measured"):
+        """FHE cost estimate in Mops: the sum over table lookups of a per-width cost
+        calibrated on Concrete (qatfhe.cost); widths "measured" or "worst_case"."""
+        from .cost import fhe_cost
+        return fhe_cost(self, widths)
+
+    @property
+    def n_lookups(self):
+        """Number of table lookups (programmable bootstraps) per sample."""
+        from .cost import lookups
+        return sum(count for _, count, _, _ in lookups(self))
+
     def check_bit_widths(self, max_bits=None, on_overflow="raise"):
         """Raise BitWidthError naming the first value wider than max_bits (default: the
         compile-time max_bits) on the calibration set, or warn with on_overflow="warn"."""
