@@ -3,6 +3,7 @@
 Commands:
     demo       train the tutorial's 3-bit QAT network on the checkerboard data once
     tutorial   the tutorial's three experiments over N seeded runs: tables, JSON, plots
+    fhe        the tutorial's QAT net under real FHE (Concrete): cost, keygen, latency
 Usage errors exit with status 2."""
 import argparse
 import os
@@ -175,6 +176,9 @@ def _parser():
                           "or cosine decay from --lr towards 0 over the epochs")
     tutorial.add_argument("--no-progress", action="store_true", help="no progress bars")
     tutorial.set_defaults(run=_tutorial)
+
+    from .fhe_demo import add_command      # body in qatfhe/fhe_demo.py
+    add_command(commands, _count)
     return parser
 
 

@@ -934,7 +934,8 @@ class QuantizedModule:
         ("input", "accumulator", "pool_sum", "rounded", "lookup_output", "reshape",
         "transpose", "add"), min, max, bits (measured on X, default the calibration set),
         static_min, static_max, static_bits (over all possible inputs), checked (whether
-        max_bits applies to it)."""
+        max_bits applies to it); after compile_fhe also pbs_bits, the bit width of the
+        programmable bootstrap computing that value (lookups and rounds; None otherwise)."""
         if X is None:
             report = [dict(r) for r in self._report]
             return report if self._fhe is None else self._fhe.annotate(report)

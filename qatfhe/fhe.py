@@ -75,7 +75,6 @@ class FheCircuit:
         self.module, self.circuit, self.ranges = module, circuit, ranges
         self.compile_seconds = compile_seconds
         self.keygen_seconds = None
-        self.circuit_id = None
 
     # --- keys
     def keygen(self, force=False, seed=None):
@@ -295,7 +294,6 @@ def save(module, directory):
     client.update({"format": FORMAT, "version": VERSION,
                    "specs_sha256": _sha256(specs),
                    "server_sha256": _sha256(_read(server_path))})
-    circuit.circuit_id = client["circuit_id"]
     _write_json(os.path.join(directory, CLIENT_FILE), client)
     return client["circuit_id"]
 
