@@ -39,7 +39,8 @@ Deployment files (module.save_fhe(directory); plain files, no pickle):
     qatfhe.json         qatfhe's client specs: input quantizer, input shape, the decode of
                         the returned integers, a circuit id and SHA-256 digests of the other
                         two files
-The bytes passed between Client and Server are Concrete's serialised values and
+Client.save_keys / load_keys keep a client's key set (secret key included) across
+processes.  The bytes passed between Client and Server are Concrete's serialised values and
 evaluation keys inside a small envelope (magic, JSON header with the kind, circuit id, key
 id and shape), so that a ciphertext or key set of another circuit, or keys of another
 client, give a clear ValueError instead of a wrong answer."""
@@ -417,6 +418,35 @@ class Client:
         if self.key_id is None:
             self.keygen()
         return self.key_id
+
+    def save_keys(self, directory):
+        """Write the key set (secret key included, unencrypted: keep it on the client)
+        to directory/keys.bin with directory/keys.json (circuit and key ids)."""
+        key_id = self._keys()
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, "keys.bin")
+        if os.path.exists(path):
+            os.unlink(path)                     # Concrete refuses to overwrite
+        self._client.keys.save(path)
+        _write_json(os.path.join(directory, "keys.json"),
+                    {"format": "qatfhe-fhe-keys", "circuit": self.circuit_id, "keys": key_id})
+
+    def load_keys(self, directory):
+        """Use the key set written by save_keys (ValueError for another circuit's keys or
+        unreadable files)."""
+        try:
+            meta = json.loads(_read(os.path.join(directory, "keys.json")))
+            key_id = meta["keys"]
+            if meta.get("format") != "qatfhe-fhe-keys" or not isinstance(key_id, str):
+                raise ValueError("not a qatfhe key set")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{directory!r} holds no valid qatfhe key set ({exc})") from None
+        _check_ids(meta, self.circuit_id, None, "the saved keys")
+        try:
+            self._client.keys.load(os.path.join(directory, "keys.bin"))
+        except Exception as exc:
+            raise ValueError(f"cannot load the key set in {directory!r}: {exc}") from None
+        self.key_id = key_id
 
     def evaluation_keys(self):
         """The serialised evaluation keys (bytes) for the server (no secret key)."""

@@ -320,6 +320,17 @@ def test_deployment_refuses_foreign_or_broken_bytes(deployed, remote, tmp_path, 
     with pytest.raises(ValueError, match="other keys"):
         client.decrypt((work / "out0.bin").read_bytes())
 
+    # keys saved by one client object and loaded by another decrypt its results
+    result = server.run(ct, keys)
+    client.save_keys(tmp_path / "keys")
+    again = fhe.Client(directory)
+    again.load_keys(tmp_path / "keys")
+    np.testing.assert_array_equal(again.decrypt(result), client.decrypt(result))
+    with pytest.raises(ValueError, match="another FHE circuit"):
+        stranger.load_keys(tmp_path / "keys")
+    with pytest.raises(ValueError, match="no valid qatfhe key set"):
+        again.load_keys(tmp_path)
+
     # wrong shapes, kinds, garbage, truncated payloads
     with pytest.raises(ValueError, match="features|shape"):
         client.encrypt(rng.uniform(size=(2, 3)).astype(F32))
