@@ -283,7 +283,7 @@ qf_status qf_net_create(qf_net **out, const qf_layer_spec *specs, int n_layers,
     return qf_net_create_shaped(out, specs, n_layers, shape, seed, err, err_len);
 }
 
-static void free_buffers(qf_net *net)
+void qf_net_free_buffers(qf_net *net)
 {
     free(net->act_storage);
     free(net->x);
@@ -312,7 +312,7 @@ void qf_net_free(qf_net *net)
     free(net->storage);
     free(net->layer_storage);
     free(net->layers);
-    free_buffers(net);
+    qf_net_free_buffers(net);
     free(net->perm);
     free(net);
 }
@@ -483,36 +483,62 @@ int64_t qf_net_cur_in_size(const qf_net *net)
 
 /* ---------------------------------------------------------------- buffers */
 
-/* Size the batch buffers for n samples under the current shapes (allocation
- * happens only here, and only when n or the shapes grow/change). */
-qf_status qf_net_prepare(qf_net *net, int64_t n)
+/* Floats of activation buffers per sample under the current shapes (act), and
+ * the largest layer size (max_size); see qf_net_prepare. */
+static int64_t activation_floats(const qf_net *net, int64_t *max_size)
 {
-    if (!net->shapes_known) {
-        snprintf(net->err, sizeof net->err, "the input shape is not set yet");
-        return QF_ERR_STATE;
-    }
-    if (n <= net->batch_cap && !net->buffers_stale)
-        return QF_OK;
-    int64_t cap = n > net->batch_cap ? n : net->batch_cap;
-    int64_t act = 0, max_size = qf_net_cur_in_size(net);
+    int64_t act = 0;
+    *max_size = qf_net_cur_in_size(net);
     for (int i = 0; i < net->n_layers; i++) {
-        qf_layer *L = &net->layers[i];
+        const qf_layer *L = &net->layers[i];
         act += L->out_size * (2 + (L->emits_codes ? 1 : 0) +
                               (L->spec.kind == QF_LAYER_RESIDUAL_ADD ? 1 : 0));
         if (L->spec.kind == QF_LAYER_CONV2D) {
             int64_t p = L->geom.oh * L->geom.ow, k = L->w_cols;
             act += 3 * p * k + p * L->spec.out_features;
         }
-        if (L->out_size > max_size)
-            max_size = L->out_size;
+        if (L->out_size > *max_size)
+            *max_size = L->out_size;
     }
-    free_buffers(net);
+    return act;
+}
+
+int64_t qf_net_sample_floats(const qf_net *net)
+{
+    int64_t max_size;
+    int64_t act = activation_floats(net, &max_size);
+    return act + qf_net_cur_in_size(net) + max_size + 1;   /* + x, scratch, label */
+}
+
+int64_t qf_net_buffer_bytes(const qf_net *net)
+{
+    return net->batch_cap > 0 ? (int64_t)sizeof(float) * net->batch_cap * qf_net_sample_floats(net)
+                              : 0;
+}
+
+/* Size the batch buffers for n samples under the current shapes (allocation
+ * happens only here, and only when n or the shapes grow/change, or when
+ * buffers above QF_NET_KEEP_BYTES serve a batch under a quarter of their
+ * capacity: they shrink to it). */
+qf_status qf_net_prepare(qf_net *net, int64_t n)
+{
+    if (!net->shapes_known) {
+        snprintf(net->err, sizeof net->err, "the input shape is not set yet");
+        return QF_ERR_STATE;
+    }
+    int shrink = n < net->batch_cap / 4 && qf_net_buffer_bytes(net) > QF_NET_KEEP_BYTES;
+    if (n <= net->batch_cap && !net->buffers_stale && !shrink)
+        return QF_OK;
+    int64_t cap = n > net->batch_cap || shrink ? n : net->batch_cap;
+    int64_t max_size;
+    int64_t act = activation_floats(net, &max_size);
+    qf_net_free_buffers(net);
     net->act_storage = malloc(sizeof(float) * (size_t)(act * cap + 1));
     net->x = malloc(sizeof(float) * (size_t)(qf_net_cur_in_size(net) * cap));
     net->scratch = malloc(sizeof(float) * (size_t)(max_size * cap));
     net->labels = malloc(sizeof(int32_t) * (size_t)cap);
     if (!net->act_storage || !net->x || !net->scratch || !net->labels) {
-        free_buffers(net);
+        qf_net_free_buffers(net);
         snprintf(net->err, sizeof net->err, "cannot allocate buffers for a batch of %lld samples",
                  (long long)n);
         return QF_ERR_NOMEM;
@@ -543,6 +569,12 @@ qf_status qf_net_prepare(qf_net *net, int64_t n)
     net->buffers_stale = 0;
     net->have_train_forward = 0;
     return QF_OK;
+}
+
+void qf_net_trim_buffers(qf_net *net)
+{
+    if (!net->have_train_forward && qf_net_buffer_bytes(net) > QF_NET_KEEP_BYTES)
+        qf_net_free_buffers(net);
 }
 
 /* ---------------------------------------------------------------- accessors */

@@ -163,6 +163,12 @@ qf_status qf_net_act_scale(const qf_net *net, int layer, float *scale);
  * per-tensor quantizer. */
 qf_status qf_net_weight_scale(const qf_net *net, int layer, float *scale);
 
+/* Heap bytes of the batch buffers (activations kept for backward) now held. */
+int64_t qf_net_buffer_bytes(const qf_net *net);
+/* Free the batch buffers when they exceed QF_NET_KEEP_BYTES (64 MB) and hold
+ * no training forward awaiting its backward; the next pass sizes them again. */
+void qf_net_trim_buffers(qf_net *net);
+
 /* Random streams, readable and writable so save/load resumes exactly. */
 qf_rng *qf_net_init_rng(qf_net *net);
 qf_rng *qf_net_shuffle_rng(qf_net *net);

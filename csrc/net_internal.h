@@ -94,7 +94,14 @@ struct qf_net {
 };
 
 /* net.c */
+/* Batch buffers above this many bytes shrink when a batch under a quarter of
+ * their capacity comes, and after a backward (qf_net_trim_buffers). */
+#ifndef QF_NET_KEEP_BYTES
+#define QF_NET_KEEP_BYTES (64 << 20)
+#endif
 qf_status qf_net_prepare(qf_net *net, int64_t n);      /* buffers for n samples */
+void qf_net_free_buffers(qf_net *net);                 /* batch buffers only */
+int64_t qf_net_sample_floats(const qf_net *net);       /* batch buffer floats per sample */
 int64_t qf_net_cur_in_size(const qf_net *net);
 /* net_pass.c */
 void qf_net_forward_layers(qf_net *net, int64_t n);

@@ -17,6 +17,11 @@ qf_status qf_quant_spec_check(const qf_quant_spec *spec, char *err, int err_len)
                  QF_BITS_MIN, QF_BITS_MAX, spec->bits);
         return QF_ERR_ARG;
     }
+    if ((spec->is_signed != 0 && spec->is_signed != 1) || (spec->narrow != 0 && spec->narrow != 1)) {
+        snprintf(err, err_len, "signed and narrow_range must be 0 or 1, got %d and %d",
+                 spec->is_signed, spec->narrow);
+        return QF_ERR_ARG;
+    }
     if (!(spec->threshold > 0.0f) || !isfinite(spec->threshold)) {
         snprintf(err, err_len, "quantizer threshold must be a positive finite number, got %g",
                  (double)spec->threshold);

@@ -13,6 +13,13 @@ def positive_int(value, name, minimum=1):
     return int(value)
 
 
+def flag(value, name):
+    """True or False (a NumPy bool too); strings, numbers and None are refused."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def positive_float(value, name, allow_zero=False):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {value!r}")

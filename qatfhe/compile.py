@@ -166,6 +166,8 @@ def _symmetric_weights(w, n_bits):
 _ARRAY_FIELDS = {"weight": np.int32, "offset": np.int64, "scale": F32, "bias": F32}
 _INT_FIELDS = ("src", "src2", "weight_zero_point", "pad_code", "lsbs", "relu")
 _TUPLE_FIELDS = ("kernel", "stride", "padding", "shape", "dims")
+_OP_KINDS = ("dense", "conv", "pool_sum", "round", "lookup", "reshape", "transpose", "add",
+             "decode")
 _NODE_KIND = {"dense": "accumulator", "conv": "accumulator", "pool_sum": "pool_sum",
               "round": "rounded", "lookup": "lookup_output", "reshape": "reshape",
               "transpose": "transpose", "add": "add"}
@@ -255,6 +257,8 @@ class _Op:
 
     @classmethod
     def from_header(cls, header, prefix, arrays):
+        if header["kind"] not in _OP_KINDS:
+            raise ValueError(f"{prefix}: unknown op kind {header['kind']!r}")
         fields = {key: header[key] for key in _INT_FIELDS}
         for key in _TUPLE_FIELDS:
             if header[key] is not None:
@@ -426,19 +430,21 @@ def _check_limits(max_bits, on_overflow):
 
 
 def _net_samples(net, X, name):
-    """X as float32 (n, C, H, W) for net, whose input shape it sets: X is (n, C, H, W), or
-    (n, features) for a fully connected network or a flattened image of the known shape."""
-    if net._features is not None:
-        X = _checks.features(X, net._features, name)
+    """X as float32 (n, C, H, W) for net, whose input shape it sets: X is (n, C, H, W) as the
+    network trains on, or (n, features): a flattened sample of the network's current input
+    shape, or of its first Linear's input for a fully connected network."""
     arr = _checks.samples(X, name)
     if arr.ndim == 2:
         c, h, w = net._core.in_shape
         if h * w > 1 and arr.shape[1] == c * h * w:
-            return arr.reshape(len(arr), c, h, w)
-        if h * w == 0:
+            arr = arr.reshape(len(arr), c, h, w)
+        elif h * w == 0:
             raise ValueError(f"{name} must have shape (n_samples, channels, height, width) for "
                              f"a convolutional network, got {arr.shape}")
-        arr = arr.reshape(len(arr), -1, 1, 1)
+        else:
+            if net._features is not None:
+                arr = _checks.features(arr, net._features, name)
+            arr = arr.reshape(len(arr), -1, 1, 1)
     net._core.set_input_shape(tuple(int(d) for d in arr.shape[1:]))
     return arr
 
@@ -1062,9 +1068,10 @@ class QuantizedModule:
 
     @classmethod
     def load(cls, path):
-        """A module written by save(path); ValueError for a truncated, corrupt or foreign
-        file."""
-        from .io import read_npz, verify_checksum
+        """A module written by save(path); FileFormatError (a ValueError) for a truncated,
+        corrupt, foreign or inconsistent file.  Once built, one probe batch must give the
+        same integers through the C circuit and its NumPy twin."""
+        from .io import FileFormatError, read_npz, verify_checksum
         header, arrays = read_npz(path, FORMAT, VERSION)
         try:
             input_quant = _Quantizer(**header["input_quant"])
@@ -1074,7 +1081,24 @@ class QuantizedModule:
                          report=header["report"])
             if len(module._report) != len(module._nodes):
                 raise ValueError("the bit-width report does not match the circuit")
-        except (KeyError, TypeError, ValueError, OverflowError) as exc:
-            raise ValueError(f"{os.fspath(path)!r} describes an invalid quantized module: "
-                             f"{exc}") from None
+            module._probe()
+        except FileFormatError:
+            raise
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError, IndexError,
+                RecursionError, NotImplementedError) as exc:
+            raise FileFormatError(f"{os.fspath(path)!r} describes an invalid quantized module: "
+                                  f"{type(exc).__name__}: {exc}") from None
         return module
+
+    def _probe(self):
+        """ValueError unless the circuit and its NumPy twin agree on a few inputs (the
+        input quantizer's extremes and zero), when the circuit is small enough to try."""
+        if sum(int(np.prod(node["shape"])) for node in self._nodes) > 1 << 22:
+            return
+        q = self.input_quant
+        codes = np.array([[q.qmin], [q.qmax], [min(max(0, q.qmin), q.qmax)]], np.int64)
+        codes = np.repeat(codes, self.in_features, axis=1)
+        c_out, c_int, _ = self._circuit.run_codes(codes, ranges=False)
+        np_out, np_int, _ = _run_ops(self.ops, codes.reshape((-1,) + self.in_shape), False)
+        if not (np.array_equal(c_int, np_int) and np.array_equal(c_out, np_out)):
+            raise ValueError("its ops give different results in the circuit and in NumPy")

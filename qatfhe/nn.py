@@ -81,7 +81,7 @@ class Module:
         value = _checks.float_array(value, suffix)
         if value.shape != target.shape:
             raise ValueError(f"{suffix} must have shape {target.shape}, got {value.shape}")
-        target[...] = value
+        self.net._core.write_tensor(f"{self.index}.{suffix}", value)   # waits for a fit
 
     def __repr__(self):
         parts = []
@@ -631,8 +631,9 @@ class Sequential(Module):
         return _ParameterList(self, [data for _, data in self.named_parameters()])
 
     def state_dict(self):
-        """Copies of every parameter and buffer, keyed by name ("1.weight" ...)."""
-        return {name: t["data"].copy() for name, t in self._tensors.items()}
+        """Copies of every parameter and buffer, keyed by name ("1.weight" ...), taken at
+        one moment (a fit running in another thread is waited for, between epochs)."""
+        return {name: t["data"] for name, t in self._core.snapshot()["tensors"].items()}
 
     def load_state_dict(self, state):
         missing = sorted(set(self._tensors) - set(state))
@@ -645,7 +646,7 @@ class Sequential(Module):
             value = _checks.float_array(value, name)
             if value.shape != target.shape:
                 raise ValueError(f"{name} must have shape {target.shape}, got {value.shape}")
-            target[...] = value
+            self._core.write_tensor(name, value)
 
     def zero_grad(self):
         self._core.zero_grad()
@@ -702,13 +703,10 @@ class Sequential(Module):
     __call__ = forward
 
     def predict(self, X):
-        """Class indices (int64) of X, computed in eval mode (the mode is restored)."""
-        mode = self._core.training
-        self._core.training = False
-        try:
-            return np.asarray(self.forward(X)).argmax(axis=1)
-        finally:
-            self._core.training = mode
+        """Class indices (int64) of X, computed in eval mode without changing the network's
+        mode or its kept training forward; several threads may predict at once."""
+        X = self._samples(X)
+        return self._core.infer(X).argmax(axis=1)
 
     def score(self, X, y):
         """Eval-mode accuracy on (X, y)."""

@@ -81,6 +81,7 @@ class SGD(Optimizer):
                  nesterov=False):
         momentum = _checks.positive_float(momentum, "momentum", allow_zero=True)
         dampening = _checks.positive_float(dampening, "dampening", allow_zero=True)
+        nesterov = _checks.flag(nesterov, "nesterov")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("nesterov=True needs momentum > 0 and dampening = 0")
         super().__init__(params, lr=_checks.positive_float(lr, "lr"), momentum=momentum,

@@ -16,6 +16,11 @@ Class attributes understood:
 The scale is T / int_threshold (int_threshold = 2^(b-1) - narrow for signed,
 2^b - 1 - narrow for unsigned)."""
 
+import math
+import numbers
+
+import numpy as np
+
 _KINDS = {"const": 1, "stats": 2, "parameter_from_stats": 3}
 _KIND_NAMES = {"const": "const", "stats": "absmax", "parameter_from_stats": "learned"}
 
@@ -30,19 +35,26 @@ class QuantSpec:
                  collect_stats_steps=300, scaling_stats_momentum=0.1, high_percentile_q=99.999,
                  name=None):
         self.name = name or "QuantSpec"
-        if scaling_impl_type not in _KINDS:
-            raise ValueError(f"scaling_impl_type must be one of {sorted(_KINDS)}, "
-                             f"got {scaling_impl_type!r}")
         self.scaling_impl_type = scaling_impl_type
-        self.bit_width = check_bit_width(bit_width, "bit_width")
-        self.signed = bool(signed)
-        self.narrow_range = bool(narrow_range)
-        self.scaling_const = float(scaling_const)
-        if not (self.scaling_const > 0 and self.scaling_const < float("inf")):
-            raise ValueError(f"scaling_const must be a positive finite number, got {scaling_const!r}")
-        self.collect_stats_steps = int(collect_stats_steps)
-        self.scaling_stats_momentum = float(scaling_stats_momentum)
-        self.high_percentile_q = float(high_percentile_q)
+        self.bit_width = bit_width
+        self.signed = signed
+        self.narrow_range = narrow_range
+        self.scaling_const = scaling_const
+        self.collect_stats_steps = collect_stats_steps
+        self.scaling_stats_momentum = scaling_stats_momentum
+        self.high_percentile_q = high_percentile_q
+
+    def __setattr__(self, key, value):
+        """Every field passes its check, however the spec is made or changed (constructor,
+        quantizer class, layer keywords, attribute writes, a saved file)."""
+        if key == "name":
+            if not isinstance(value, str):
+                raise TypeError(f"quantizer name must be a string, got {value!r}")
+        elif key in _FIELD_CHECKS:
+            value = _FIELD_CHECKS[key](value, key)
+        else:
+            raise AttributeError(f"QuantSpec has no field {key!r}; fields: {', '.join(self.FIELDS)}")
+        object.__setattr__(self, key, value)
 
     @property
     def kind(self):
@@ -93,6 +105,69 @@ def check_bit_width(value, name):
     if not 2 <= value <= 16:
         raise ValueError(f"{name} must be an integer in [2, 16], got {value}")
     return value
+
+
+def _check_kind(value, name):
+    if not isinstance(value, str) or value not in _KINDS:
+        raise ValueError(f"{name} must be one of {sorted(_KINDS)}, got {value!r}")
+    return value
+
+
+def _check_flag(value, name):
+    """True/False (or the integers 0 and 1): the C core reads 0 or 1, nothing else."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral) and value in (0, 1):
+        return bool(value)
+    raise (TypeError if not isinstance(value, numbers.Integral) else ValueError)(
+        f"{name} must be True or False, got {value!r}")
+
+
+def _real(value, name, expected):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {expected}, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be {expected}, got {value}")
+    return value
+
+
+def _check_threshold(value, name):
+    expected = "a positive finite number (representable in float32)"
+    value = _real(value, name, expected)
+    as_f32 = np.float32(value) if abs(value) < 3.4e38 else np.float32(np.inf)
+    if not value > 0 or not (np.isfinite(as_f32) and as_f32 > 0):
+        raise ValueError(f"{name} must be {expected}, got {value}")
+    return value
+
+
+def _check_steps(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer in [1, 2**31 - 1], got {value!r}")
+    if not 1 <= value <= 2 ** 31 - 1:
+        raise ValueError(f"{name} must be an integer in [1, 2**31 - 1], got {value}")
+    return int(value)
+
+
+def _check_momentum(value, name):
+    value = _real(value, name, "a number in (0, 1]")
+    if not 0 < value <= 1:
+        raise ValueError(f"{name} must be a number in (0, 1], got {value}")
+    return value
+
+
+def _check_percentile(value, name):
+    value = _real(value, name, "a number in (0, 100]")
+    if not 0 < value <= 100:
+        raise ValueError(f"{name} must be a number in (0, 100], got {value}")
+    return value
+
+
+_FIELD_CHECKS = {"scaling_impl_type": _check_kind, "bit_width": check_bit_width,
+                 "signed": _check_flag, "narrow_range": _check_flag,
+                 "scaling_const": _check_threshold, "collect_stats_steps": _check_steps,
+                 "scaling_stats_momentum": _check_momentum,
+                 "high_percentile_q": _check_percentile}
 
 
 class Quantizer:
@@ -167,13 +242,17 @@ class Uint8ActPerTensorFloat(Quantizer):
 def resolve(quant, role, **overrides):
     """A QuantSpec from a quantizer class, a QuantSpec, or a dict of QuantSpec fields."""
     if isinstance(quant, QuantSpec):
-        spec = QuantSpec(**quant.to_dict())
-        for key, value in overrides.items():
-            if value is not None:
-                setattr(spec, key, check_bit_width(value, key) if key == "bit_width" else value)
-        return spec
+        fields = quant.to_dict()
+        fields.update({k: v for k, v in overrides.items() if v is not None})
+        return QuantSpec(**fields)
     if isinstance(quant, dict):
-        return resolve(QuantSpec(**quant), role, **overrides)
+        try:
+            spec = QuantSpec(**quant)
+        except TypeError as exc:
+            if "argument" not in str(exc):
+                raise
+            raise TypeError(f"{role}: {exc}") from None
+        return resolve(spec, role, **overrides)
     if isinstance(quant, type) and issubclass(quant, Quantizer):
         return quant.resolve(**overrides)
     raise TypeError(f"{role} must be a quantizer class such as CommonWeightQuant or "

@@ -242,6 +242,10 @@ static int Circuit_init(CircuitObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"input_quant", "in_shape", "ops", NULL};
     PyObject *iq, *shape_obj, *ops;
+    if (self->circuit) {   /* runs in other threads may hold it, views may point into it */
+        PyErr_SetString(PyExc_RuntimeError, "a Circuit cannot be re-initialised; build a new one");
+        return -1;
+    }
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO!", kwlist, &iq, &shape_obj, &PyList_Type,
                                      &ops))
         return -1;
@@ -274,7 +278,6 @@ static int Circuit_init(CircuitObject *self, PyObject *args, PyObject *kwds)
         qfpy_raise(st, err);
         goto done;
     }
-    qf_circuit_free(self->circuit);
     self->circuit = c;
     rc = 0;
 done:

@@ -1,14 +1,11 @@
-/* net_binding.c: qatfhe._core.Net, the Python face of qf_net (csrc/net.h).
- * Every method converts and checks its buffers, releases the GIL around one
- * core call and maps the status through qfpy_raise. */
-#include "bindings.h"
-#include "../net.h"
-
-typedef struct {
-    PyObject_HEAD
-    qf_net *net;
-    int busy;               /* a call with the GIL released is running */
-} NetObject;
+/* net_binding.c: qatfhe._core.Net, the Python face of qf_net (csrc/net.h):
+ * layer spec parsing, lifecycle (built once, never re-initialised), the type
+ * and its method table.  Every method converts and checks its buffers,
+ * releases the GIL around one core call and maps the status through
+ * qfpy_raise; net_binding.h describes the lock that makes one net safe to
+ * share between threads, net_run_binding.c and net_state_binding.c hold the
+ * methods. */
+#include "net_binding.h"
 
 /* ------------------------------------------------------------ spec parsing */
 
@@ -95,7 +92,7 @@ static int parse_layer(PyObject *layer, qf_layer_spec *s)
 }
 
 /* (C, H, W) from an int (features) or a 1- to 3-tuple; missing H, W are 1. */
-static int parse_shape(PyObject *obj, int64_t shape[3])
+int qfpy_net_parse_shape(PyObject *obj, int64_t shape[3])
 {
     shape[0] = 0; shape[1] = 1; shape[2] = 1;
     if (PyLong_Check(obj)) {
@@ -113,12 +110,45 @@ static int parse_shape(PyObject *obj, int64_t shape[3])
     return 0;
 }
 
-static PyObject *shape_tuple(const int64_t s[3])
+PyObject *qfpy_net_shape_tuple(const int64_t s[3])
 {
     return Py_BuildValue("(LLL)", (long long)s[0], (long long)s[1], (long long)s[2]);
 }
 
+int qfpy_net_same_shape(const qf_net *net, const int64_t shape[3])
+{
+    int64_t s[3];
+    qf_net_input_shape(net, s);
+    return qf_net_out_size(net) > 0 && s[0] == shape[0] && s[1] == shape[1] && s[2] == shape[2];
+}
+
 /* ------------------------------------------------------------ lifecycle */
+
+static PyObject *Net_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    NetObject *self = (NetObject *)type->tp_alloc(type, 0);
+    if (!self)
+        return NULL;
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+#ifdef PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP
+    /* a waiting fit is not starved by a stream of inferences */
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+#endif
+    int rc = pthread_rwlock_init(&self->lock, &attr);
+    pthread_rwlockattr_destroy(&attr);
+    if (rc != 0) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    self->lock_ready = 1;
+    self->views = PyList_New(0);
+    if (!self->views) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
 
 static int Net_init(NetObject *self, PyObject *args, PyObject *kwds)
 {
@@ -126,10 +156,14 @@ static int Net_init(NetObject *self, PyObject *args, PyObject *kwds)
     PyObject *layers, *shape_obj;
     unsigned long long seed;
     int64_t in_shape[3];
+    if (self->net) {   /* views and running calls point into it: never rebuilt in place */
+        PyErr_SetString(PyExc_RuntimeError, "a Net cannot be re-initialised; build a new one");
+        return -1;
+    }
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OK", kwlist, &PyList_Type, &layers,
                                      &shape_obj, &seed))
         return -1;
-    if (parse_shape(shape_obj, in_shape) < 0)
+    if (qfpy_net_parse_shape(shape_obj, in_shape) < 0)
         return -1;
     Py_ssize_t n = PyList_GET_SIZE(layers);
     qf_layer_spec *specs = PyMem_Calloc((size_t)(n ? n : 1), sizeof *specs);
@@ -141,480 +175,38 @@ static int Net_init(NetObject *self, PyObject *args, PyObject *kwds)
         }
     }
     char err[256] = "";
-    qf_net_free(self->net);
-    self->net = NULL;
-    qf_status st = qf_net_create_shaped(&self->net, specs, (int)n, in_shape, seed, err, sizeof err);
+    qf_net *net = NULL;
+    qf_status st = qf_net_create_shaped(&net, specs, (int)n, in_shape, seed, err, sizeof err);
     PyMem_Free(specs);
     if (st != QF_OK) {
         qfpy_raise(st, err);
         return -1;
     }
+    if (self->net) {   /* another thread initialised it meanwhile */
+        qf_net_free(net);
+        PyErr_SetString(PyExc_RuntimeError, "a Net cannot be re-initialised; build a new one");
+        return -1;
+    }
+    self->net = net;
     return 0;
 }
 
 static void Net_dealloc(NetObject *self)
 {
+    qf_net_infer_free(self->spare);
     qf_net_free(self->net);
+    if (self->lock_ready)
+        pthread_rwlock_destroy(&self->lock);
+    Py_XDECREF(self->views);
+    Py_XDECREF(self->frozen);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static int ready(NetObject *self)
-{
-    if (!self->net) {
-        PyErr_SetString(PyExc_RuntimeError, "network is not initialised");
-        return 0;
-    }
-    if (self->busy) {
-        PyErr_SetString(PyExc_RuntimeError, "network is in use by another thread");
-        return 0;
-    }
-    return 1;
-}
-
-static PyObject *raise_net(NetObject *self, qf_status st)
-{
-    return qfpy_raise(st, qf_net_error(self->net));
-}
-
-/* ------------------------------------------------------------ compute */
-
-/* Convert X ((n, F) or (n, C, H, W)) and set the net's input shape from it. */
-static PyArrayObject *input_array(NetObject *self, PyObject *arg)
-{
-    PyArrayObject *x = qfpy_array(arg, "X", NPY_FLOAT32, -1, 0);
-    if (!x) return NULL;
-    int nd = PyArray_NDIM(x);
-    if (nd != 2 && nd != 4) {
-        PyErr_Format(PyExc_ValueError, "X must be 2-dimensional (n, features) or 4-dimensional "
-                     "(n, channels, height, width), got %d dimensions", nd);
-        Py_DECREF(x);
-        return NULL;
-    }
-    int64_t c = PyArray_DIM(x, 1), h = nd == 4 ? PyArray_DIM(x, 2) : 1,
-            w = nd == 4 ? PyArray_DIM(x, 3) : 1;
-    if (PyArray_DIM(x, 0) < 1) {
-        PyErr_SetString(PyExc_ValueError, "X is empty; expected at least one sample");
-        Py_DECREF(x);
-        return NULL;
-    }
-    qf_status st = qf_net_set_input_shape(self->net, c, h, w);
-    if (st != QF_OK) {
-        Py_DECREF(x);
-        raise_net(self, st);
-        return NULL;
-    }
-    return x;
-}
-
-/* A new (n, out) or (n, C, H, W) float32 array for the net's output. */
-static PyArrayObject *output_array(NetObject *self, npy_intp n)
-{
-    int64_t s[3];
-    qf_net_output_shape(self->net, s);
-    if (s[1] == 1 && s[2] == 1) {
-        npy_intp dims[2] = {n, (npy_intp)s[0]};
-        return (PyArrayObject *)PyArray_SimpleNew(2, dims, NPY_FLOAT32);
-    }
-    npy_intp dims[4] = {n, (npy_intp)s[0], (npy_intp)s[1], (npy_intp)s[2]};
-    return (PyArrayObject *)PyArray_SimpleNew(4, dims, NPY_FLOAT32);
-}
-
-static PyObject *Net_forward(NetObject *self, PyObject *arg)
-{
-    if (!ready(self)) return NULL;
-    PyArrayObject *x = input_array(self, arg);
-    if (!x) return NULL;
-    npy_intp n = PyArray_DIM(x, 0);
-    PyArrayObject *out = output_array(self, n);
-    if (!out) { Py_DECREF(x); return NULL; }
-    qf_status st;
-    self->busy = 1;
-    Py_BEGIN_ALLOW_THREADS
-    st = qf_net_forward(self->net, PyArray_DATA(x), n, PyArray_DATA(out));
-    Py_END_ALLOW_THREADS
-    self->busy = 0;
-    Py_DECREF(x);
-    if (st != QF_OK) { Py_DECREF(out); return raise_net(self, st); }
-    return (PyObject *)out;
-}
-
-static PyObject *Net_backward_ce(NetObject *self, PyObject *arg)
-{
-    if (!ready(self)) return NULL;
-    PyArrayObject *y = qfpy_array(arg, "y", NPY_INT32, 1, 0);
-    if (!y) return NULL;
-    double loss = 0.0;
-    int64_t correct = 0;
-    qf_status st = QF_OK;
-    /* the label count must match the last forward; the core checks the values */
-    self->busy = 1;
-    Py_BEGIN_ALLOW_THREADS
-    st = qf_net_backward_ce(self->net, PyArray_DATA(y), PyArray_DIM(y, 0), &loss, &correct);
-    Py_END_ALLOW_THREADS
-    self->busy = 0;
-    Py_DECREF(y);
-    if (st != QF_OK) return raise_net(self, st);
-    return Py_BuildValue("dL", loss, (long long)correct);
-}
-
-static PyObject *Net_backward(NetObject *self, PyObject *arg)
-{
-    if (!ready(self)) return NULL;
-    PyArrayObject *d = qfpy_array(arg, "grad_output", NPY_FLOAT32, -1, 1);
-    if (!d) return NULL;
-    if (PyArray_NDIM(d) < 1 || PyArray_SIZE(d) != PyArray_DIM(d, 0) * qf_net_out_size(self->net)) {
-        PyErr_Format(PyExc_ValueError, "grad_output must hold %lld values per sample",
-                     (long long)qf_net_out_size(self->net));
-        Py_DECREF(d);
-        return NULL;
-    }
-    qf_status st;
-    self->busy = 1;
-    Py_BEGIN_ALLOW_THREADS
-    st = qf_net_backward(self->net, PyArray_DATA(d), PyArray_DIM(d, 0));
-    Py_END_ALLOW_THREADS
-    self->busy = 0;
-    Py_DECREF(d);
-    if (st != QF_OK) return raise_net(self, st);
-    Py_RETURN_NONE;
-}
-
-static PyObject *Net_zero_grad(NetObject *self, PyObject *unused)
-{
-    if (!ready(self)) return NULL;
-    qf_net_zero_grad(self->net);
-    Py_RETURN_NONE;
-}
-
-static PyObject *Net_step(NetObject *self, PyObject *unused)
-{
-    if (!ready(self)) return NULL;
-    qf_status st;
-    self->busy = 1;
-    Py_BEGIN_ALLOW_THREADS
-    st = qf_net_step(self->net);
-    Py_END_ALLOW_THREADS
-    self->busy = 0;
-    if (st != QF_OK) return raise_net(self, st);
-    Py_RETURN_NONE;
-}
-
-static PyObject *Net_set_optimizer(NetObject *self, PyObject *args, PyObject *kwds)
-{
-    static char *kwlist[] = {"kind", "lr", "beta1", "beta2", "eps", "weight_decay", "momentum",
-                             "dampening", "nesterov", NULL};
-    const char *kind;
-    double lr, b1 = 0.9, b2 = 0.999, eps = 1e-8, wd = 0.0, mom = 0.0, damp = 0.0;
-    int nesterov = 0;
-    if (!ready(self)) return NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "sd|ddddddp", kwlist, &kind, &lr, &b1, &b2,
-                                     &eps, &wd, &mom, &damp, &nesterov))
-        return NULL;
-    qf_optimizer o = {0};
-    if (strcmp(kind, "adamw") == 0) o.kind = QF_OPT_ADAMW;
-    else if (strcmp(kind, "sgd") == 0) o.kind = QF_OPT_SGD;
-    o.lr = (float)lr; o.beta1 = (float)b1; o.beta2 = (float)b2; o.eps = (float)eps;
-    o.weight_decay = (float)wd; o.momentum = (float)mom; o.dampening = (float)damp;
-    o.nesterov = nesterov;
-    qf_status st = qf_net_set_optimizer(self->net, &o);
-    if (st != QF_OK) return raise_net(self, st);
-    Py_RETURN_NONE;
-}
-
-static PyObject *Net_get_step(NetObject *self, void *closure)
-{
-    if (!ready(self)) return NULL;
-    return PyLong_FromLongLong((long long)qf_net_optimizer(self->net)->step);
-}
-
-static int Net_set_step(NetObject *self, PyObject *value, void *closure)
-{
-    if (!ready(self)) return -1;
-    long long step = PyLong_AsLongLong(value);
-    if (step == -1 && PyErr_Occurred()) return -1;
-    if (step < 0) { PyErr_SetString(PyExc_ValueError, "step must be >= 0"); return -1; }
-    qf_net_set_optimizer_step(self->net, step);
-    return 0;
-}
-
-static PyObject *Net_set_lr(NetObject *self, PyObject *args)
-{
-    double lr;
-    if (!ready(self) || !PyArg_ParseTuple(args, "d", &lr)) return NULL;
-    qf_status st = qf_net_set_learning_rate(self->net, (float)lr);
-    if (st != QF_OK) return raise_net(self, st);
-    Py_RETURN_NONE;
-}
-
-static PyObject *Net_train_epoch(NetObject *self, PyObject *args, PyObject *kwds)
-{
-    static char *kwlist[] = {"X", "y", "batch_size", "seed", NULL};
-    PyObject *xo, *yo, *seed_obj = Py_None;
-    long long batch;
-    if (!ready(self)) return NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOL|O", kwlist, &xo, &yo, &batch, &seed_obj))
-        return NULL;
-    qf_rng own;
-    qf_rng *rng = qf_net_shuffle_rng(self->net);
-    if (seed_obj != Py_None) {
-        unsigned long long seed = PyLong_AsUnsignedLongLongMask(seed_obj);
-        if (PyErr_Occurred()) return NULL;
-        qf_rng_seed(&own, seed, 2);
-        rng = &own;
-    }
-    PyArrayObject *x = input_array(self, xo);
-    if (!x) return NULL;
-    PyArrayObject *y = qfpy_array(yo, "y", NPY_INT32, 1, 0);
-    if (!y) { Py_DECREF(x); return NULL; }
-    npy_intp n = PyArray_DIM(x, 0);
-    if (PyArray_DIM(y, 0) != n) {
-        PyErr_Format(PyExc_ValueError, "y has %zd labels but X has %zd samples",
-                     (Py_ssize_t)PyArray_DIM(y, 0), (Py_ssize_t)n);
-        Py_DECREF(x); Py_DECREF(y);
-        return NULL;
-    }
-    double loss_sum = 0.0;
-    int64_t correct = 0;
-    qf_status st;
-    self->busy = 1;
-    Py_BEGIN_ALLOW_THREADS
-    st = qf_net_train_epoch(self->net, PyArray_DATA(x), PyArray_DATA(y), n, batch, rng,
-                            &loss_sum, &correct);
-    Py_END_ALLOW_THREADS
-    self->busy = 0;
-    Py_DECREF(x); Py_DECREF(y);
-    if (st != QF_OK) return raise_net(self, st);
-    return Py_BuildValue("dL", loss_sum, (long long)correct);
-}
-
-/* ------------------------------------------------------------ tensors */
-
-static PyObject *view(NetObject *self, float *data, const qf_tensor *t)
-{
-    npy_intp dims[4];
-    for (int d = 0; d < t->ndim; d++) dims[d] = (npy_intp)t->shape[d];
-    PyObject *arr = PyArray_SimpleNewFromData(t->ndim, dims, NPY_FLOAT32, data);
-    if (!arr) return NULL;
-    Py_INCREF(self);
-    if (PyArray_SetBaseObject((PyArrayObject *)arr, (PyObject *)self) < 0) {
-        Py_DECREF(arr);
-        return NULL;
-    }
-    return arr;
-}
-
-static PyObject *Net_tensors(NetObject *self, PyObject *unused)
-{
-    if (!ready(self)) return NULL;
-    PyObject *list = PyList_New(0);
-    if (!list) return NULL;
-    for (int i = 0; i < qf_net_n_tensors(self->net); i++) {
-        qf_tensor *t = qf_net_tensor(self->net, i);
-        int param = t->kind == QF_TENSOR_PARAM;
-        PyObject *data = view(self, t->data, t);
-        PyObject *grad = param ? view(self, t->grad, t) : (Py_INCREF(Py_None), Py_None);
-        PyObject *m = param ? view(self, t->opt_m, t) : (Py_INCREF(Py_None), Py_None);
-        PyObject *v = param ? view(self, t->opt_v, t) : (Py_INCREF(Py_None), Py_None);
-        PyObject *item = (data && grad && m && v)
-            ? Py_BuildValue("{s:s,s:s,s:i,s:N,s:N,s:N,s:N}", "name", t->name, "kind",
-                            param ? "param" : "buffer", "layer", t->layer, "data", data,
-                            "grad", grad, "opt_m", m, "opt_v", v)
-            : NULL;
-        if (!item || PyList_Append(list, item) < 0) {
-            if (!item) { Py_XDECREF(data); Py_XDECREF(grad); Py_XDECREF(m); Py_XDECREF(v); }
-            Py_XDECREF(item);
-            Py_DECREF(list);
-            return NULL;
-        }
-        Py_DECREF(item);
-    }
-    return list;
-}
-
-static int find(NetObject *self, const char *name)
-{
-    int index = qf_net_find_tensor(self->net, name);
-    if (index < 0)
-        PyErr_Format(PyExc_ValueError, "the network has no tensor named '%s'", name);
-    return index;
-}
-
-static PyObject *Net_get_mask(NetObject *self, PyObject *args)
-{
-    const char *name;
-    if (!ready(self) || !PyArg_ParseTuple(args, "s", &name)) return NULL;
-    int index = find(self, name);
-    if (index < 0) return NULL;
-    qf_tensor *t = qf_net_tensor(self->net, index);
-    if (!t->mask) Py_RETURN_NONE;
-    npy_intp dims[4];
-    for (int d = 0; d < t->ndim; d++) dims[d] = (npy_intp)t->shape[d];
-    PyObject *arr = PyArray_SimpleNew(t->ndim, dims, NPY_UINT8);
-    if (!arr) return NULL;
-    memcpy(PyArray_DATA((PyArrayObject *)arr), t->mask, (size_t)t->size);
-    return arr;
-}
-
-static PyObject *Net_set_mask(NetObject *self, PyObject *args)
-{
-    const char *name;
-    PyObject *mask_obj;
-    if (!ready(self) || !PyArg_ParseTuple(args, "sO", &name, &mask_obj)) return NULL;
-    int index = find(self, name);
-    if (index < 0) return NULL;
-    qf_tensor *t = qf_net_tensor(self->net, index);
-    if (mask_obj == Py_None) {
-        qf_status st = qf_net_set_mask(self->net, index, NULL);
-        if (st != QF_OK) return raise_net(self, st);
-        Py_RETURN_NONE;
-    }
-    PyArrayObject *mask = qfpy_array(mask_obj, "mask", NPY_UINT8, -1, 0);
-    if (!mask) return NULL;
-    if (PyArray_SIZE(mask) != t->size) {
-        PyErr_Format(PyExc_ValueError, "mask for '%s' must have %lld entries, got %zd", name,
-                     (long long)t->size, (Py_ssize_t)PyArray_SIZE(mask));
-        Py_DECREF(mask);
-        return NULL;
-    }
-    qf_status st = qf_net_set_mask(self->net, index, PyArray_DATA(mask));
-    Py_DECREF(mask);
-    if (st != QF_OK) return raise_net(self, st);
-    Py_RETURN_NONE;
-}
-
-static PyObject *Net_init_uniform(NetObject *self, PyObject *args)
-{
-    const char *name;
-    double a, b;
-    if (!ready(self) || !PyArg_ParseTuple(args, "sdd", &name, &a, &b)) return NULL;
-    int index = find(self, name);
-    if (index < 0) return NULL;
-    qf_status st = qf_net_init_uniform(self->net, index, (float)a, (float)b);
-    if (st != QF_OK) return raise_net(self, st);
-    Py_RETURN_NONE;
-}
-
-static PyObject *Net_act_scale(NetObject *self, PyObject *args)
-{
-    int layer;
-    float s;
-    if (!ready(self) || !PyArg_ParseTuple(args, "i", &layer)) return NULL;
-    if (qf_net_act_scale(self->net, layer, &s) != QF_OK)
-        return qfpy_raise(QF_ERR_ARG, "layer has no activation quantizer");
-    return PyFloat_FromDouble(s);
-}
-
-static PyObject *Net_weight_scale(NetObject *self, PyObject *args)
-{
-    int layer;
-    if (!ready(self) || !PyArg_ParseTuple(args, "i", &layer)) return NULL;
-    const qf_layer_spec *spec = qf_net_layer_spec(self->net, layer);
-    if (!spec || spec->weight_quant.kind == QF_QUANT_NONE ||
-        (spec->kind != QF_LAYER_LINEAR && spec->kind != QF_LAYER_CONV2D))
-        return qfpy_raise(QF_ERR_ARG, "layer has no weight quantizer");
-    npy_intp dims[1] = {spec->out_features};
-    PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(1, dims, NPY_FLOAT32);
-    if (!out) return NULL;
-    qf_status st = qf_net_weight_scale(self->net, layer, PyArray_DATA(out));
-    if (st != QF_OK) { Py_DECREF(out); return qfpy_raise(st, NULL); }
-    return (PyObject *)out;
-}
-
-static PyObject *Net_set_input_shape(NetObject *self, PyObject *args)
-{
-    PyObject *obj;
-    int64_t s[3];
-    if (!ready(self) || !PyArg_ParseTuple(args, "O", &obj) || parse_shape(obj, s) < 0) return NULL;
-    qf_status st = qf_net_set_input_shape(self->net, s[0], s[1], s[2]);
-    if (st != QF_OK) return raise_net(self, st);
-    Py_RETURN_NONE;
-}
-
-static PyObject *Net_layer_output_shape(NetObject *self, PyObject *args)
-{
-    int layer;
-    int64_t s[3];
-    if (!ready(self) || !PyArg_ParseTuple(args, "i", &layer)) return NULL;
-    if (layer < 0 || layer >= qf_net_n_layers(self->net))
-        return qfpy_raise(QF_ERR_ARG, "no such layer");
-    qf_net_layer_output_shape(self->net, layer, s);
-    return shape_tuple(s);
-}
-
-static PyObject *Net_get_in_shape(NetObject *self, void *c)
-{
-    int64_t s[3];
-    if (!ready(self)) return NULL;
-    qf_net_input_shape(self->net, s);
-    return shape_tuple(s);
-}
-
-static PyObject *rng_tuple(qf_rng *r)
-{
-    return Py_BuildValue("(KKKK)", (unsigned long long)r->s[0], (unsigned long long)r->s[1],
-                         (unsigned long long)r->s[2], (unsigned long long)r->s[3]);
-}
-
-static int rng_from(qf_rng *r, PyObject *t)
-{
-    unsigned long long s[4];
-    if (!PyArg_ParseTuple(t, "KKKK", &s[0], &s[1], &s[2], &s[3])) return -1;
-    if (!(s[0] | s[1] | s[2] | s[3])) {
-        PyErr_SetString(PyExc_ValueError, "random state must not be all zeros");
-        return -1;
-    }
-    for (int i = 0; i < 4; i++) r->s[i] = s[i];
-    return 0;
-}
-
-static PyObject *Net_rng_state(NetObject *self, PyObject *unused)
-{
-    if (!ready(self)) return NULL;
-    return Py_BuildValue("(NN)", rng_tuple(qf_net_init_rng(self->net)),
-                         rng_tuple(qf_net_shuffle_rng(self->net)));
-}
-
-static PyObject *Net_set_rng_state(NetObject *self, PyObject *args)
-{
-    PyObject *a, *b;
-    if (!ready(self) || !PyArg_ParseTuple(args, "O!O!", &PyTuple_Type, &a, &PyTuple_Type, &b))
-        return NULL;
-    qf_rng ra, rb;
-    if (rng_from(&ra, a) < 0 || rng_from(&rb, b) < 0) return NULL;
-    *qf_net_init_rng(self->net) = ra;
-    *qf_net_shuffle_rng(self->net) = rb;
-    Py_RETURN_NONE;
-}
-
-static PyObject *Net_get_training(NetObject *self, void *closure)
-{
-    if (!ready(self)) return NULL;
-    return PyBool_FromLong(qf_net_training(self->net));
-}
-
-static int Net_set_training(NetObject *self, PyObject *value, void *closure)
-{
-    if (!ready(self)) return -1;
-    int t = PyObject_IsTrue(value);
-    if (t < 0) return -1;
-    qf_net_set_training(self->net, t);
-    return 0;
-}
-
-static PyObject *Net_get_in_size(NetObject *self, void *c)
-{
-    if (!ready(self)) return NULL;
-    return PyLong_FromLongLong((long long)qf_net_in_size(self->net));
-}
-
-static PyObject *Net_get_out_size(NetObject *self, void *c)
-{
-    if (!ready(self)) return NULL;
-    return PyLong_FromLongLong((long long)qf_net_out_size(self->net));
-}
-
 static PyMethodDef Net_methods[] = {
-    {"forward", (PyCFunction)Net_forward, METH_O, "forward(X) -> outputs (n, out_size)"},
+    {"forward", (PyCFunction)Net_forward, METH_O,
+     "forward(X) -> outputs (n, out_size); in eval mode as infer(X)"},
+    {"infer", (PyCFunction)Net_infer, METH_O,
+     "infer(X) -> eval-mode outputs, whatever the mode; safe from several threads at once"},
     {"backward_ce", (PyCFunction)Net_backward_ce, METH_O,
      "backward_ce(y) -> (mean loss, n_correct): cross-entropy of the last training forward"},
     {"backward", (PyCFunction)Net_backward, METH_O, "backward(grad_output)"},
@@ -636,6 +228,10 @@ static PyMethodDef Net_methods[] = {
      "set_input_shape((C, H, W)): check every layer against this sample shape"},
     {"layer_output_shape", (PyCFunction)Net_layer_output_shape, METH_VARARGS,
      "layer_output_shape(i) -> (C, H, W) under the current input shape"},
+    {"write_tensor", (PyCFunction)Net_write_tensor, METH_VARARGS,
+     "write_tensor(name, values): copy values into a tensor (waits for a running epoch)"},
+    {"snapshot", (PyCFunction)Net_snapshot, METH_NOARGS,
+     "copies of every tensor, mask, random state and the step, taken at one moment"},
     {"rng_state", (PyCFunction)Net_rng_state, METH_NOARGS, "(init stream, shuffle stream)"},
     {"set_rng_state", (PyCFunction)Net_set_rng_state, METH_VARARGS, "restore rng_state()"},
     {NULL}
@@ -647,6 +243,8 @@ static PyGetSetDef Net_getset[] = {
     {"in_size", (getter)Net_get_in_size, NULL, "features per input sample", NULL},
     {"in_shape", (getter)Net_get_in_shape, NULL, "current (C, H, W) of input samples", NULL},
     {"out_size", (getter)Net_get_out_size, NULL, "outputs per sample", NULL},
+    {"buffer_bytes", (getter)Net_buffer_bytes, NULL,
+     "heap bytes of batch buffers and the kept inference workspace", NULL},
     {NULL}
 };
 
@@ -656,7 +254,7 @@ static PyTypeObject NetType = {
     .tp_basicsize = sizeof(NetObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Net(layers, in_size, seed): a C network (see qatfhe.nn.Sequential)",
-    .tp_new = PyType_GenericNew,
+    .tp_new = Net_new,
     .tp_init = (initproc)Net_init,
     .tp_dealloc = (destructor)Net_dealloc,
     .tp_methods = Net_methods,
