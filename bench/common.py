@@ -108,9 +108,10 @@ def qatfhe_thread_control():
 
 def two_thread_note():
     if qatfhe_thread_control() is None:
-        return ("2 threads: not measured -- qatfhe has no threading yet (neither "
-                "qatfhe.set_num_threads nor qatfhe._core.set_num_threads exists); every "
-                "figure above is 1 thread.")
+        return ("threads: training and the eval-mode networks above run on one thread (qatfhe "
+                "has no global thread setting); the integer circuit splits large batches over "
+                "threads with QuantizedModule.forward(X, fhe='simulate', n_threads=n), timed at "
+                "2 threads by bench_inference.py.")
     return None
 
 

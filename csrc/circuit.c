@@ -78,6 +78,7 @@ static const char *kind_name(int kind)
     case QF_OP_TRANSPOSE: return "TRANSPOSE";
     case QF_OP_ADD: return "ADD";
     case QF_OP_DECODE: return "DECODE";
+    case QF_OP_MAXPOOL: return "MAXPOOL";
     }
     return "?";
 }
@@ -306,7 +307,7 @@ static qf_status build_op(qf_circuit *c, int k, int n_ops, const qf_op_spec *sp,
     snprintf(p->name, sizeof p->name, "%s", nm);
     where w = {k, p->name, err, err_len};
     p->kind = sp->kind;
-    if (sp->kind < QF_OP_DENSE || sp->kind > QF_OP_DECODE)
+    if (sp->kind < QF_OP_DENSE || sp->kind > QF_OP_MAXPOOL)
         FAIL(&w, QF_ERR_ARG, "unknown op kind %d", sp->kind);
     if ((sp->kind == QF_OP_DECODE) != (k == n_ops - 1))
         FAIL(&w, QF_ERR_ARG, "%s", k == n_ops - 1 ? "the last op must be DECODE (the client's "
@@ -360,6 +361,14 @@ static qf_status build_op(qf_circuit *c, int k, int n_ops, const qf_op_spec *sp,
             return st;
         ok = window_bounds(p, a, b, &lo, &hi);
         node_kind = QF_NODE_POOL_SUM;
+        break;
+    case QF_OP_MAXPOOL:   /* maxima of values in [a, b]: the same box */
+        if (2 * sp->padding[0] > sp->kernel[0] || 2 * sp->padding[1] > sp->kernel[1])
+            FAIL(&w, QF_ERR_ARG, "padding (%d, %d) must be at most half the kernel (%d, %d)",
+                 sp->padding[0], sp->padding[1], sp->kernel[0], sp->kernel[1]);
+        if ((st = set_window(&w, p, sp, sp->kernel[0], sp->kernel[1])) != QF_OK)
+            return st;
+        node_kind = QF_NODE_MAXPOOL;
         break;
     case QF_OP_ROUND:
         if (sp->lsbs < 1 || sp->lsbs > QF_CIRCUIT_MAX_LSBS)

@@ -24,6 +24,11 @@
  *   TRANSPOSE  the integers re-indexed with two of (C, H, W) swapped
  *   ADD        src + src2, same shapes (the residual add of two code tensors
  *                  sharing one scale; the compiler guarantees the sharing)
+ *   MAXPOOL    out[c, y, x] = the window maximum of src (max pooling of codes,
+ *                  exact since quantizers are monotone); padded positions do
+ *                  not take part (padding at most half the kernel).  Under FHE
+ *                  each of a window's (valid taps - 1) pairwise maxima is one
+ *                  lookup, max(a, b) = b + relu(a - b), of a - b
  *   DECODE     the last operation, done by the client in the clear and not a
  *                  node: the float output y of the LOOKUP formula without
  *                  ReLU and quantizer.  A network ending in a linear layer
@@ -83,7 +88,8 @@ typedef enum {
     QF_OP_RESHAPE = 6,
     QF_OP_TRANSPOSE = 7,
     QF_OP_ADD = 8,
-    QF_OP_DECODE = 9
+    QF_OP_DECODE = 9,
+    QF_OP_MAXPOOL = 10
 } qf_op_kind;
 
 /* One operation; the fields an op kind does not list are ignored. */
@@ -96,9 +102,9 @@ typedef struct {
                                  C, KH, KW) weight codes q_w; copied          */
     int weight_shape[4];      /* DENSE, CONV: as above                        */
     int32_t weight_zero_point; /* DENSE, CONV: Z_w                            */
-    int kernel[2];            /* POOL_SUM (CONV takes weight_shape[2..3])     */
-    int stride[2];            /* CONV, POOL_SUM: >= 1                          */
-    int padding[2];           /* CONV, POOL_SUM: >= 0                          */
+    int kernel[2];            /* POOL_SUM, MAXPOOL (CONV: weight_shape[2..3]) */
+    int stride[2];            /* CONV, POOL_SUM, MAXPOOL: >= 1                 */
+    int padding[2];           /* CONV, POOL_SUM: >= 0; MAXPOOL: <= kernel / 2  */
     int32_t pad_code;         /* CONV, POOL_SUM: code of padded positions     */
     int lsbs;                 /* ROUND: bits rounded away (1..62); LOOKUP,
                                  DECODE: src is multiplied by 2^lsbs (0..62)  */
@@ -121,7 +127,8 @@ typedef enum {
     QF_NODE_LOOKUP_OUTPUT = 4,
     QF_NODE_RESHAPE = 5,
     QF_NODE_TRANSPOSE = 6,
-    QF_NODE_ADD = 7
+    QF_NODE_ADD = 7,
+    QF_NODE_MAXPOOL = 8
 } qf_node_kind;
 
 typedef struct {

@@ -438,6 +438,9 @@ static void run_block(const qf_circuit *c, float *out, int64_t *out_int, float *
         case QF_OP_ROUND:
             round_block(dst, src, p->lsbs, count);
             break;
+        case QF_OP_MAXPOOL:
+            qf_circuit_maxpool_block(p, dst, src, lanes);
+            break;
         case QF_OP_LOOKUP:
             lookup_block(dst, src, p, lanes);
             break;

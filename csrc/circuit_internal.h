@@ -115,4 +115,10 @@ void qf_circuit_run_block_rows(const qf_circuit *c, float *out, int64_t *out_int
 void qf_circuit_run_sample(const qf_circuit *c, float *out, int64_t *out_int, qf_range *ranges,
                            int64_t *ws);
 
+/* MAXPOOL (circuit_maxpool.c): dst (C, OH, OW) = window maxima of src
+ * (C, H, W), in int64 (one sample) or float32 blocks (rows of L lanes). */
+void qf_circuit_maxpool_sample(const qf_circuit_op *p, int64_t *dst, const int64_t *src);
+void qf_circuit_maxpool_block(const qf_circuit_op *p, float *dst, const float *src,
+                              int64_t lanes);
+
 #endif

@@ -109,6 +109,9 @@ void qf_circuit_run_sample(const qf_circuit *c, float *out, int64_t *out_int, qf
         case QF_OP_POOL_SUM:
             run_window(p, dst, src);
             break;
+        case QF_OP_MAXPOOL:
+            qf_circuit_maxpool_sample(p, dst, src);
+            break;
         case QF_OP_ROUND:
             for (int64_t i = 0; i < n_out; i++)
                 dst[i] = qf_circuit_round_msbs(src[i], p->lsbs);

@@ -8,7 +8,7 @@
 #include "linear.h"
 #include "net_internal.h"
 
-static const char *kind_name(int kind)
+const char *qf_net_kind_name(int kind)
 {
     switch (kind) {
     case QF_LAYER_LINEAR: return "Linear";
@@ -19,6 +19,8 @@ static const char *kind_name(int kind)
     case QF_LAYER_RESHAPE: return "Reshape";
     case QF_LAYER_TRANSPOSE: return "Transpose";
     case QF_LAYER_RESIDUAL_ADD: return "residual add";
+    case QF_LAYER_BATCHNORM2D: return "BatchNorm2d";
+    case QF_LAYER_MAXPOOL2D: return "MaxPool2d";
     }
     return "layer";
 }
@@ -55,14 +57,15 @@ static qf_status check_spec(qf_net *net, int i, const qf_layer_spec *s)
     char qerr[160];
     qf_status st = QF_OK;
     int weighted = s->kind == QF_LAYER_LINEAR || s->kind == QF_LAYER_CONV2D;
-    int windowed = s->kind == QF_LAYER_CONV2D || s->kind == QF_LAYER_AVGPOOL2D;
-    if (s->kind < QF_LAYER_LINEAR || s->kind > QF_LAYER_RESIDUAL_ADD) {
+    int windowed = s->kind == QF_LAYER_CONV2D || s->kind == QF_LAYER_AVGPOOL2D ||
+                   s->kind == QF_LAYER_MAXPOOL2D;
+    if (s->kind < QF_LAYER_LINEAR || s->kind > QF_LAYER_MAXPOOL2D) {
         snprintf(net->err, sizeof net->err, "layer %d: unknown layer kind %d", i, s->kind);
         return QF_ERR_ARG;
     }
     if (weighted && (s->in_features < 1 || s->out_features < 1)) {
         snprintf(net->err, sizeof net->err, "layer %d (%s): input and output sizes must be >= 1, "
-                 "got %d and %d", i, kind_name(s->kind), s->in_features, s->out_features);
+                 "got %d and %d", i, qf_net_kind_name(s->kind), s->in_features, s->out_features);
         return QF_ERR_ARG;
     }
     if (weighted && s->weight_quant.kind == QF_QUANT_LEARNED &&
@@ -74,13 +77,29 @@ static qf_status check_spec(qf_net *net, int i, const qf_layer_spec *s)
     if (windowed) {
         if (s->kernel[0] < 1 || s->kernel[1] < 1 || s->stride[0] < 1 || s->stride[1] < 1) {
             snprintf(net->err, sizeof net->err, "layer %d (%s): kernel and stride must be >= 1, "
-                     "got kernel (%d, %d) and stride (%d, %d)", i, kind_name(s->kind),
+                     "got kernel (%d, %d) and stride (%d, %d)", i, qf_net_kind_name(s->kind),
                      s->kernel[0], s->kernel[1], s->stride[0], s->stride[1]);
             return QF_ERR_ARG;
         }
         if (s->padding[0] < 0 || s->padding[1] < 0) {
             snprintf(net->err, sizeof net->err, "layer %d (%s): padding must be >= 0, got (%d, %d)",
-                     i, kind_name(s->kind), s->padding[0], s->padding[1]);
+                     i, qf_net_kind_name(s->kind), s->padding[0], s->padding[1]);
+            return QF_ERR_ARG;
+        }
+        if (s->kind == QF_LAYER_MAXPOOL2D &&
+            (2 * s->padding[0] > s->kernel[0] || 2 * s->padding[1] > s->kernel[1])) {
+            snprintf(net->err, sizeof net->err, "layer %d (MaxPool2d): padding must be at most "
+                     "half the kernel, got padding (%d, %d) for kernel (%d, %d)", i,
+                     s->padding[0], s->padding[1], s->kernel[0], s->kernel[1]);
+            return QF_ERR_ARG;
+        }
+    }
+    if (s->kind == QF_LAYER_BATCHNORM2D) {
+        if (s->in_features < 1 || !(s->eps > 0.0f) || !isfinite(s->eps) ||
+            !isfinite(s->momentum) || s->momentum > 1.0f) {
+            snprintf(net->err, sizeof net->err, "layer %d (BatchNorm2d): needs num_features >= 1, "
+                     "eps > 0 and momentum in [0, 1] (or None), got %d, %g and %g", i,
+                     s->in_features, (double)s->eps, (double)s->momentum);
             return QF_ERR_ARG;
         }
     }
@@ -137,7 +156,9 @@ static qf_status build_tensors(qf_net *net)
         qf_layer *L = &net->layers[i];
         const qf_layer_spec *s = &L->spec;
         L->t_weight = L->t_bias = L->t_threshold = L->t_stats_buffer = L->t_stats_count = -1;
+        L->t_gamma = L->t_beta = L->t_running_mean = L->t_running_var = L->t_batches = -1;
         L->a_argmax = -1;
+        L->fold_bn = -1;
         if (s->kind == QF_LAYER_LINEAR || s->kind == QF_LAYER_CONV2D) {
             int64_t shape[4] = {s->out_features, s->in_features, s->kernel[0], s->kernel[1]};
             int conv = s->kind == QF_LAYER_CONV2D;
@@ -164,9 +185,22 @@ static qf_status build_tensors(qf_net *net)
                 L->t_stats_count = add_tensor(net, i, "act_quant.stats_count", QF_TENSOR_BUFFER,
                                               1, &one);
             }
+        } else if (s->kind == QF_LAYER_BATCHNORM2D) {
+            int64_t c = s->in_features, one = 1;
+            if (s->affine) {
+                L->t_gamma = add_tensor(net, i, "weight", QF_TENSOR_PARAM, 1, &c);
+                L->t_beta = add_tensor(net, i, "bias", QF_TENSOR_PARAM, 1, &c);
+            }
+            if (s->track_running_stats) {
+                L->t_running_mean = add_tensor(net, i, "running_mean", QF_TENSOR_BUFFER, 1, &c);
+                L->t_running_var = add_tensor(net, i, "running_var", QF_TENSOR_BUFFER, 1, &c);
+                L->t_batches = add_tensor(net, i, "num_batches_tracked", QF_TENSOR_BUFFER, 1, &one);
+            }
+            cache += QF_BN_CACHE_PER_CHANNEL * c;
         }
         L->emits_codes = s->kind == QF_LAYER_ACT_QUANT || s->kind == QF_LAYER_RESHAPE ||
-                         s->kind == QF_LAYER_TRANSPOSE || s->kind == QF_LAYER_RESIDUAL_ADD;
+                         s->kind == QF_LAYER_TRANSPOSE || s->kind == QF_LAYER_RESIDUAL_ADD ||
+                         s->kind == QF_LAYER_MAXPOOL2D;
     }
     net->packed = calloc((size_t)net->n_tensors + 1, sizeof(qf_packed *));
     if (!net->packed)
@@ -191,6 +225,10 @@ static qf_status build_tensors(qf_net *net)
     float *c = net->layer_storage;
     for (int i = 0; i < net->n_layers; i++) {
         qf_layer *L = &net->layers[i];
+        if (L->spec.kind == QF_LAYER_BATCHNORM2D) {
+            c = qf_net_bn_place_cache(L, c);
+            continue;
+        }
         if (L->t_weight < 0 || L->spec.weight_quant.kind == QF_QUANT_NONE)
             continue;
         int64_t size = L->w_rows * L->w_cols;
@@ -220,6 +258,8 @@ static void init_parameters(qf_net *net)
                 qf_tensor *b = &net->tensors[L->t_bias];
                 qf_rng_fill_uniform(&net->init_rng, b->data, b->size, -bound, bound);
             }
+        } else if (L->spec.kind == QF_LAYER_BATCHNORM2D) {
+            qf_net_bn_init(net, L);
         } else if (L->t_threshold >= 0) {
             net->tensors[L->t_threshold].data[0] = L->spec.act_quant.threshold;
             net->tensors[L->t_stats_buffer].data[0] = 1.0f;
@@ -322,7 +362,7 @@ void qf_net_free(qf_net *net)
 static qf_status shape_error(qf_net *net, int i, const char *what)
 {
     snprintf(net->err, sizeof net->err, "layer %d (%s): %s", i,
-             kind_name(net->layers[i].spec.kind), what);
+             qf_net_kind_name(net->layers[i].spec.kind), what);
     return QF_ERR_SHAPE;
 }
 
@@ -359,8 +399,16 @@ static qf_status layer_shape(qf_net *net, int i, const int64_t *in, int64_t *out
         }
         out[0] = s->out_features; out[1] = 1; out[2] = 1;
         return QF_OK;
+    case QF_LAYER_BATCHNORM2D:
+        if (in[0] != s->in_features) {
+            snprintf(msg, sizeof msg, "expects %d channels (num_features) but receives %lld",
+                     s->in_features, (long long)in[0]);
+            return shape_error(net, i, msg);
+        }
+        return QF_OK;
     case QF_LAYER_CONV2D:
     case QF_LAYER_AVGPOOL2D:
+    case QF_LAYER_MAXPOOL2D:
         if (s->kind == QF_LAYER_CONV2D && in[0] != s->in_features) {
             snprintf(msg, sizeof msg, "expects %d input channels but receives %lld",
                      s->in_features, (long long)in[0]);
@@ -437,7 +485,8 @@ qf_status qf_net_set_input_shape(qf_net *net, int64_t c, int64_t h, int64_t w)
             const qf_layer *P = &net->layers[i - 1];
             int j = i - 1;
             while (j > 0 && (net->layers[j].spec.kind == QF_LAYER_RESHAPE ||
-                             net->layers[j].spec.kind == QF_LAYER_TRANSPOSE))
+                             net->layers[j].spec.kind == QF_LAYER_TRANSPOSE ||
+                             net->layers[j].spec.kind == QF_LAYER_MAXPOOL2D))
                 j--;
             P = &net->layers[j];
             const qf_layer *Q = P->spec.kind == QF_LAYER_RESIDUAL_ADD ? &net->layers[P->spec.begin] : P;
@@ -492,7 +541,9 @@ static int64_t activation_floats(const qf_net *net, int64_t *max_size)
     for (int i = 0; i < net->n_layers; i++) {
         const qf_layer *L = &net->layers[i];
         act += L->out_size * (2 + (L->emits_codes ? 1 : 0) +
-                              (L->spec.kind == QF_LAYER_RESIDUAL_ADD ? 1 : 0));
+                              (L->spec.kind == QF_LAYER_RESIDUAL_ADD ? 1 : 0) +
+                              (L->spec.kind == QF_LAYER_BATCHNORM2D ? 1 : 0) +   /* xhat */
+                              (L->spec.kind == QF_LAYER_MAXPOOL2D ? 1 : 0));     /* argmax */
         if (L->spec.kind == QF_LAYER_CONV2D) {
             int64_t p = L->geom.oh * L->geom.ow, k = L->w_cols;
             act += 3 * p * k + p * L->spec.out_features;
@@ -549,6 +600,16 @@ qf_status qf_net_prepare(qf_net *net, int64_t n)
         L->out = p; p += L->out_size * cap;
         L->dout = p; p += L->out_size * cap;
         L->codes = L->cols = L->col_codes = L->dcols = L->gemm_out = L->skip_grad = NULL;
+        L->xhat = NULL;
+        L->argmax = NULL;
+        if (L->spec.kind == QF_LAYER_BATCHNORM2D) {
+            L->xhat = p;
+            p += L->out_size * cap;
+        }
+        if (L->spec.kind == QF_LAYER_MAXPOOL2D) {   /* int32 indices in float-sized slots */
+            L->argmax = (int32_t *)(void *)p;
+            p += L->out_size * cap;
+        }
         if (L->emits_codes) {
             L->codes = p;
             p += L->out_size * cap;

@@ -26,25 +26,33 @@ typedef enum {
     QF_LAYER_AVGPOOL2D = 5,    /* AvgPool2d (count_include_pad)                            */
     QF_LAYER_RESHAPE = 6,      /* Flatten / Reshape: same memory, new (C, H, W)            */
     QF_LAYER_TRANSPOSE = 7,    /* swap two of the sample's dims                            */
-    QF_LAYER_RESIDUAL_ADD = 8  /* y = Q(x_begin) + Q(x): closes a residual block           */
+    QF_LAYER_RESIDUAL_ADD = 8, /* y = Q(x_begin) + Q(x): closes a residual block           */
+    QF_LAYER_BATCHNORM2D = 9,  /* BatchNorm2d over in_features channels (batchnorm.h)      */
+    QF_LAYER_MAXPOOL2D = 10    /* MaxPool2d (maxpool.h): padding at most half the kernel   */
 } qf_layer_kind;
 
 typedef struct {
     int kind;                   /* qf_layer_kind                                          */
-    int in_features;            /* LINEAR: features; CONV2D: in_channels                  */
+    int in_features;            /* LINEAR: features; CONV2D: in_channels; BATCHNORM2D:
+                                   num_features (channels)                                */
     int out_features;           /* LINEAR: features; CONV2D: out_channels                 */
     int has_bias;               /* LINEAR, CONV2D                                         */
     qf_quant_spec weight_quant; /* LINEAR, CONV2D: kind NONE for float weights            */
     int per_channel;            /* LINEAR, CONV2D: one weight scale per output channel    */
     qf_quant_spec act_quant;    /* ACT_QUANT                                              */
     int relu;                   /* ACT_QUANT: ReLU before quantizing                      */
-    int kernel[2];              /* CONV2D, AVGPOOL2D: (KH, KW)                            */
-    int stride[2];              /* CONV2D, AVGPOOL2D                                      */
-    int padding[2];             /* CONV2D, AVGPOOL2D                                      */
+    int kernel[2];              /* CONV2D, AVGPOOL2D, MAXPOOL2D: (KH, KW)                 */
+    int stride[2];              /* CONV2D, AVGPOOL2D, MAXPOOL2D                           */
+    int padding[2];             /* CONV2D, AVGPOOL2D, MAXPOOL2D                           */
     int shape[3];               /* RESHAPE: target (C, H, W); all 0 = flatten             */
     int dims[2];                /* TRANSPOSE: sample dims to swap, 1..3 (0 is the batch)  */
     int begin;                  /* RESIDUAL_ADD: index of the ACT_QUANT layer whose output
                                    is the skip operand and whose quantizer both share   */
+    float eps;                  /* BATCHNORM2D: added to the variance (> 0)              */
+    float momentum;             /* BATCHNORM2D: running statistics factor in [0, 1], or
+                                   < 0 for a cumulative average (torch momentum=None)    */
+    int affine;                 /* BATCHNORM2D: trained weight (gamma) and bias (beta)   */
+    int track_running_stats;    /* BATCHNORM2D: keep running statistics, used in eval    */
 } qf_layer_spec;
 
 typedef enum {
@@ -66,6 +74,8 @@ typedef struct {
     float *opt_m;               /* (size) PARAM only: Adam m / SGD momentum     */
     float *opt_v;               /* (size) PARAM only: Adam v                    */
     uint8_t *mask;              /* (size) or NULL: 0 = pruned, held at exactly 0 */
+    int64_t opt_step;           /* PARAM only: optimizer steps this tensor took (its
+                                   own bias correction and first momentum, as torch) */
 } qf_tensor;
 
 typedef enum { QF_OPT_NONE = 0, QF_OPT_ADAMW = 1, QF_OPT_SGD = 2 } qf_opt_kind;
@@ -77,7 +87,7 @@ typedef struct {
     float weight_decay;         /* AdamW: decoupled; SGD: L2 added to the grad  */
     float momentum, dampening;  /* SGD                                          */
     int nesterov;               /* SGD                                          */
-    int64_t step;               /* steps taken so far                           */
+    int64_t step;               /* steps taken so far (qf_net_step calls)       */
 } qf_optimizer;
 
 typedef struct qf_net qf_net;
@@ -134,6 +144,11 @@ qf_status qf_net_backward_ce(qf_net *net, const int32_t *labels, int64_t n, doub
 /* Backward from a caller-supplied gradient of the last forward's output
  * dout (n, out_size); gradients are added as above. */
 qf_status qf_net_backward(qf_net *net, const float *dout, int64_t n);
+/* The same two, also writing the gradient with respect to the last forward's
+ * input into dx (n, in_size) (straight through the quantizers). */
+qf_status qf_net_backward_dx(qf_net *net, const float *dout, int64_t n, float *dx);
+qf_status qf_net_backward_ce_dx(qf_net *net, const int32_t *labels, int64_t n, double *loss,
+                                int64_t *n_correct, float *dx);
 
 void qf_net_zero_grad(qf_net *net);
 qf_status qf_net_set_optimizer(qf_net *net, const qf_optimizer *opt);
@@ -141,8 +156,13 @@ const qf_optimizer *qf_net_optimizer(const qf_net *net);
 void qf_net_set_optimizer_step(qf_net *net, int64_t step);
 /* Change the learning rate of the current optimizer, keeping its state (schedules). */
 qf_status qf_net_set_learning_rate(qf_net *net, float lr);
-/* One optimizer update of every parameter from its grad; masked entries stay 0. */
+/* One optimizer update of every parameter from its grad; masked entries stay 0.
+ * Each tensor counts its own steps (opt_step): a learned activation threshold
+ * has no gradient during its statistics phase and takes no step then (no
+ * decay, no momentum), as torch skips a parameter whose grad is None. */
 qf_status qf_net_step(qf_net *net);
+/* Whether the next qf_net_step updates tensor `index` (see above). */
+int qf_net_tensor_in_step(const qf_net *net, int index);
 
 /* Install (mask non-NULL) or drop (NULL) the pruning mask of tensor `index`;
  * masked entries of data, grad and optimizer state are set to 0 at once. */
@@ -151,7 +171,11 @@ qf_status qf_net_set_mask(qf_net *net, int index, const uint8_t *mask);
 /* One training epoch: shuffle x (n, in_size), y (n) with rng, then for every
  * mini-batch of batch_size (the last may be smaller): forward, softmax
  * cross-entropy, backward, optimizer step, zero_grad.  loss_sum receives the
- * sum of per-sample losses and n_correct the training-mode argmax hits. */
+ * sum of per-sample losses and n_correct the training-mode argmax hits.
+ * QF_ERR_DIVERGED when a batch's loss or, after a step, a parameter or
+ * statistic is NaN or infinite: the net is then left exactly as after the
+ * last finite step (the message names the step and the tensor; see
+ * net_guard.c for how this costs a finite epoch one copy and one pass). */
 qf_status qf_net_train_epoch(qf_net *net, const float *x, const int32_t *y, int64_t n,
                              int64_t batch_size, qf_rng *rng, double *loss_sum,
                              int64_t *n_correct);

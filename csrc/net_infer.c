@@ -68,6 +68,8 @@ static qf_status build(qf_net_infer *ws, const qf_net *net)
             floats += 3 * L->w_rows * L->w_cols + 2 * L->w_rows;
             rows += L->w_rows;
         }
+        if (L->spec.kind == QF_LAYER_BATCHNORM2D)   /* eval writes its factor and fold */
+            floats += QF_BN_CACHE_PER_CHANNEL * L->spec.in_features;
     }
     ws->caches = malloc(sizeof(float) * (size_t)(floats + 1));
     ws->argmax = malloc(sizeof(int64_t) * (size_t)(rows + 1));
@@ -87,7 +89,13 @@ static qf_status build(qf_net_infer *ws, const qf_net *net)
         qf_layer *L = &s->layers[i];
         L->out = L->dout = L->codes = L->cols = L->col_codes = L->dcols = NULL;
         L->gemm_out = L->skip_grad = NULL;
+        L->xhat = NULL;
+        L->argmax = NULL;
         L->dw_fq = NULL;                  /* backward only */
+        if (L->spec.kind == QF_LAYER_BATCHNORM2D) {
+            c = qf_net_bn_place_cache(L, c);
+            continue;
+        }
         L->w_scale_fixed = 0;             /* recomputed here, from the shared weights */
         L->sparse_pass = 0;
         if (L->t_weight < 0 || L->spec.weight_quant.kind == QF_QUANT_NONE)

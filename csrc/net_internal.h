@@ -49,6 +49,17 @@ typedef struct {
     float *skip_grad;                   /* RESIDUAL_ADD: (cap, out_size)                    */
     int sparse_pass;                    /* LINEAR: the last forward ran over the packed
                                            kept weights (net_packed.c), so does its backward */
+    /* BATCHNORM2D (net_batchnorm.c); a LINEAR/CONV2D may fold the one after it */
+    int t_gamma, t_beta;                /* "weight", "bias" parameters, -1 without affine  */
+    int t_running_mean, t_running_var, t_batches;  /* buffers, -1 without running stats   */
+    float *bn_mean, *bn_var, *bn_invstd; /* (C) the last batch-statistics forward's       */
+    float *bn_k, *bn_fold_bias;         /* (C) eval factor; bias of the epilogue folded in  */
+    float *xhat;                        /* (cap, out_size) normalised input                 */
+    int bn_batch_stats;                 /* the last forward normalised with batch statistics */
+    int fold_bn;                        /* LINEAR, CONV2D: index of the eval BatchNorm2d
+                                           folded into this forward's epilogue, else -1      */
+    int32_t *argmax;                    /* MAXPOOL2D: (cap, out_size) flat input index,
+                                           carved from act_storage (float-sized slots)      */
 } qf_layer;
 
 /* A pruned parameter's kept entries, packed in CSR order (net_packed.c).
@@ -99,21 +110,62 @@ struct qf_net {
 #ifndef QF_NET_KEEP_BYTES
 #define QF_NET_KEEP_BYTES (64 << 20)
 #endif
+const char *qf_net_kind_name(int kind);                 /* "Linear", "Conv2d" ...  */
 qf_status qf_net_prepare(qf_net *net, int64_t n);      /* buffers for n samples */
 void qf_net_free_buffers(qf_net *net);                 /* batch buffers only */
 int64_t qf_net_sample_floats(const qf_net *net);       /* batch buffer floats per sample */
 int64_t qf_net_cur_in_size(const qf_net *net);
 /* net_pass.c */
 void qf_net_forward_layers(qf_net *net, int64_t n);
-void qf_net_backward_layers(qf_net *net, int64_t n);
+/* dx (n, in_size): gradient w.r.t. the input, or NULL when not wanted */
+void qf_net_backward_layers(qf_net *net, int64_t n, float *dx);
 qf_status qf_net_check_finite(qf_net *net, const float *x, int64_t count);
 float qf_net_weight_scales(const qf_layer *L, const float *w, float *scale, int64_t *argmax);
 float qf_net_learned_eval_threshold(const qf_net *net, const qf_layer *L);
 float qf_net_clamp_scale(float threshold, float int_threshold);
-/* net_train.c: one optimizer update of p, m, v (n) from g (n), mask (n) or NULL;
- * c: the step's AdamW coefficients (unused for SGD) */
-void qf_net_update_params(const qf_net *net, const qf_adamw_coeffs *c, float *p, float *m,
-                          float *v, float *g, const uint8_t *mask, int64_t n);
+/* net_batchnorm.c: BatchNorm2d layers in the network */
+#define QF_BN_CACHE_PER_CHANNEL 5       /* floats of a BatchNorm2d's per-channel cache     */
+/* Point L's per-channel arrays into cache (QF_BN_CACHE_PER_CHANNEL * C floats);
+ * returns the end. */
+float *qf_net_bn_place_cache(qf_layer *L, float *cache);
+void qf_net_bn_init(qf_net *net, qf_layer *L);
+int qf_net_bn_uses_running(const qf_net *net, const qf_layer *L);
+/* Whether layer i (LINEAR / CONV2D from codes, quantized weights) folds the eval
+ * BatchNorm2d after it into its epilogue this forward: its index, else -1. */
+int qf_net_bn_fold_target(const qf_net *net, int i, int from_codes);
+/* epi_scale (w_rows) of L scaled by the folded BatchNorm2d's k; returns the bias
+ * (w_rows) to use instead of b (b NULL: no bias). */
+const float *qf_net_bn_fold(qf_net *net, qf_layer *L, const float *b);
+void qf_net_bn_forward(qf_net *net, int i, const float *in, const float *in_codes, int64_t n);
+void qf_net_bn_backward(qf_net *net, qf_layer *L, float *din, int64_t n);
+/* QF_ERR_SHAPE when a batch of n samples would give a BatchNorm2d that
+ * normalises with batch statistics (training, or no running statistics) a
+ * single value per channel (torch refuses it too). */
+qf_status qf_net_bn_check_batch(qf_net *net, int64_t n, int training);
+/* AdamW coefficients of the last two step counts asked for (step -1: none yet):
+ * a step usually meets two counts, the weights' and the learned thresholds'
+ * (300 behind), and each costs two pow() calls to compute. */
+typedef struct {
+    qf_adamw_coeffs c[2];
+    int64_t step[2];
+    int next;                           /* the slot to replace next                        */
+} qf_coeff_cache;
+/* net_train.c: one optimizer update of p, m, v (n) from g (n), mask (n) or NULL,
+ * at the tensor's own step count `step` (1-based) */
+void qf_net_update_params(const qf_net *net, qf_coeff_cache *cache, int64_t step, float *p,
+                          float *m, float *v, float *g, const uint8_t *mask, int64_t n);
+/* net_guard.c: the state an epoch can roll back to after a divergence */
+typedef struct {
+    float *values;                      /* every tensor's data, then params' opt_m, opt_v */
+    int64_t *steps;                     /* (n_tensors) opt_step                           */
+    int64_t opt_step;
+} qf_net_checkpoint;
+qf_status qf_net_checkpoint_take(qf_net *net, qf_net_checkpoint *ck);  /* outside epochs */
+void qf_net_checkpoint_restore(qf_net *net, const qf_net_checkpoint *ck);
+void qf_net_checkpoint_free(qf_net_checkpoint *ck);
+/* Index of the first tensor whose values (the packed ones during an epoch)
+ * hold NaN or infinity, -1 if none. */
+int qf_net_first_nonfinite(const qf_net *net);
 /* net_packed.c */
 qf_status qf_net_packed_set(qf_net *net, int t);       /* (re)build from the mask, or drop */
 void qf_net_packed_free(qf_packed *pk);                /* accepts NULL */

@@ -159,22 +159,21 @@ static void packed_gradient(qf_net *net, int t)
 
 void qf_net_packed_step(qf_net *net)
 {
-    const qf_optimizer *o = &net->opt;
-    qf_adamw_coeffs c;
-    if (o->kind == QF_OPT_ADAMW)
-        qf_adamw_coeffs_init(&c, o->lr, o->beta1, o->beta2, o->eps, o->weight_decay, o->step);
+    qf_coeff_cache cache = {.step = {-1, -1}};
     for (int t = 0; t < net->n_tensors; t++) {
         qf_tensor *T = &net->tensors[t];
         qf_packed *pk = net->packed[t];
-        if (T->kind != QF_TENSOR_PARAM)
+        if (!qf_net_tensor_in_step(net, t))
             continue;
+        T->opt_step++;
         if (!pk) {
-            qf_net_update_params(net, &c, T->data, T->opt_m, T->opt_v, T->grad, T->mask,
-                                 T->size);
+            qf_net_update_params(net, &cache, T->opt_step, T->data, T->opt_m, T->opt_v,
+                                 T->grad, T->mask, T->size);
             continue;
         }
         packed_gradient(net, t);
-        qf_net_update_params(net, &c, pk->value, pk->m, pk->v, pk->grad, NULL, pk->csr.nnz);
+        qf_net_update_params(net, &cache, T->opt_step, pk->value, pk->m, pk->v, pk->grad,
+                             NULL, pk->csr.nnz);
         pk->data_stale = 1;
         if (!sparse_capable(net, t))   /* dense kernels read it: bring it up to date now */
             qf_net_packed_sync_data(net, t);

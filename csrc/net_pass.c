@@ -10,6 +10,7 @@
 #include <string.h>
 #include "linear.h"
 #include "net_internal.h"
+#include "maxpool.h"
 #include "pool.h"
 
 /* ---------------------------------------------------------------- quantizer scales */
@@ -141,7 +142,7 @@ static void quantize_weights(qf_layer *L, const float *w)
 }
 
 /* weighted_product over the packed kept weights pk of a pruned Linear layer. */
-static void sparse_product(qf_layer *L, qf_packed *pk, float *out, const float *in,
+static void sparse_product(qf_net *net, qf_layer *L, qf_packed *pk, float *out, const float *in,
                            const float *in_codes, const float *b, int64_t rows)
 {
     const qf_csr *csr = &pk->csr;
@@ -163,6 +164,7 @@ static void sparse_product(qf_layer *L, qf_packed *pk, float *out, const float *
     if (in_codes) {
         for (int64_t o = 0; o < L->w_rows; o++)
             L->epi_scale[o] = L->in_scale * L->w_scale[o];
+        b = qf_net_bn_fold(net, L, b);   /* an eval BatchNorm2d after it (net_batchnorm.c) */
         if (L->codes_fit_f32 && L->w_rows >= 8) {
             /* the row-at-a-time form, which skips zero input codes, over the dense
              * transposed codes: few codes change in a step, only those are written */
@@ -189,7 +191,7 @@ static void weighted_product(qf_net *net, qf_layer *L, float *out, const float *
     qf_packed *pk = qf_net_sparse_layer(net, L, rows, from_codes);
     L->sparse_pass = pk != NULL;
     if (pk) {
-        sparse_product(L, pk, out, in, in_codes, b, rows);
+        sparse_product(net, L, pk, out, in, in_codes, b, rows);
         return;
     }
     qf_net_packed_sync_data(net, L->t_weight);
@@ -203,6 +205,7 @@ static void weighted_product(qf_net *net, qf_layer *L, float *out, const float *
     if (in_codes) {
         for (int64_t o = 0; o < n_out; o++)
             L->epi_scale[o] = L->in_scale * L->w_scale[o];
+        b = qf_net_bn_fold(net, L, b);   /* an eval BatchNorm2d after it (net_batchnorm.c) */
         /* batches and narrow inputs into wide outputs: the row-at-a-time form (which
          * vectorises over outputs; its transpose is cheap against the product) */
         if (L->codes_fit_f32 && n_out >= 8 && (rows >= 4 || n_in <= 8)) {
@@ -291,6 +294,9 @@ void qf_net_forward_layers(qf_net *net, int64_t n)
         L->in_scale = in_scale;
         L->out_codes = 0;
         L->out_scale = 0.0f;
+        if (L->spec.kind == QF_LAYER_LINEAR || L->spec.kind == QF_LAYER_CONV2D)
+            L->fold_bn = qf_net_bn_fold_target(
+                net, i, in_codes && L->spec.weight_quant.kind != QF_QUANT_NONE);
         switch (L->spec.kind) {
         case QF_LAYER_LINEAR:
             weighted_product(net, L, L->out, in, in_codes, n);
@@ -345,6 +351,18 @@ void qf_net_forward_layers(qf_net *net, int64_t n)
             L->out_scale = s;
             break;
         }
+        case QF_LAYER_BATCHNORM2D:
+            qf_net_bn_forward(net, i, in, in_codes, n);
+            break;
+        case QF_LAYER_MAXPOOL2D:   /* codes follow their values' maxima */
+            for (int64_t s = 0; s < n; s++)
+                qf_maxpool_forward(L->out + s * L->out_size, L->argmax + s * L->out_size,
+                                   in + s * L->in_size, &L->geom,
+                                   in_codes ? L->codes + s * L->out_size : NULL,
+                                   in_codes ? in_codes + s * L->in_size : NULL);
+            L->out_codes = in_codes != NULL;
+            L->out_scale = in_scale;
+            break;
         }
         in = L->out;
         in_codes = L->out_codes ? L->codes : NULL;
@@ -377,7 +395,8 @@ qf_status qf_net_forward(qf_net *net, const float *x, int64_t n, float *out)
     if (st != QF_OK)
         return st;
     int64_t in_size = qf_net_cur_in_size(net);
-    if ((st = qf_net_check_finite(net, x, n * in_size)) != QF_OK)
+    if ((st = qf_net_check_finite(net, x, n * in_size)) != QF_OK ||
+        (st = qf_net_bn_check_batch(net, n, net->training)) != QF_OK)
         return st;
     memcpy(net->x, x, sizeof(float) * (size_t)(n * in_size));
     qf_net_forward_layers(net, n);
@@ -477,13 +496,13 @@ static int first_trained_layer(const qf_net *net)
     return net->n_layers;
 }
 
-void qf_net_backward_layers(qf_net *net, int64_t n)
+void qf_net_backward_layers(qf_net *net, int64_t n, float *dx)
 {
-    int first = first_trained_layer(net);
+    int first = dx ? 0 : first_trained_layer(net);
     for (int i = net->n_layers - 1; i >= 0; i--) {
         qf_layer *L = &net->layers[i];
         const float *in = i > 0 ? net->layers[i - 1].out : net->x;
-        float *din = i > first ? net->layers[i - 1].dout : NULL;
+        float *din = i == 0 ? dx : i > first ? net->layers[i - 1].dout : NULL;
         int64_t count = n * L->out_size;
         switch (L->spec.kind) {
         case QF_LAYER_LINEAR:
@@ -535,6 +554,15 @@ void qf_net_backward_layers(qf_net *net, int64_t n)
                                                    B->a_qmax, B->spec.relu, 0);
             break;
         }
+        case QF_LAYER_BATCHNORM2D:
+            qf_net_bn_backward(net, L, din, n);
+            break;
+        case QF_LAYER_MAXPOOL2D:
+            if (din)
+                for (int64_t s = 0; s < n; s++)
+                    qf_maxpool_backward(din + s * L->in_size, L->dout + s * L->out_size,
+                                        L->argmax + s * L->out_size, &L->geom);
+            break;
         }
     }
 }
@@ -555,7 +583,7 @@ static qf_status check_backward(qf_net *net, int64_t n)
     return QF_OK;
 }
 
-qf_status qf_net_backward(qf_net *net, const float *dout, int64_t n)
+qf_status qf_net_backward_dx(qf_net *net, const float *dout, int64_t n, float *dx)
 {
     qf_status st = check_backward(net, n);
     if (st != QF_OK)
@@ -563,7 +591,12 @@ qf_status qf_net_backward(qf_net *net, const float *dout, int64_t n)
     qf_layer *last = &net->layers[net->n_layers - 1];
     if (dout != last->dout)
         memcpy(last->dout, dout, sizeof(float) * (size_t)(n * last->out_size));
-    qf_net_backward_layers(net, n);
+    qf_net_backward_layers(net, n, dx);
     net->have_train_forward = 0;
     return QF_OK;
+}
+
+qf_status qf_net_backward(qf_net *net, const float *dout, int64_t n)
+{
+    return qf_net_backward_dx(net, dout, n, NULL);
 }

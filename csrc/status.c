@@ -13,6 +13,7 @@ const char *qf_status_string(qf_status status)
     case QF_ERR_STATE: return "call out of order";
     case QF_ERR_OVERFLOW: return "integer overflow";
     case QF_ERR_UNSUPPORTED: return "unsupported";
+    case QF_ERR_DIVERGED: return "training diverged";
     }
     return "unknown status";
 }

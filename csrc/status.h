@@ -16,7 +16,8 @@ typedef enum {
     QF_ERR_LABEL = 5,        /* a class label outside [0, n_classes)           */
     QF_ERR_STATE = 6,        /* call out of order (backward before forward)    */
     QF_ERR_OVERFLOW = 7,     /* an integer value exceeds what it may hold      */
-    QF_ERR_UNSUPPORTED = 8   /* a valid request this build cannot do           */
+    QF_ERR_UNSUPPORTED = 8,  /* a valid request this build cannot do           */
+    QF_ERR_DIVERGED = 9      /* training produced NaN or infinity (rolled back) */
 } qf_status;
 
 /* A short fixed description of a status code; never NULL. */

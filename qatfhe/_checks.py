@@ -5,11 +5,16 @@ import numbers
 import numpy as np
 
 
-def positive_int(value, name, minimum=1):
+INT64_MAX = 2 ** 63 - 1
+
+
+def positive_int(value, name, minimum=1, maximum=None):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be an integer in [{minimum}, {maximum}], got {value}")
     return int(value)
 
 

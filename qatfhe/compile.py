@@ -9,6 +9,9 @@ quantization-aware network, as `compile_brevitas_qat_model`.  Both return a
     Linear / Conv2d   acc = sum q_x q_w over the inputs or the patch      (encrypted)
                       (zero padding holds the code Z_x, so it stands for 0.0)
     AvgPool2d         S = integer window sum of the codes                 (encrypted)
+    MaxPool2d         m = integer window maximum of the codes             (encrypted)
+                      (padding does not take part; max commutes with the monotone
+                      quantizer, so the max of codes is exact)
     Flatten, Reshape, Transpose   the codes re-indexed                    (encrypted)
     residual add      q_skip + q_block, two code tensors of one scale     (encrypted)
     table lookup      one univariate function per element, holding every float
@@ -18,6 +21,32 @@ quantization-aware network, as `compile_brevitas_qat_model`.  Both return a
                       and requantisation to the next quantizer's codes
     the last op's integers are returned and decoded in the clear: the accumulator of a
     final Linear (as Concrete-ML does for a final Gemm), or s (q - Z) for final codes.
+
+The op kinds and their fields (_Op; kernel, stride, padding are (H, W) pairs):
+    dense      src, weight int32 (out, in), weight_zero_point
+    conv       src, weight int32 (OC, C, KH, KW), weight_zero_point, stride, padding,
+               pad_code
+    pool_sum   src, kernel, stride, padding, pad_code
+    maxpool    src, kernel, stride, padding (padding <= kernel // 2, padded taps skipped);
+               info {"pairwise_max_lookups": per sample, "max_diff_min", "max_diff_max",
+               "max_diff_bits", "static_max_diff_bits"}: under FHE a window of t valid taps
+               is t - 1 pairwise maxima, each max(a, b) = b + relu(a - b) one table lookup
+               of a - b, whose range is bounded by [lo - hi, hi - lo] of the input codes
+               (measured on the calibration set, and statically)
+    round      src, lsbs
+    lookup     src, lsbs, offset int64 (C,), scale float32 (C,), bias float32 (C,) or None,
+               relu, quant (the output _Quantizer)
+    reshape    src, shape;  transpose  src, dims (axes of (C, H, W));  add  src, src2
+    decode     src, lsbs, offset, scale, bias (the last op, in the clear)
+
+BatchNorm2d (eval mode, running statistics) adds no op: it is folded into the affine part
+of the lookup (or decode) after it, in the float32 rule of csrc/batchnorm.h, which the
+engine's eval forward uses too: k = gamma / sqrt(running_var + eps), then scale' = scale k
+and bias' = (bias - running_mean) k + beta, each operation rounded to float32.  It is
+folded exactly after a QuantLinear / QuantConv2d that reads codes (scale = s_x s_w) and
+after codes (a QuantIdentity, QuantReLU, MaxPool2d...: scale = s, bias 0); after an
+AvgPool2d, a ReLU or another BatchNorm2d, or with track_running_stats=False, compiling
+raises ValueError naming the layer.
 
 Modes, as in Concrete-ML: fhe="disable" runs the quantized model in the clear (NumPy, here),
 fhe="simulate" runs the integer circuit (C) with the same integers and the same float32
@@ -37,10 +66,10 @@ a network ending with a quantizer outputs s * q, and where the engine's float co
 -0.0 the circuit's integer code gives +0.0; the values are equal).
 
 What a QAT network must look like (Concrete-ML's rules; each violation raises ValueError
-naming the layer): a QuantIdentity first; QuantLinear / QuantConv2d, AvgPool2d, Flatten,
-Reshape and Transpose read integer codes, so each needs a QuantIdentity or QuantReLU (or
-another op carrying codes) before it; no float Linear or Conv2d; a float ReLU only right
-after a QuantLinear, QuantConv2d or AvgPool2d, followed by a quantizer.  A quantizer that
+naming the layer): a QuantIdentity first; QuantLinear / QuantConv2d, AvgPool2d, MaxPool2d,
+Flatten, Reshape and Transpose read integer codes, so each needs a QuantIdentity or
+QuantReLU (or another op carrying codes) before it; no float Linear or Conv2d; a float ReLU
+only right after a QuantLinear, QuantConv2d or AvgPool2d, followed by a quantizer.  A quantizer that
 reads codes (QuantReLU after a residual add, a Residual after a QuantReLU) is one more table
 lookup, a requantisation.  The residual add needs both operands on one scale: nn.Residual
 guarantees it by construction (one quantizer for both), so the add is an exact integer sum
@@ -83,6 +112,7 @@ import numpy as np
 
 from . import _checks
 from . import _core
+from ._finite import check_finite_state
 
 __all__ = ["compile_model", "compile_qat_model", "QuantizedModule", "BitWidthError"]
 
@@ -167,10 +197,10 @@ _ARRAY_FIELDS = {"weight": np.int32, "offset": np.int64, "scale": F32, "bias": F
 _INT_FIELDS = ("src", "src2", "weight_zero_point", "pad_code", "lsbs", "relu")
 _TUPLE_FIELDS = ("kernel", "stride", "padding", "shape", "dims")
 _OP_KINDS = ("dense", "conv", "pool_sum", "round", "lookup", "reshape", "transpose", "add",
-             "decode")
+             "decode", "maxpool")
 _NODE_KIND = {"dense": "accumulator", "conv": "accumulator", "pool_sum": "pool_sum",
               "round": "rounded", "lookup": "lookup_output", "reshape": "reshape",
-              "transpose": "transpose", "add": "add"}
+              "transpose": "transpose", "add": "add", "maxpool": "maxpool"}
 
 
 def _exact_matmul(a, b):
@@ -191,6 +221,29 @@ def _windows(x, op):
     return view[:, :, ::sh, ::sw]
 
 
+def _window_maxima(x, op):
+    """(n, C, OH, OW) window maxima of the int64 codes x (n, C, H, W); padding never wins."""
+    (kh, kw), (sh, sw), (ph, pw) = op.window
+    if ph or pw:
+        x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)),
+                   constant_values=np.iinfo(np.int64).min)
+    view = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))
+    return view[:, :, ::sh, ::sw].max(axis=(-2, -1))
+
+
+def _pairwise_max_count(op, in_shape):
+    """Pairwise maxima per sample of a maxpool op: (valid taps - 1) per output element."""
+    (kh, kw), (sh, sw), (ph, pw) = op.window
+    c, h, w = in_shape
+
+    def valid(size, k, s, p):
+        n_out = (size + 2 * p - k) // s + 1
+        starts = np.arange(n_out) * s - p
+        return np.minimum(starts + k, size) - np.maximum(starts, 0)
+    taps = np.outer(valid(h, kh, sh, ph), valid(w, kw, sw, pw))
+    return int(c * (taps - 1).sum())
+
+
 class _Op:
     """One operation of the circuit (csrc/circuit.h) and its NumPy twin.
 
@@ -206,7 +259,7 @@ class _Op:
         self.src2 = self.weight_zero_point = self.pad_code = self.lsbs = self.relu = 0
         self.kernel = self.stride = self.padding = self.shape = self.dims = None
         self.weight = self.offset = self.scale = self.bias = None
-        self.quant = self.weight_scale = None
+        self.quant = self.weight_scale = self.info = None
         for key, value in fields.items():
             if key in _ARRAY_FIELDS:
                 value = None if value is None else np.ascontiguousarray(value, _ARRAY_FIELDS[key])
@@ -302,6 +355,8 @@ class _Op:
             return self._conv(x)
         if kind == "pool_sum":
             return _windows(x, self).sum(axis=(-2, -1))
+        if kind == "maxpool":
+            return _window_maxima(x, self)
         if kind == "round":
             return (x + (1 << (self.lsbs - 1))) >> self.lsbs      # floor: round half up
         if kind == "lookup":
@@ -433,6 +488,9 @@ def _net_samples(net, X, name):
     """X as float32 (n, C, H, W) for net, whose input shape it sets: X is (n, C, H, W) as the
     network trains on, or (n, features): a flattened sample of the network's current input
     shape, or of its first Linear's input for a fully connected network."""
+    from . import nn
+    if not isinstance(net, nn.Sequential):
+        raise TypeError(f"net must be a qatfhe.nn.Sequential network, got {type(net).__name__}")
     arr = _checks.samples(X, name)
     if arr.ndim == 2:
         c, h, w = net._core.in_shape
@@ -487,11 +545,15 @@ class _Codes:
 class _Chain:
     """A float value waiting for its table lookup: relu?(float32(node + offset[c]) *
     scale[c] + bias[c]) of an integer node; producer names the last layer that shaped it;
-    roundable: the node is a sum (accumulator or pool sum) that rounding may shorten."""
+    roundable: the node is a sum (accumulator or pool sum) that rounding may shorten;
+    foldable: the epilogue of a QuantLinear / QuantConv2d, where the engine folds an eval
+    BatchNorm2d the same way (a BatchNorm2d may join it)."""
 
-    def __init__(self, node, offset, scale, bias, producer, roundable, relu=False):
+    def __init__(self, node, offset, scale, bias, producer, roundable, relu=False,
+                 foldable=False):
         self.node, self.offset, self.scale, self.bias = node, offset, scale, bias
         self.producer, self.roundable, self.relu = producer, roundable, relu
+        self.foldable = foldable
 
 
 def _float_advice(entry, chain):
@@ -567,7 +629,42 @@ class _Builder:
         offset = np.array([-q.zero_point * int(s) for s in w.sum(axis=1)], np.int64)
         scale = q.scale * np.broadcast_to(np.asarray(weight_scale, F32), (len(weight),))
         bias = np.zeros(len(weight), F32) if bias is None else np.asarray(bias, F32)
-        return _Chain(node, offset, scale.astype(F32), bias, entry.name, True)
+        return _Chain(node, offset, scale.astype(F32), bias, entry.name, True, foldable=True)
+
+    def batchnorm(self, entry, value):
+        """An eval-mode BatchNorm2d folded into the chain of value (module docstring): the
+        lookup after it computes float32(t) scale' + bias' as the engine's eval forward."""
+        layer = entry.layer
+        if not layer.track_running_stats:
+            raise ValueError(f"{entry.name} normalises with batch statistics in eval mode "
+                             f"(track_running_stats=False); only running statistics can be "
+                             f"folded into the integer circuit")
+        if isinstance(value, _Codes):
+            chain = self.as_chain(value)
+        elif value.foldable and not value.relu:
+            chain = value
+        else:
+            raise ValueError(f"{entry.name} follows {value.producer}: a BatchNorm2d is folded "
+                             f"into the table lookup of the QuantLinear / QuantConv2d right "
+                             f"before it, or applied to integer codes; put a QuantIdentity "
+                             f"before it (or move it before the ReLU)")
+        c = len(chain.scale)
+        gamma = layer.weight if layer.affine else np.ones(c, F32)
+        beta = layer.bias if layer.affine else np.zeros(c, F32)
+        root = np.sqrt(np.asarray(layer.running_var, F32) + F32(layer.eps))   # float32 ops
+        k = np.asarray(gamma, F32) / root
+        bias = np.zeros(c, F32) if chain.bias is None else chain.bias
+        bias = (bias - np.asarray(layer.running_mean, F32)) * k + np.asarray(beta, F32)
+        return _Chain(chain.node, chain.offset, (chain.scale * k).astype(F32),
+                      bias.astype(F32), entry.name, chain.roundable)
+
+    def maxpool(self, entry, codes):
+        """Window maxima of codes: codes of the same quantizer."""
+        layer = entry.layer
+        node = self.add(_Op("maxpool", entry.name, entry.index, src=codes.node,
+                            kernel=layer.kernel_size, stride=layer.stride,
+                            padding=layer.padding))
+        return _Codes(node, codes.quant, entry.name)
 
     def pool(self, entry, codes):
         """A window sum of codes; returns the chain of the average (float32 division of
@@ -675,8 +772,10 @@ def _qat_step(b, entry, value, skips):
         raise ValueError(f"{name} is a float layer: the network must be quantized end to "
                          f"end; replace it with {quant_name} (or compile a float network with "
                          f"compile_model)")
+    if isinstance(layer, nn.BatchNorm2d):
+        return b.batchnorm(entry, value)
     supported = (nn.QuantLinear, nn.QuantConv2d, nn.AvgPool2d, nn.Flatten, nn.Reshape,
-                 nn.Transpose)
+                 nn.Transpose, nn.MaxPool2d)
     if not isinstance(layer, supported):
         raise ValueError(f"{name} cannot be compiled")
     if isinstance(value, _Chain):
@@ -686,6 +785,8 @@ def _qat_step(b, entry, value, skips):
         return b.weighted(entry, value, weight, scale, layer.bias)
     if isinstance(layer, nn.AvgPool2d):
         return b.pool(entry, value)
+    if isinstance(layer, nn.MaxPool2d):
+        return b.maxpool(entry, value)
     return b.reindex(entry, value)
 
 
@@ -721,11 +822,16 @@ def _ptq_ops(net, X, bits, rounding):
             value.relu, value.producer = True, name
         elif isinstance(layer, nn.AvgPool2d):
             value = b.pool(entry, codes_of(value))
+        elif isinstance(layer, nn.MaxPool2d):
+            value = b.maxpool(entry, codes_of(value))
+        elif isinstance(layer, nn.BatchNorm2d):
+            value = b.batchnorm(entry, value)
         elif isinstance(layer, (nn.Flatten, nn.Reshape, nn.Transpose)):
             value = b.reindex(entry, codes_of(value))
         else:
             raise ValueError(f"{name} cannot be compiled: supported layers are Linear, Conv2d, "
-                             f"ReLU, AvgPool2d, Flatten, Reshape and Transpose")
+                             f"ReLU, AvgPool2d, MaxPool2d, BatchNorm2d, Flatten, Reshape and "
+                             f"Transpose")
     if isinstance(value, _Chain) and value.relu:
         value = b.lookup(value, lambda y: _asymmetric(y, bits["model_outputs"]),
                          value.producer, b.ops[value.node - 1].layer)
@@ -737,9 +843,10 @@ def _ptq_ops(net, X, bits, rounding):
 def compile_model(net, X_calib, n_bits=3, rounding_threshold_bits=None, max_bits=16,
                   on_overflow="raise"):
     """Post-training quantization of a float network (Linear, Conv2d, ReLU, AvgPool2d,
-    Flatten, Reshape, Transpose), as Concrete-ML's compile_torch_model: symmetric per-tensor
-    weights (op_weights bits), the input and every activation asymmetric, calibrated by
-    min/max over X_calib layer by layer on the quantized outputs of the previous layer
+    MaxPool2d, BatchNorm2d (folded), Flatten, Reshape, Transpose), as Concrete-ML's
+    compile_torch_model: symmetric per-tensor weights (op_weights bits), the input and every
+    activation asymmetric, calibrated by min/max over X_calib layer by layer on the
+    quantized outputs of the previous layer
     (model_inputs / op_inputs / model_outputs bits).  X_calib is (n, features) or
     (n, C, H, W).  Returns a QuantizedModule; raises BitWidthError (or warns, with
     on_overflow="warn") when a value exceeds max_bits on the calibration set."""
@@ -747,6 +854,7 @@ def compile_model(net, X_calib, n_bits=3, rounding_threshold_bits=None, max_bits
     rounding = _check_rounding(rounding_threshold_bits)
     max_bits, on_overflow = _check_limits(max_bits, on_overflow)
     X = _net_samples(net, X_calib, "X_calib")
+    check_finite_state(net, "cannot compile")
     input_quant, ops = _ptq_ops(net, X, bits, rounding)
     info = {"mode": "ptq", "n_bits": bits, "rounding_threshold_bits": rounding,
             "max_bits": max_bits}
@@ -767,6 +875,7 @@ def compile_qat_model(net, X_calib, rounding_threshold_bits=None, max_bits=16,
     rounding = _check_rounding(rounding_threshold_bits)
     max_bits, on_overflow = _check_limits(max_bits, on_overflow)
     X = _net_samples(net, X_calib, "X_calib")
+    check_finite_state(net, "cannot compile")
     input_quant, ops = _qat_ops(net, X, rounding)
     info = {"mode": "qat", "n_bits": None, "rounding_threshold_bits": rounding,
             "max_bits": max_bits}
@@ -798,6 +907,8 @@ class QuantizedModule:
         self._report = report
         self._calibration = None    # the calibration samples (compile_fhe's default inputset)
         self._fhe = None            # the Concrete circuit after compile_fhe (qatfhe.fhe)
+        if report is not None:
+            self._set_maxpool_info()
 
     # --- description
     @property
@@ -885,6 +996,9 @@ class QuantizedModule:
         q = np.asarray(q_y)
         if q.dtype == object or not np.issubdtype(q.dtype, np.integer):
             raise TypeError(f"q_y must hold integers, got dtype {q.dtype}")
+        if q.size and np.issubdtype(q.dtype, np.unsignedinteger) and q.max() > 2 ** 63 - 1:
+            raise ValueError(f"q_y holds {q.max()}, beyond the int64 range of the circuit's "
+                             f"integers (quantized_forward returns int64)")
         if q.ndim != 2 or q.shape[1] != self.out_features:
             raise ValueError(f"q_y must have shape (n_samples, {self.out_features}), got "
                              f"{q.shape}")
@@ -938,10 +1052,14 @@ class QuantizedModule:
     def bit_width_report(self, X=None):
         """One dict per integer value (node) of the circuit: node, name (layer), kind
         ("input", "accumulator", "pool_sum", "rounded", "lookup_output", "reshape",
-        "transpose", "add"), min, max, bits (measured on X, default the calibration set),
-        static_min, static_max, static_bits (over all possible inputs), checked (whether
-        max_bits applies to it); after compile_fhe also pbs_bits, the bit width of the
-        programmable bootstrap computing that value (lookups and rounds; None otherwise)."""
+        "transpose", "add", "maxpool"), min, max, bits (measured on X, default the
+        calibration set), static_min, static_max, static_bits (over all possible inputs),
+        checked (whether max_bits applies to it).  A maxpool node also has
+        pairwise_max_lookups (per sample), max_diff_min, max_diff_max, max_diff_bits (the
+        range of a - b its max(a, b) = b + relu(a - b) lookups read, from its input's range
+        on X) and static_max_diff_bits.  After compile_fhe every node also has pbs_bits,
+        the bit width of the programmable bootstrap computing it (lookups and rounds;
+        None otherwise)."""
         if X is None:
             report = [dict(r) for r in self._report]
             return report if self._fhe is None else self._fhe.annotate(report)
@@ -954,7 +1072,26 @@ class QuantizedModule:
                            "static_min": node["static_min"], "static_max": node["static_max"],
                            "static_bits": node["static_bits"],
                            "checked": self._is_checked(j)})
+        for k, op in enumerate(self.ops):
+            if op.kind == "maxpool":
+                report[k + 1].update(self._maxpool_fields(op, report[op.src]))
         return report if self._fhe is None else self._fhe.annotate(report)
+
+    def _maxpool_fields(self, op, src):
+        """The pairwise-max lookups of a maxpool op reading the node of report entry src."""
+        lo, hi, s_lo, s_hi = src["min"], src["max"], src["static_min"], src["static_max"]
+        return {"pairwise_max_lookups": _pairwise_max_count(op, self._nodes[op.src]["shape"]),
+                "max_diff_min": lo - hi, "max_diff_max": hi - lo,
+                "max_diff_bits": _core.bits_for_range(lo - hi, hi - lo),
+                "static_max_diff_bits": _core.bits_for_range(s_lo - s_hi, s_hi - s_lo)}
+
+    def _set_maxpool_info(self):
+        """op.info of each maxpool op from the calibration report (a cost model's input)."""
+        keys = ("pairwise_max_lookups", "max_diff_min", "max_diff_max", "max_diff_bits",
+                "static_max_diff_bits")
+        for k, op in enumerate(self.ops):
+            if op.kind == "maxpool":
+                op.info = {key: self._report[k + 1][key] for key in keys}
 
     def _is_checked(self, j):
         """Every value counts against max_bits except one rounded before its lookup (all
@@ -978,6 +1115,7 @@ class QuantizedModule:
     def _calibrate(self, X):
         self._calibration = np.reshape(X, (len(X), -1))
         self._report = self.bit_width_report(self._calibration)
+        self._set_maxpool_info()
 
     @property
     def max_bit_width(self):
@@ -1011,6 +1149,15 @@ class QuantizedModule:
                            f"{r['bits']}-bit value {self._role(r['node'])}, over the "
                            f"{max_bits}-bit limit; lower n_bits, narrow or prune the layer, or "
                            f"set rounding_threshold_bits")
+                if on_overflow == "raise":
+                    raise BitWidthError(message)
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
+                return False
+            if r.get("max_diff_bits", 0) > max_bits:
+                message = (f"the pairwise max lookups of {r['name']} read a - b in "
+                           f"[{r['max_diff_min']}, {r['max_diff_max']}] on the calibration set: "
+                           f"{r['max_diff_bits']} bits, over the {max_bits}-bit table-lookup "
+                           f"limit; lower the bit width of the quantizer before it")
                 if on_overflow == "raise":
                     raise BitWidthError(message)
                 warnings.warn(message, RuntimeWarning, stacklevel=2)

@@ -53,7 +53,11 @@ def checkerboard(noise=0.01, seed=None, n=100):
     X = X + rng.normal(0.0, noise, size=X.shape)
 
     train, test = split_indices(len(X))
-    X = X.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        X = X.astype(np.float32)
+    if not np.isfinite(X).all():
+        raise ValueError(f"noise={noise} puts points beyond the float32 range (|x| > 3.4e38): "
+                         f"the data would hold infinity; expected a much smaller noise")
     return X[train], X[test], y[train], y[test]
 
 

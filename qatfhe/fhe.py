@@ -160,7 +160,7 @@ class FheCircuit:
         per_bits, lookups = {}, []
         for k, op in enumerate(self.module.ops):
             count = int(per_tag.get(fhe_lowering.tag(k), 0))
-            if op.kind in ("lookup", "round") or count:
+            if op.kind in ("lookup", "round", "maxpool") or count:
                 width = bits.get(k)
                 lookups.append({"op": k, "kind": op.kind, "name": op.name, "pbs": count,
                                 "pbs_bits": width})

@@ -8,6 +8,8 @@ sample, so a reader can put the three side by side:
     conv       acc = fhe.conv(pad(x, Z_x), W - Z_w, strides)      Concrete pads only with 0,
                                                                   so the padding is explicit
     pool_sum   S   = fhe.conv(pad(x, Z_x), ones, group=C)         integer window sums
+    maxpool    window maxima, padded taps skipped: max(a, b) = b + relu(a - b), one table
+               lookup per pair and channel (the circuit's pairwise_max_lookups)
     round      fhe.round_bit_pattern(acc, lsbs): acc rounded half up to a multiple of 2^lsbs
                (qatfhe's node holds acc >> lsbs; Concrete keeps the low zeros)
     lookup     fhe.univariate(f): one table lookup (one PBS) per element; f is qatfhe's own
@@ -77,6 +79,30 @@ def _pool_sum(fhe, op, values):
     return fhe.conv(_padded(fhe, x, op), ones, strides=op.stride, group=channels)
 
 
+def _relu(v):
+    return np.maximum(v, 0)
+
+
+def _maxpool(fhe, op, values):
+    x = values[op.src]
+    (kh, kw), (sh, sw), (ph, pw) = op.window
+    n, c, h, w = x.shape
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    relu = fhe.univariate(_relu)
+    out = fhe.zeros((n, c, oh, ow))
+    for oy in range(oh):
+        for ox in range(ow):
+            best = None
+            for iy in range(oy * sh - ph, oy * sh - ph + kh):
+                for ix in range(ox * sw - pw, ox * sw - pw + kw):
+                    if not (0 <= iy < h and 0 <= ix < w):
+                        continue                      # a padded tap never wins
+                    tap = x[:, :, iy, ix]
+                    best = tap if best is None else best + relu(tap - best)
+            out[:, :, oy, ox] = best
+    return out
+
+
 def _round(fhe, op, values):
     return fhe.round_bit_pattern(values[op.src], lsbs_to_remove=op.lsbs)
 
@@ -104,7 +130,8 @@ def _add(fhe, op, values):
     return values[op.src] + values[op.src2]
 
 
-LOWER = {"dense": _dense, "conv": _conv, "pool_sum": _pool_sum, "round": _round,
+LOWER = {"dense": _dense, "conv": _conv, "pool_sum": _pool_sum, "maxpool": _maxpool,
+         "round": _round,
          "lookup": _lookup, "reshape": _reshape, "transpose": _transpose, "add": _add}
 
 

@@ -23,7 +23,8 @@ import zlib
 import numpy as np
 
 FORMAT = "qatfhe-network"
-VERSION = 1
+VERSION = 2          # 2: per-parameter optimizer step counts ("optimizer_steps")
+READ_VERSIONS = (1, 2)
 
 MAX_HEADER_BYTES = 16 << 20          # a header is JSON text: a few KB in practice
 MAX_DEFLATE_RATIO = 64               # declared / compressed size of a deflated entry
@@ -165,6 +166,8 @@ def read_npz(path, expected_format, version=VERSION, check_sizes=None):
     array is: it raises FileFormatError when the header promises more than the file
     holds (so a small file never makes the reader allocate a large network)."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path!r} is a directory; expected a file written by save()")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such file: {path!r}")
     where = repr(path)
@@ -199,9 +202,10 @@ def _check_header(header, expected_format, version, where):
     if not isinstance(header, dict) or header.get("format") != expected_format:
         raise FileFormatError(f"{where} is not a {expected_format} file (format "
                               f"{header.get('format') if isinstance(header, dict) else None!r})")
-    if header.get("version") != version:
+    versions = version if isinstance(version, tuple) else (version,)
+    if header.get("version") not in versions:
         raise FileFormatError(f"{where} has format version {header.get('version')!r}; this "
-                              f"qatfhe reads version {version}")
+                              f"qatfhe reads version {' or '.join(map(str, versions))}")
     if "header_checksum" in header and header["header_checksum"] != _header_checksum(header):
         raise FileFormatError(f"{where} is corrupt: its header does not match the checksum "
                               f"stored with it")
@@ -233,8 +237,11 @@ def _header_checksum(header):
 
 def save(net, path):
     """Write net to path; the state is copied at one moment (a fit running in another
-    thread is waited for, between epochs), so the file is never torn."""
+    thread is waited for, between epochs), so the file is never torn.  A state holding NaN
+    or infinity, which load would reject, is refused (ValueError naming the tensor): a
+    saved file always loads."""
     state = net._core.snapshot()
+    _check_finite(net, state, path)
     arrays = {}
     for name, t in state["tensors"].items():
         arrays[f"data/{name}"] = t["data"]
@@ -249,14 +256,16 @@ def save(net, path):
     header = {"format": FORMAT, "version": VERSION, "network": net.config(),
               "training": state["training"],
               "optimizer": None if net.optimizer is None else net.optimizer.config(),
-              "optimizer_step": state["optimizer_step"]}
+              "optimizer_step": state["optimizer_step"],
+              "optimizer_steps": {name: t["opt_step"] for name, t in state["tensors"].items()
+                                  if t["kind"] == "param"}}
     write_npz(path, header, arrays)
 
 
 def load(path):
     """A network saved by net.save(path), with its optimizer state and masks;
     FileFormatError (a ValueError) naming the file for anything malformed."""
-    header, arrays = read_npz(path, FORMAT, check_sizes=_check_network_sizes)
+    header, arrays = read_npz(path, FORMAT, READ_VERSIONS, check_sizes=_check_network_sizes)
     try:
         return _network(path, header, arrays)
     except FileFormatError:
@@ -331,6 +340,7 @@ def _network(path, header, arrays):
                 _copy(t["opt_m"], arrays.get(f"opt_m/{name}"), "opt_m/" + name, path)
                 _copy(t["opt_v"], arrays.get(f"opt_v/{name}"), "opt_v/" + name, path)
         net._core.optimizer_step = int(header.get("optimizer_step", 0))
+        _restore_steps(net, header, path)
     try:
         net._core.set_rng_state(tuple(int(v) for v in arrays["rng/init"]),
                                 tuple(int(v) for v in arrays["rng/shuffle"]))
@@ -339,6 +349,43 @@ def _network(path, header, arrays):
     net.train(bool(header.get("training", True)))
     verify_checksum(path, header, arrays)
     return net
+
+
+def _check_finite(net, state, path):
+    from ._finite import tensor_label
+    for name, t in state["tensors"].items():
+        for what, values in (("", t["data"]), ("optimizer moment m of ", t["opt_m"]),
+                             ("optimizer moment v of ", t["opt_v"])):
+            if values is not None and not np.isfinite(values).all():
+                bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+                raise ValueError(f"cannot save to {os.fspath(path)!r}: the {what}"
+                                 f"{tensor_label(net, name)} holds NaN or infinity in {bad} of "
+                                 f"{values.size} entries, e.g. after a diverged training or a "
+                                 f"write through a parameter view; expected finite values")
+
+
+def _restore_steps(net, header, path):
+    """Each parameter's optimizer step count.  Version 1 files kept one count for all:
+    every parameter takes it, except a learned threshold still in its statistics phase,
+    which has taken no step yet."""
+    names = set(net._core.tensor_steps())
+    steps = header.get("optimizer_steps")
+    if steps is None:
+        count = int(header.get("optimizer_step", 0))
+        steps = {name: count for name in names}
+        for name in names:
+            if name.endswith(".act_quant.threshold"):
+                layer = net._c_layers[int(name.split(".", 1)[0])]
+                seen = net._tensors[name.replace("threshold", "stats_count")]["data"][0]
+                if seen <= layer.act_quant.collect_stats_steps:
+                    steps[name] = 0
+    if not isinstance(steps, dict) or set(steps) != names:
+        raise FileFormatError(f"{path!r}: the optimizer step counts do not match the network")
+    for name, step in steps.items():
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < 2 ** 63:
+            raise FileFormatError(f"{path!r}: optimizer step count of {name!r} must be an "
+                                  f"int >= 0, got {step!r}")
+        net._core.set_tensor_step(name, step)
 
 
 def _stored_shape(shape):

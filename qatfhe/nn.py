@@ -342,6 +342,91 @@ class AvgPool2d(Module):
                 "stride": list(self.stride), "padding": list(self.padding)}
 
 
+class MaxPool2d(Module):
+    """torch.nn.MaxPool2d (dilation 1, floor mode; padding counts as -inf, at most half the
+    kernel).  Gradients go to the first maximum of each window, as torch.  On quantized input
+    (after a QuantIdentity / QuantReLU) it carries the integer codes: the integer circuit takes
+    maxima of codes, exact because the quantizer is monotone."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False,
+                 ceil_mode=False):
+        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
+        self.stride = self.kernel_size if stride is None else _pair(stride, "stride", 1)
+        self.padding = _pair(padding, "padding", 0)
+        if _pair(dilation, "dilation", 1) != (1, 1) or return_indices or ceil_mode:
+            raise NotImplementedError("only dilation=1, return_indices=False and "
+                                      "ceil_mode=False are supported")
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
+            raise ValueError(f"padding must be at most half the kernel, got padding "
+                             f"{self.padding} for kernel_size {self.kernel_size}")
+
+    def _core_spec(self):
+        return {"kind": _core.LAYER_MAXPOOL2D, "kernel": self.kernel_size, "stride": self.stride,
+                "padding": self.padding}
+
+    def config(self):
+        return {"type": "MaxPool2d", "kernel_size": list(self.kernel_size),
+                "stride": list(self.stride), "padding": list(self.padding)}
+
+
+class BatchNorm2d(Module):
+    """torch.nn.BatchNorm2d over the channels of NCHW samples (or the features of (F,)
+    samples).  Training normalises with the batch mean and biased variance and updates the
+    running statistics (unbiased variance) by `momentum` (None: cumulative average); eval
+    mode uses the running statistics (or the batch's with track_running_stats=False).
+    weight and bias are trained by the optimizers; running_mean, running_var and
+    num_batches_tracked are buffers, saved and loaded with the network.  Compiled, it is
+    folded into the table lookup after it (see csrc/batchnorm.h for the float32 rule)."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True):
+        self.num_features = _checks.positive_int(num_features, "num_features")
+        if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, (int, float, np.floating)) \
+                or not (np.isfinite(eps) and eps > 0):
+            raise ValueError(f"eps must be a positive finite number, got {eps!r}")
+        if momentum is not None and (isinstance(momentum, (bool, np.bool_)) or not isinstance(
+                momentum, (int, float, np.floating)) or not 0 <= momentum <= 1):
+            raise ValueError(f"momentum must be a number in [0, 1] or None, got {momentum!r}")
+        for name, value in (("affine", affine), ("track_running_stats", track_running_stats)):
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False, got {value!r}")
+        self.eps = float(eps)
+        self.momentum = None if momentum is None else float(momentum)
+        self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
+
+    def _core_spec(self):
+        return {"kind": _core.LAYER_BATCHNORM2D, "in_features": self.num_features,
+                "eps": self.eps, "momentum": -1.0 if self.momentum is None else self.momentum,
+                "affine": int(self.affine), "track_running_stats": int(self.track_running_stats)}
+
+    def config(self):
+        return {"type": "BatchNorm2d", "num_features": self.num_features, "eps": self.eps,
+                "momentum": self.momentum, "affine": self.affine,
+                "track_running_stats": self.track_running_stats}
+
+    weight = property(lambda self: self._tensor("weight"),
+                      lambda self, v: self._set_tensor("weight", v),
+                      doc="float32 (num_features,) gamma, or None without affine")
+    bias = property(lambda self: self._tensor("bias"),
+                    lambda self, v: self._set_tensor("bias", v),
+                    doc="float32 (num_features,) beta, or None without affine")
+    running_mean = property(lambda self: self._tensor("running_mean"),
+                            lambda self, v: self._set_tensor("running_mean", v))
+    running_var = property(lambda self: self._tensor("running_var"),
+                           lambda self, v: self._set_tensor("running_var", v))
+    num_batches_tracked = property(lambda self: self._tensor("num_batches_tracked"),
+                                   lambda self, v: self._set_tensor("num_batches_tracked", v),
+                                   doc="float32 (1,) count of training batches")
+
+    @property
+    def weight_grad(self):
+        return self.net._tensors[f"{self.index}.weight"]["grad"] if self.affine else None
+
+    @property
+    def bias_grad(self):
+        return self.net._tensors[f"{self.index}.bias"]["grad"] if self.affine else None
+
+
 class Flatten(Module):
     """torch.nn.Flatten(): each sample (C, H, W) becomes (C * H * W,)."""
 
@@ -442,7 +527,8 @@ class Residual(Module):
 _LAYER_TYPES = {"Linear": Linear, "QuantLinear": QuantLinear, "ReLU": ReLU,
                 "QuantIdentity": QuantIdentity, "QuantReLU": QuantReLU, "Conv2d": Conv2d,
                 "QuantConv2d": QuantConv2d, "AvgPool2d": AvgPool2d, "Flatten": Flatten,
-                "Reshape": Reshape, "Transpose": Transpose}
+                "Reshape": Reshape, "Transpose": Transpose, "MaxPool2d": MaxPool2d,
+                "BatchNorm2d": BatchNorm2d}
 
 
 def layer_from_config(config):
@@ -477,28 +563,43 @@ class CrossEntropyLoss:
 
     def __call__(self, logits, y):
         net = getattr(logits, "_qatfhe_net", None)
+        forward_id = getattr(logits, "_qatfhe_forward", None)
         logits = np.asarray(logits, dtype=np.float64)
         if logits.ndim != 2:
             raise ValueError(f"logits must be 2-dimensional (n, classes), got shape {logits.shape}")
         y = _checks.labels(y, len(logits), logits.shape[1])
         shifted = logits - logits.max(axis=1, keepdims=True)
         log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        return Loss(-log_probs[np.arange(len(y)), y].mean(), net, y)
+        return Loss(-log_probs[np.arange(len(y)), y].mean(), net, y, forward_id)
 
 
 class Loss(float):
-    """A loss value whose backward() runs the network's backward pass."""
+    """A loss value whose backward() runs the network's backward pass.
 
-    def __new__(cls, value, net, labels):
+    It remembers the forward it came from: backward() raises RuntimeError when another
+    forward (or fit, or an eval-mode predict) has replaced that forward's activations, or
+    when it already ran once."""
+
+    def __new__(cls, value, net, labels, forward_id=None):
         obj = super().__new__(cls, value)
-        obj._net, obj._labels = net, labels
+        obj._net, obj._labels, obj._forward = net, labels, forward_id
         return obj
 
-    def backward(self):
+    def backward(self, input_grad=False):
+        """Add the gradients of this loss into the network's parameters.  input_grad=True
+        also returns d loss / d X, shaped as the X of the forward (straight through the
+        quantizers, as autograd with Brevitas gives X.grad)."""
         if self._net is None:
             raise RuntimeError("these logits did not come from a network's training forward; "
                                "call net.train() and net(X) first")
-        self._net._core.backward_ce(self._labels)
+        net = self._net
+        net._check_current(self._forward)
+        if input_grad:
+            dx = net._core.backward_ce_dx(self._labels)[2]
+        else:
+            net._core.backward_ce(self._labels)
+        net._backward_of = self._forward
+        return dx.reshape(net._last_x_shape) if input_grad else None
 
 
 class _Init:
@@ -578,6 +679,9 @@ class Sequential(Module):
         self._layers = list(layers)
         self._tensors = {t["name"]: t for t in self._core.tensors()}
         self.optimizer = None
+        self._forwards = 0            # training forwards run so far (fit epochs included)
+        self._mode_set_at = 0         # the last one before a train()/eval() call
+        self._backward_of = 0         # number of the forward whose backward ran
         _live_networks.add(self)
 
     # --- container protocol
@@ -618,6 +722,7 @@ class Sequential(Module):
 
     def train(self, mode=True):
         self._core.training = bool(mode)
+        self._mode_set_at = self._forwards     # setting the mode drops the kept forward
         return self
 
     def eval(self):
@@ -691,13 +796,41 @@ class Sequential(Module):
             return f"layer {self.layer_path(index)} ({type(layer).__name__})"
         return re.sub(r"layer (\d+) \([^)]*\)", name, message)
 
+    def _next_forward(self, training):
+        """Number the forward about to run.  A training forward (or a fit epoch) replaces
+        the kept activations; an eval-mode one runs in its own workspace and keeps them."""
+        if training:
+            self._forwards += 1
+        return self._forwards
+
+    def _check_current(self, forward_id):
+        """RuntimeError unless the kept activations are those of forward forward_id and its
+        backward has not run."""
+        if forward_id != self._forwards:
+            raise RuntimeError("another training forward (net(X) in training mode, or fit) "
+                               "ran after the forward this loss came from and replaced its "
+                               "activations; backward applies to the latest training forward "
+                               "only: compute the loss from it")
+        if self._backward_of == forward_id:
+            raise RuntimeError("backward already ran for this loss: a forward's activations "
+                               "serve one backward; run net(X) again for another")
+        if self._mode_set_at == forward_id:
+            raise RuntimeError("net.train() or net.eval() was called after the training "
+                               "forward this loss came from, which drops its kept "
+                               "activations (eval-mode forwards such as net.predict() do not "
+                               "need the mode switch and keep them); compute the loss again "
+                               "from a new training forward")
+
     def forward(self, X):
         X = self._samples(X)
+        training = self._core.training
+        forward_id = self._next_forward(training)
         out = self._core.forward(X)
-        self._last_n = len(X)
-        if self._core.training:
+        if training:
+            self._last_n, self._last_x_shape = len(X), X.shape
             out = out.view(_NetOutput)
             out._qatfhe_net = self
+            out._qatfhe_forward = forward_id
         return out
 
     __call__ = forward
@@ -714,14 +847,24 @@ class Sequential(Module):
         y = _checks.labels(y, len(predicted), self._core.out_size)
         return float(np.mean(predicted == y))
 
-    def backward(self, grad_output):
-        """Backward of the last training forward from d loss / d output (n, out)."""
-        self._core.backward(_checks.float_array(grad_output, "grad_output"))
+    def backward(self, grad_output, input_grad=False):
+        """Backward of the last training forward from d loss / d output (n, out): adds the
+        parameters' gradients.  input_grad=True also returns d loss / d X, shaped as that
+        forward's X (straight through the quantizers; for saliency and adversarial
+        examples)."""
+        grad_output = _checks.float_array(grad_output, "grad_output")
+        if input_grad:
+            dx = self._core.backward_dx(grad_output)
+        else:
+            self._core.backward(grad_output)
+        self._backward_of = self._forwards
+        return dx.reshape(self._last_x_shape) if input_grad else None
 
     def loss_backward(self, y):
         """Mean cross-entropy of the last training forward against y, and its backward."""
         y = _checks.labels(y, getattr(self, "_last_n", None), self._core.out_size)
         loss, _ = self._core.backward_ce(y)
+        self._backward_of = self._forwards
         return loss
 
     def fit(self, X, y, epochs=1, batch_size=1, optimizer=None, seed=None, progress=True):

@@ -129,6 +129,10 @@ def _check_quantization_aware(layers, quantized=False, where=""):
     """ValueError unless every layer is exportable and every integer op gets codes."""
     for i, layer in enumerate(layers):
         label = f"layer {where}{i} ({type(layer).__name__})"
+        if isinstance(layer, (nn.BatchNorm2d, nn.MaxPool2d)):
+            raise NotImplementedError(f"{label}: export_onnx does not write BatchNorm2d or "
+                                      f"MaxPool2d yet; compile the network with "
+                                      f"qatfhe.compile_qat_model instead")
         if isinstance(layer, nn.Residual):
             _check_act_quant(layer.quant, f"{label}'s quant")
             _check_quantization_aware(layer.block, True, f"{where}{i}.block.")

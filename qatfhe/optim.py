@@ -1,7 +1,9 @@
 """Optimizers with torch.optim names; their state lives in the C network.
 
 `AdamW(net.parameters(), lr=1e-3)` and `SGD(net.parameters(), lr=0.1, momentum=0.9)`
-bind to the network the parameters belong to; step() and zero_grad() run in C."""
+bind to the network the parameters belong to; step() and zero_grad() run in C.  A network
+has one optimizer at a time: creating another replaces it, and the replaced one raises
+RuntimeError when it is used or its lr is read or changed."""
 import numbers
 
 from . import _checks
@@ -19,26 +21,39 @@ class Optimizer:
         net._core.set_optimizer(self.kind, **hyper)
         net.optimizer = self
 
+    def _check_bound(self):
+        """RuntimeError unless this optimizer is still the network's (not replaced)."""
+        if self.net.optimizer is not self:
+            raise RuntimeError(f"this {type(self).__name__} was replaced by "
+                               f"{self.net.optimizer!r} on its network (one optimizer per "
+                               f"network at a time); use the network's current optimizer, "
+                               f"net.optimizer")
+
     def step(self):
+        self._check_bound()
         self.net._core.step()
 
     @property
     def lr(self):
+        self._check_bound()
         return self.hyper["lr"]
 
     @lr.setter
     def lr(self, value):
         """Change the learning rate, keeping moments and step count (for schedules)."""
+        self._check_bound()
         value = _checks.positive_float(value, "lr")
         self.net._core.set_lr(value)
         self.hyper["lr"] = value
 
     def zero_grad(self):
+        self._check_bound()
         self.net._core.zero_grad()
 
     @property
     def state_step(self):
         """Number of steps taken."""
+        self._check_bound()
         return self.net._core.optimizer_step
 
     def config(self):

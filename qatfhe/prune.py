@@ -43,8 +43,11 @@ def _describe(layer):
 
 
 def _has_weight(layer):
-    """True for layer kinds with a weight (Linear, QuantLinear ...), in a net or not."""
-    return isinstance(getattr(type(layer), "weight", None), property)
+    """True for layer kinds with a weight (Linear, QuantLinear ...), in a net or not; not
+    for BatchNorm2d, whose weight is a per-channel scale, not a fan-in."""
+    from .nn import BatchNorm2d
+    return (isinstance(getattr(type(layer), "weight", None), property)
+            and not isinstance(layer, BatchNorm2d))
 
 
 def _net_of(layer):
@@ -70,11 +73,13 @@ def _tensor(layer, name):
 
 
 def _check_count(value, argument, minimum):
-    """value as an int >= minimum; TypeError for non-integers (bool included)."""
+    """value as an int in [minimum, 2**63 - 1]; TypeError for non-integers (bool included)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{argument} must be an int, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{argument} must be at least {minimum}, got {value}")
+    if value > 2 ** 63 - 1:
+        raise ValueError(f"{argument} must be an int in [{minimum}, 2**63 - 1], got {value}")
     return int(value)
 
 

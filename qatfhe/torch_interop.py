@@ -1,7 +1,8 @@
 """PyTorch in and out: from_torch, convert (the tutorial's replacement table) and to_torch.
 
     from_torch(module)   a float qatfhe network from a torch module that is a chain of
-                         Linear, ReLU, Conv2d, AvgPool2d and Flatten (an nn.Sequential, or any
+                         Linear, ReLU, Conv2d, AvgPool2d, MaxPool2d, BatchNorm2d and Flatten
+                         (an nn.Sequential, or any
                          module whose forward torch.fx traces to such a chain), weights copied
     convert(net_or_module, bit_width=3)
                          the FHE-friendly counterpart, initialised from the float weights and
@@ -17,6 +18,7 @@ The replacement table (tutorial, REFERENCE.md section 2) as convert() applies it
     Conv2d    -> QuantConv2d(weight_quant, weight_bit_width)
     ReLU      -> QuantReLU(act_quant, bit_width)
     AvgPool2d -> AvgPool2d + QuantIdentity
+    BatchNorm2d, MaxPool2d -> kept (state included); MaxPool2d reads codes like AvgPool2d
     and a QuantIdentity wherever a layer that Concrete-ML computes on integers (Linear, Conv2d,
     AvgPool2d, Flatten, Reshape, Transpose, a residual add) would otherwise receive a tensor
     that no quantizer produced: at the input, before a Flatten that follows a Conv2d, between
@@ -52,7 +54,8 @@ from .quant import (CommonActQuant, Int8ActPerTensorFloat, Int8WeightPerTensorFl
 
 __all__ = ["from_torch", "convert", "to_torch", "ConversionReport", "SUPPORTED_TORCH_LAYERS"]
 
-SUPPORTED_TORCH_LAYERS = ("Linear", "ReLU", "Conv2d", "AvgPool2d", "Flatten")
+SUPPORTED_TORCH_LAYERS = ("Linear", "ReLU", "Conv2d", "AvgPool2d", "Flatten", "MaxPool2d",
+                          "BatchNorm2d")
 _SUPPORTED_TEXT = ", ".join(SUPPORTED_TORCH_LAYERS)
 
 
@@ -71,7 +74,9 @@ def from_torch(module, seed=0, input_shape=None):
 
     module: a torch.nn.Module whose forward is a chain (each step feeds only the next) of
         nn.Linear, nn.ReLU, nn.Conv2d (groups=1, dilation=1, zero padding), nn.AvgPool2d
-        (count_include_pad=True, floor mode), nn.Flatten() and the functional relu /
+        (count_include_pad=True, floor mode), nn.MaxPool2d (dilation=1, floor mode),
+        nn.BatchNorm2d (weights and running statistics copied), nn.Flatten() and the
+        functional relu /
         flatten(x, 1).  nn.Sequential qualifies; other modules are traced with torch.fx.
     seed, input_shape: passed to nn.Sequential (input_shape=(C, H, W) lets a network that
         starts with Flatten know its input).
@@ -94,6 +99,12 @@ def from_torch(module, seed=0, input_shape=None):
             layer.weight = torch_layer.weight.detach().cpu().numpy()
             if layer.has_bias:
                 layer.bias = torch_layer.bias.detach().cpu().numpy()
+        elif isinstance(layer, nn.BatchNorm2d):
+            for pname in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+                value = getattr(torch_layer, pname)
+                if value is not None:
+                    setattr(layer, pname, value.detach().cpu().numpy().astype(np.float32)
+                            .reshape(getattr(layer, pname).shape))
     return net
 
 
@@ -160,7 +171,7 @@ def _describe_node(torch, graph_module, node):
     F = torch.nn.functional
     if node.op == "call_module":
         layer = graph_module.get_submodule(node.target)
-        for kind in ("Linear", "ReLU", "Conv2d", "AvgPool2d", "Flatten"):
+        for kind in SUPPORTED_TORCH_LAYERS:
             if type(layer) is getattr(torch.nn, kind):
                 return node.target, kind, layer
         raise ValueError(f"layer {node.target!r} ({type(layer).__name__}) is not supported; "
@@ -196,8 +207,19 @@ def _qatfhe_layer(torch, name, kind, layer):
             raise ValueError(f"{label} has start_dim={layer.start_dim}, end_dim={layer.end_dim}; "
                              f"only Flatten() (start_dim=1, end_dim=-1) is supported")
         return nn.Flatten()
-    if kind in ("Linear", "Conv2d"):
+    if kind in ("Linear", "Conv2d", "BatchNorm2d"):
         _check_finite(torch, label, layer)
+    if kind == "BatchNorm2d":
+        return nn.BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum,
+                              affine=layer.affine,
+                              track_running_stats=layer.track_running_stats)
+    if kind == "MaxPool2d":
+        if _pair(layer.dilation) != (1, 1) or layer.ceil_mode or layer.return_indices:
+            raise ValueError(f"{label} is supported with dilation=1, ceil_mode=False and "
+                             f"return_indices=False only")
+        stride = layer.stride if layer.stride is not None else layer.kernel_size
+        return nn.MaxPool2d(_pair(layer.kernel_size), stride=_pair(stride),
+                            padding=_pair(layer.padding))
     if kind == "Linear":
         return nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
     if kind == "Conv2d":
@@ -237,8 +259,8 @@ def _qatfhe_layer(torch, name, kind, layer):
 
 
 def _check_finite(torch, label, layer):
-    for pname in ("weight", "bias"):
-        value = getattr(layer, pname)
+    for pname in ("weight", "bias", "running_mean", "running_var"):
+        value = getattr(layer, pname, None)
         if value is not None and not bool(torch.isfinite(value.detach()).all()):
             raise ValueError(f"{label} has NaN or infinite values in its {pname}; expected "
                              f"finite weights")
@@ -356,8 +378,8 @@ def _torch_if_module(obj):
     return torch if isinstance(obj, torch.nn.Module) else None
 
 
-_NEEDS_CODES = (nn.Linear, nn.QuantLinear, nn.Conv2d, nn.AvgPool2d, nn.Flatten, nn.Reshape,
-                nn.Transpose, nn.Residual)
+_NEEDS_CODES = (nn.Linear, nn.QuantLinear, nn.Conv2d, nn.AvgPool2d, nn.MaxPool2d, nn.Flatten,
+                nn.Reshape, nn.Transpose, nn.Residual)
 
 
 def _convert_chain(layers, quantized, nonneg, opts, report, pairs, prefix):
@@ -410,8 +432,13 @@ def _convert_chain(layers, quantized, nonneg, opts, report, pairs, prefix):
             add("inserted", None, opts.identity(False, nonneg),
                 "AvgPool2d -> AvgPool2d + QuantIdentity: requantizes the average")
             quantized = True
-        elif isinstance(layer, (nn.Flatten, nn.Reshape, nn.Transpose)):
+        elif isinstance(layer, (nn.Flatten, nn.Reshape, nn.Transpose, nn.MaxPool2d)):
             add("kept", layer, _fresh(layer), "")
+        elif isinstance(layer, nn.BatchNorm2d):
+            new = _fresh(layer)
+            add("kept", layer, new, "folded into the next table lookup when compiled")
+            pairs.append((layer, new))
+            quantized = nonneg = False
         elif isinstance(layer, nn.Residual):
             quant = _fresh(layer.quant)
             pairs.append((layer.quant, quant))
@@ -499,6 +526,18 @@ def _torch_layer(torch, modules, layer, fake_quant):
     elif isinstance(layer, nn.AvgPool2d):
         return tnn.AvgPool2d(layer.kernel_size, stride=layer.stride, padding=layer.padding,
                              count_include_pad=True)
+    elif isinstance(layer, nn.MaxPool2d):
+        return tnn.MaxPool2d(layer.kernel_size, stride=layer.stride, padding=layer.padding)
+    elif isinstance(layer, nn.BatchNorm2d):
+        new = tnn.BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum,
+                              affine=layer.affine, track_running_stats=layer.track_running_stats)
+        with torch.no_grad():
+            for pname in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+                target, value = getattr(new, pname), getattr(layer, pname)
+                if target is not None and value is not None:
+                    target.copy_(torch.from_numpy(np.asarray(value)).reshape(target.shape)
+                                 .to(target.dtype))
+        return new
     elif isinstance(layer, nn.Flatten):
         return tnn.Flatten()
     elif isinstance(layer, nn.Reshape):

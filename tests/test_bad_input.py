@@ -378,7 +378,7 @@ def test_file_with_broken_contents(saved):
 def test_missing_file_and_bad_paths(tmp_path, saved):
     with pytest.raises(FileNotFoundError, match="missing.npz"):
         qatfhe.load(tmp_path / "missing.npz")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(IsADirectoryError, match="is a directory"):
         qatfhe.load(tmp_path)                                    # a directory
     with pytest.raises(TypeError):
         qatfhe.load(None)

@@ -117,9 +117,9 @@ def compare_grads(net, o, rtol=1e-5):
 
 
 def filled_grads(o):
-    """The oracle's gradients with None (T in the statistics phase) replaced by zeros."""
-    params = o.parameters()
-    return {k: (np.zeros_like(params[k]) if g is None else g) for k, g in o.gradients().items()}
+    """The oracle's gradients: None (T in the statistics phase) makes its optimizer skip T
+    entirely (no decay, no momentum, no step count), as torch does."""
+    return dict(o.gradients())
 
 
 def oracle_step(o, opt, X, y):
@@ -131,8 +131,10 @@ def oracle_step(o, opt, X, y):
 
 
 def engine_grads(net, o):
-    params = o.parameters()
-    return {key_of(n): t["grad"].reshape(params[key_of(n)].shape).copy()
+    """The engine's gradients, None where the oracle has none (T in the statistics phase)."""
+    params, grads = o.parameters(), o.gradients()
+    return {key_of(n): None if grads[key_of(n)] is None else
+            t["grad"].reshape(params[key_of(n)].shape).copy()
             for n, t in net._tensors.items() if t["kind"] == "param"}
 
 
@@ -312,8 +314,9 @@ def test_optimizer_steps_match_oracle(name, specs, opt_name, make_opt, make_ref)
                          ids=[o[0] for o in OPTIMIZERS[:2] + OPTIMIZERS[3:4]])
 def test_learned_threshold_across_the_switch(opt_name, make_opt, make_ref):
     """collect_stats_steps=5: steps 1-5 use batch statistics, the 6th training forward sets
-    T := B, from then on T is trained. The engine's T sees zero gradients and weight decay
-    before the switch, and one global step counter (bias correction) throughout."""
+    T := B, from then on T is trained. Before the switch T has no gradient and the optimizer
+    skips it (no decay, no momentum, no step count), as torch skips a parameter whose grad
+    is None; its bias correction counts its own steps from the switch."""
     specs = [("linear", 3, 6), ("qrelu", 3, "learned", 5), ("qlinear", 6, 5, 4, "absmax"),
              ("qid", 4, "learned", 5), ("linear", 5, 3)]
     net, descs = build(specs, seed=5)

@@ -4,8 +4,9 @@ Fake quantization in torch: round by torch.round (half to even) with a straight-
 gradient; the clamp masks the gradient for activations and passes it for weights
 (REFERENCE.md section 2). Learned activation thresholds follow Brevitas's
 ParameterFromRuntimeStatsScaling: during the statistics phase the scale is the batch
-statistic (the k-th smallest |x|) plus 0 * T, so T gets a zero gradient and AdamW still
-decays it; at the switch T takes the running buffer B (REFERENCE.md: "set to B").
+statistic (the k-th smallest |x|) and T is not in the graph, so T.grad is None and
+torch.optim skips T entirely (no decay, no momentum, no step count); at the switch T takes
+the running buffer B (REFERENCE.md: "set to B") and counts its own steps from there.
 Skipped when torch is not installed."""
 import math
 
@@ -85,7 +86,7 @@ class TorchNet:
                 self.buffer[i] = stat.clone() if self.count[i] == 0 else \
                     self.buffer[i] * F32(0.9) + F32(0.1) * stat
             self.count[i] += 1
-            return stat + 0.0 * T
+            return stat
         if self.count[i] == steps:
             with torch.no_grad():
                 self.params[f"{i}.act_quant.threshold"][0] = self.buffer[i]
@@ -112,6 +113,9 @@ def run_and_compare(specs, seed, batches, make_engine_opt, make_torch_opt, eval_
         close(out, tout.detach().numpy(), what=f"train forward, step {step}")
         close(loss, tloss.item(), what=f"loss, step {step}")
         for name, p in tnet.params.items():
+            if p.grad is None:             # T in the statistics phase: no gradient, no step
+                assert not net._tensors[name]["grad"].any(), name
+                continue
             close(net._tensors[name]["grad"], p.grad.numpy(), what=f"gradient {name}, step {step}")
             # the step itself from identical gradients: Adam divides by sqrt(v), so a float32
             # rounding residue (1e-9 against exactly 0) would otherwise become a step of lr/10

@@ -61,6 +61,15 @@ def every_op_net():
         seed=3)
 
 
+def maxpool_net():
+    """Max pooling with padding (padded taps skipped) after a BatchNorm2d folded into the
+    lookup before it."""
+    return nn.Sequential(nn.QuantIdentity(bit_width=2), nn.QuantConv2d(1, 1, 1),
+                         nn.BatchNorm2d(1), nn.QuantReLU(bit_width=2),
+                         nn.MaxPool2d(2, stride=1, padding=1), nn.Flatten(),
+                         nn.QuantLinear(9, 2, weight_bit_width=2), seed=7)
+
+
 def ptq_net():
     """Post-training quantization: zero points != 0, so the padding holds the code Z
     (pool on the input codes, conv after a requantisation), and rounding before lookups."""
@@ -165,6 +174,22 @@ def test_ptq_zero_points_padding_and_rounding(concrete):
     check_bounds(module)
     assert module.fhe_statistics()["global_p_error"] <= 1e-6
     Xt = rng.uniform(-0.7, 1.0, size=(2, 1, 2, 2)).astype(F32)
+    assert_execute_equals_simulate(module, Xt)
+
+
+def test_maxpool_execute_equals_simulate(concrete):
+    rng = np.random.RandomState(8)
+    X = rng.uniform(-0.5, 1.5, size=(200, 1, 2, 2)).astype(F32)
+    net = fit(maxpool_net(), X, 2)
+    module = qatfhe.compile_qat_model(net, X)
+    pool = [r for r in module.bit_width_report() if r["kind"] == "maxpool"]
+    assert [r["pairwise_max_lookups"] for r in pool] == [7]   # taps 1,2,1 x 1,2,1
+    module.compile_fhe(**MONO)
+    stats = module.fhe_statistics()
+    k = next(k for k, op in enumerate(module.ops) if op.kind == "maxpool")
+    # one lookup per pair at most (Concrete merges pairs shared between windows)
+    assert 1 <= next(r["pbs"] for r in stats["lookups"] if r["op"] == k) <= 7
+    Xt = rng.uniform(-0.5, 1.5, size=(2, 1, 2, 2)).astype(F32)
     assert_execute_equals_simulate(module, Xt)
 
 

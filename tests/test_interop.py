@@ -297,7 +297,8 @@ class ReturnsInput(tnn.Module):
 @pytest.mark.parametrize("module, message", [
     (tnn.Sequential(tnn.Linear(2, 3), tnn.Sigmoid()), r"'1' \(Sigmoid\) is not supported.*"
                                                        r"Linear, ReLU, Conv2d, AvgPool2d, Flatten"),
-    (tnn.Sequential(tnn.Conv2d(1, 2, 3), tnn.BatchNorm2d(2)), r"BatchNorm2d"),
+    (tnn.Sequential(tnn.Linear(2, 3), tnn.BatchNorm1d(3)), r"BatchNorm1d"),   # 2d is supported
+    (tnn.Sequential(tnn.Conv2d(1, 2, 3), tnn.MaxPool2d(2, ceil_mode=True)), r"ceil_mode"),
     (tnn.Sequential(tnn.Linear(2, 3), tnn.Dropout()), r"Dropout"),
     (Skip(), r"branches|single chain"),
     (TwoUses(), r"used by 2 steps|branches"),

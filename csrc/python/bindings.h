@@ -22,6 +22,7 @@
  * message is NULL or empty); returns NULL for `return qfpy_raise(...)`.
  *   QF_ERR_NOMEM -> MemoryError; QF_ERR_UNSUPPORTED -> NotImplementedError;
  *   QF_ERR_STATE -> RuntimeError; QF_ERR_OVERFLOW -> OverflowError;
+ *   QF_ERR_DIVERGED -> FloatingPointError;
  *   everything else -> ValueError. */
 PyObject *qfpy_raise(qf_status status, const char *message);
 

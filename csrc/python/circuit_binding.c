@@ -6,7 +6,7 @@
  *     in_shape     (C, H, W) of one input sample
  *     ops          list of dicts, one per op, key "kind" one of "dense", "conv",
  *                  "pool_sum", "round", "lookup", "reshape", "transpose",
- *                  "add", "decode" (the last op), and the keys its kind reads:
+ *                  "add", "decode" (the last op), "maxpool", and the keys its kind reads:
  *                  name (str), src, src2 (node indices), weight (int32 (out, in)
  *                  for dense, (OC, C, KH, KW) for conv), weight_zero_point (0),
  *                  kernel, stride, padding (pairs), pad_code, lsbs, offset
@@ -42,9 +42,9 @@ typedef struct {
 _Static_assert(sizeof(qf_range) == 2 * sizeof(int64_t), "ranges are returned as (n_nodes, 2) int64");
 
 static const char *NODE_KINDS[] = {"input", "accumulator", "pool_sum", "rounded",
-                                   "lookup_output", "reshape", "transpose", "add"};
+                                   "lookup_output", "reshape", "transpose", "add", "maxpool"};
 static const char *OP_KINDS[] = {"", "dense", "conv", "pool_sum", "round", "lookup", "reshape",
-                                 "transpose", "add", "decode"};
+                                 "transpose", "add", "decode", "maxpool"};
 
 /* ------------------------------------------------------------ spec parsing */
 
@@ -155,12 +155,12 @@ static int op_kind(PyObject *d, int k)
 {
     PyObject *v = PyDict_GetItemString(d, "kind");
     const char *s = v && PyUnicode_Check(v) ? PyUnicode_AsUTF8(v) : NULL;
-    for (int i = QF_OP_DENSE; s && i <= QF_OP_DECODE; i++)
+    for (int i = QF_OP_DENSE; s && i <= QF_OP_MAXPOOL; i++)
         if (strcmp(s, OP_KINDS[i]) == 0)
             return i;
     PyErr_Clear();
     PyErr_Format(PyExc_ValueError, "op %d: kind must be one of dense, conv, pool_sum, round, "
-                 "lookup, reshape, transpose, add, decode", k);
+                 "lookup, reshape, transpose, add, decode, maxpool", k);
     return -1;
 }
 

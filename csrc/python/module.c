@@ -9,6 +9,7 @@ PyObject *qfpy_raise(qf_status status, const char *message)
     else if (status == QF_ERR_UNSUPPORTED) type = PyExc_NotImplementedError;
     else if (status == QF_ERR_STATE) type = PyExc_RuntimeError;
     else if (status == QF_ERR_OVERFLOW) type = PyExc_OverflowError;
+    else if (status == QF_ERR_DIVERGED) type = PyExc_FloatingPointError;
     if (status == QF_ERR_NOMEM && (!message || !message[0]))
         return PyErr_NoMemory();
     PyErr_SetString(type, (message && message[0]) ? message : qf_status_string(status));

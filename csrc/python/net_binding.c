@@ -80,7 +80,11 @@ static int parse_layer(PyObject *layer, qf_layer_spec *s)
         dict_int(layer, "per_channel", 0, &s->per_channel) < 0 ||
         dict_pair(layer, "kernel", 1, s->kernel) < 0 || dict_pair(layer, "stride", 1, s->stride) < 0 ||
         dict_pair(layer, "padding", 0, s->padding) < 0 || dict_pair(layer, "dims", 1, s->dims) < 0 ||
-        dict_int(layer, "begin", -1, &s->begin) < 0)
+        dict_int(layer, "begin", -1, &s->begin) < 0 ||
+        dict_float(layer, "eps", 1e-5f, &s->eps) < 0 ||
+        dict_float(layer, "momentum", 0.1f, &s->momentum) < 0 ||
+        dict_int(layer, "affine", 1, &s->affine) < 0 ||
+        dict_int(layer, "track_running_stats", 1, &s->track_running_stats) < 0)
         return -1;
     PyObject *shape = PyDict_GetItemString(layer, "shape");
     if (shape && !PyArg_ParseTuple(shape, "iii", &s->shape[0], &s->shape[1], &s->shape[2])) {
@@ -233,6 +237,14 @@ static PyMethodDef Net_methods[] = {
     {"snapshot", (PyCFunction)Net_snapshot, METH_NOARGS,
      "copies of every tensor, mask, random state and the step, taken at one moment"},
     {"rng_state", (PyCFunction)Net_rng_state, METH_NOARGS, "(init stream, shuffle stream)"},
+    {"backward_dx", (PyCFunction)Net_backward_dx, METH_O,
+     "backward_dx(grad_output) -> gradient w.r.t. the last forward's input (n, in_size)"},
+    {"backward_ce_dx", (PyCFunction)Net_backward_ce_dx, METH_O,
+     "backward_ce_dx(y) -> (mean loss, n_correct, input gradient (n, in_size))"},
+    {"tensor_steps", (PyCFunction)Net_tensor_steps, METH_NOARGS,
+     "{parameter name: optimizer steps it took}"},
+    {"set_tensor_step", (PyCFunction)Net_set_tensor_step, METH_VARARGS,
+     "set_tensor_step(name, step): restore a parameter's step count"},
     {"set_rng_state", (PyCFunction)Net_set_rng_state, METH_VARARGS, "restore rng_state()"},
     {NULL}
 };
@@ -277,6 +289,8 @@ int qfpy_register_net(PyObject *module)
     PyModule_AddIntConstant(module, "LAYER_RESHAPE", QF_LAYER_RESHAPE);
     PyModule_AddIntConstant(module, "LAYER_TRANSPOSE", QF_LAYER_TRANSPOSE);
     PyModule_AddIntConstant(module, "LAYER_RESIDUAL_ADD", QF_LAYER_RESIDUAL_ADD);
+    PyModule_AddIntConstant(module, "LAYER_BATCHNORM2D", QF_LAYER_BATCHNORM2D);
+    PyModule_AddIntConstant(module, "LAYER_MAXPOOL2D", QF_LAYER_MAXPOOL2D);
     PyModule_AddIntConstant(module, "QUANT_NONE", QF_QUANT_NONE);
     PyModule_AddIntConstant(module, "QUANT_CONST", QF_QUANT_CONST);
     PyModule_AddIntConstant(module, "QUANT_ABSMAX", QF_QUANT_ABSMAX);

@@ -290,3 +290,123 @@ PyObject *Net_train_epoch(NetObject *self, PyObject *args, PyObject *kwds)
     if (st != QF_OK) return NULL;
     return Py_BuildValue("dL", loss_sum, (long long)correct);
 }
+
+/* ------------------------------------------------------------ input gradients */
+
+/* A new (n, in_size) float32 array for d loss / d X, allocated before the lock
+ * (*in_size: the size it was made for, checked again under the lock). */
+static PyArrayObject *input_grad_array(NetObject *self, npy_intp n, int64_t *in_size)
+{
+    lock_read(self);
+    *in_size = qf_net_in_size(self->net);
+    unlock(self);
+    npy_intp dims[2] = {n, (npy_intp)*in_size};
+    return (PyArrayObject *)PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+}
+
+static int same_in_size(NetObject *self, int64_t in_size)
+{
+    if (qf_net_in_size(self->net) == in_size)
+        return 1;
+    PyErr_SetString(PyExc_RuntimeError, "the network's input shape changed during the call");
+    return 0;
+}
+
+PyObject *Net_backward_dx(NetObject *self, PyObject *arg)
+{
+    if (!ready(self)) return NULL;
+    PyArrayObject *d = qfpy_array(arg, "grad_output", NPY_FLOAT32, -1, 1);
+    if (!d) return NULL;
+    npy_intp n = PyArray_NDIM(d) < 1 ? 0 : PyArray_DIM(d, 0);
+    int64_t in_size;
+    PyArrayObject *dx = input_grad_array(self, n, &in_size);
+    if (!dx) { Py_DECREF(d); return NULL; }
+    lock_write(self);
+    qf_status st = QF_OK;
+    long long out_size = (long long)qf_net_out_size(self->net);
+    int ok = same_in_size(self, in_size);
+    if (ok && (PyArray_NDIM(d) < 1 || PyArray_SIZE(d) != n * out_size)) {
+        PyErr_Format(PyExc_ValueError, "grad_output must hold %lld values per sample", out_size);
+        ok = 0;
+    }
+    if (ok) {
+        Py_BEGIN_ALLOW_THREADS
+        st = qf_net_backward_dx(self->net, PyArray_DATA(d), n, PyArray_DATA(dx));
+        if (st == QF_OK)
+            qf_net_trim_buffers(self->net);
+        Py_END_ALLOW_THREADS
+        if (st != QF_OK) raise_net(self, st);
+    }
+    unlock(self);
+    Py_DECREF(d);
+    if (!ok || st != QF_OK) { Py_DECREF(dx); return NULL; }
+    return (PyObject *)dx;
+}
+
+PyObject *Net_backward_ce_dx(NetObject *self, PyObject *arg)
+{
+    if (!ready(self)) return NULL;
+    PyArrayObject *y = qfpy_array(arg, "y", NPY_INT32, 1, 0);
+    if (!y) return NULL;
+    int64_t in_size;
+    PyArrayObject *dx = input_grad_array(self, PyArray_DIM(y, 0), &in_size);
+    if (!dx) { Py_DECREF(y); return NULL; }
+    double loss = 0.0;
+    int64_t correct = 0;
+    qf_status st = QF_OK;
+    lock_write(self);
+    int ok = same_in_size(self, in_size);
+    if (ok) {
+        Py_BEGIN_ALLOW_THREADS
+        st = qf_net_backward_ce_dx(self->net, PyArray_DATA(y), PyArray_DIM(y, 0), &loss,
+                                   &correct, PyArray_DATA(dx));
+        if (st == QF_OK)
+            qf_net_trim_buffers(self->net);
+        Py_END_ALLOW_THREADS
+        if (st != QF_OK) raise_net(self, st);
+    }
+    unlock(self);
+    Py_DECREF(y);
+    if (!ok || st != QF_OK) { Py_DECREF(dx); return NULL; }
+    return Py_BuildValue("dLN", loss, (long long)correct, (PyObject *)dx);
+}
+
+/* {parameter name: optimizer steps it took} */
+PyObject *Net_tensor_steps(NetObject *self, PyObject *unused)
+{
+    if (!ready(self)) return NULL;
+    int nt = qf_net_n_tensors(self->net);
+    long long *steps = PyMem_Calloc((size_t)nt + 1, sizeof *steps);
+    if (!steps) return PyErr_NoMemory();
+    lock_read(self);
+    for (int i = 0; i < nt; i++)
+        steps[i] = (long long)qf_net_tensor(self->net, i)->opt_step;
+    unlock(self);
+    PyObject *d = PyDict_New();
+    for (int i = 0; d && i < nt; i++) {
+        const qf_tensor *t = qf_net_tensor(self->net, i);
+        if (t->kind != QF_TENSOR_PARAM) continue;
+        PyObject *v = PyLong_FromLongLong(steps[i]);
+        if (!v || PyDict_SetItemString(d, t->name, v) < 0) { Py_XDECREF(v); Py_CLEAR(d); break; }
+        Py_DECREF(v);
+    }
+    PyMem_Free(steps);
+    return d;
+}
+
+PyObject *Net_set_tensor_step(NetObject *self, PyObject *args)
+{
+    const char *name;
+    long long step;
+    if (!ready(self) || !PyArg_ParseTuple(args, "sL", &name, &step)) return NULL;
+    int index = qf_net_find_tensor(self->net, name);
+    if (index < 0 || qf_net_tensor(self->net, index)->kind != QF_TENSOR_PARAM || step < 0) {
+        PyErr_Format(PyExc_ValueError, "a step count is set on a parameter of the network and "
+                     "must be >= 0, got '%s' and %lld", name, step);
+        return NULL;
+    }
+    lock_write(self);
+    qf_net_tensor(self->net, index)->opt_step = step;
+    unlock(self);
+    Py_RETURN_NONE;
+}

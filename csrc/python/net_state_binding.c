@@ -192,7 +192,7 @@ static PyObject *rng_tuple(qf_rng *r)
                          (unsigned long long)r->s[2], (unsigned long long)r->s[3]);
 }
 
-/* snapshot() -> {"tensors": {name: {"kind", "data", "opt_m", "opt_v", "mask"}},
+/* snapshot() -> {"tensors": {name: {"kind", "data", "opt_m", "opt_v", "mask", "opt_step"}},
  * "rng": (init, shuffle), "optimizer_step", "training"}: copies of the whole state
  * taken at one moment (a running epoch is waited for), for save and state_dict. */
 PyObject *Net_snapshot(NetObject *self, PyObject *unused)
@@ -201,7 +201,8 @@ PyObject *Net_snapshot(NetObject *self, PyObject *unused)
     int nt = qf_net_n_tensors(self->net);
     PyObject *arrays = PyList_New(0), *result = NULL, *tensors = NULL;
     char *has_mask = PyMem_Calloc((size_t)nt + 1, 1);
-    if (!arrays || !has_mask) goto done;
+    long long *steps = PyMem_Calloc((size_t)nt + 1, sizeof *steps);
+    if (!arrays || !has_mask || !steps) goto done;
     for (int i = 0; i < nt; i++) {   /* every array first: no allocation under the lock */
         const qf_tensor *t = qf_net_tensor(self->net, i);
         int copies = t->kind == QF_TENSOR_PARAM ? 3 : 1;
@@ -228,6 +229,7 @@ PyObject *Net_snapshot(NetObject *self, PyObject *unused)
         for (int k = 0; k < copies; k++)
             memcpy(PyArray_DATA((PyArrayObject *)PyList_GET_ITEM(arrays, j++)), src[k],
                    sizeof(float) * (size_t)t->size);
+        steps[i] = (long long)t->opt_step;
         if (t->kind == QF_TENSOR_PARAM) {
             has_mask[i] = t->mask != NULL;
             if (t->mask)
@@ -252,8 +254,9 @@ PyObject *Net_snapshot(NetObject *self, PyObject *unused)
         PyObject *v = param ? PyList_GET_ITEM(arrays, j++) : Py_None;
         PyObject *mask = param ? PyList_GET_ITEM(arrays, j++) : Py_None;
         if (!has_mask[i]) mask = Py_None;
-        PyObject *item = Py_BuildValue("{s:s,s:O,s:O,s:O,s:O}", "kind", param ? "param" : "buffer",
-                                       "data", data, "opt_m", m, "opt_v", v, "mask", mask);
+        PyObject *item = Py_BuildValue("{s:s,s:O,s:O,s:O,s:O,s:L}", "kind",
+                                       param ? "param" : "buffer", "data", data, "opt_m", m,
+                                       "opt_v", v, "mask", mask, "opt_step", steps[i]);
         if (!item || PyDict_SetItemString(tensors, t->name, item) < 0) {
             Py_XDECREF(item);
             goto done;
@@ -267,6 +270,7 @@ done:
     Py_XDECREF(arrays);
     Py_XDECREF(tensors);
     PyMem_Free(has_mask);
+    PyMem_Free(steps);
     if (!result && !PyErr_Occurred()) PyErr_NoMemory();
     return result;
 }
