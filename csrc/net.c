@@ -51,6 +51,47 @@ static int bad(qf_net *net, qf_status *st, qf_status code, const char *fmt, int 
     return 1;
 }
 
+/* A2Q: the bits N and sign of layer i's input codes, from the quantizer that
+ * produced them (through Flatten/Reshape/Transpose; a residual add of two
+ * N-bit codes gives N + 1 bits).  QF_ERR_ARG if the input carries no codes. */
+static qf_status a2q_input(qf_net *net, int i)
+{
+    qf_layer *L = &net->layers[i];
+    const qf_layer_spec *s = &L->spec;
+    if (s->accumulator_bits != 0 && (s->accumulator_bits < QF_A2Q_BITS_MIN ||
+                                     s->accumulator_bits > QF_A2Q_BITS_MAX)) {
+        snprintf(net->err, sizeof net->err, "layer %d (%s): accumulator_bit_width must be in "
+                 "[%d, %d], got %d", i, qf_net_kind_name(s->kind), QF_A2Q_BITS_MIN, QF_A2Q_BITS_MAX,
+                 s->accumulator_bits);
+        return QF_ERR_ARG;
+    }
+    if (s->accumulator_bits == 0)
+        return QF_OK;
+    if (s->weight_quant.kind == QF_QUANT_NONE) {
+        snprintf(net->err, sizeof net->err, "layer %d (%s): accumulator_bit_width needs a "
+                 "weight quantizer (QuantLinear, QuantConv2d)", i, qf_net_kind_name(s->kind));
+        return QF_ERR_ARG;
+    }
+    int j = i - 1;
+    while (j >= 0 && (net->layers[j].spec.kind == QF_LAYER_RESHAPE ||
+                      net->layers[j].spec.kind == QF_LAYER_TRANSPOSE))
+        j--;
+    const qf_layer_spec *p = j >= 0 ? &net->layers[j].spec : NULL;
+    int add = p && p->kind == QF_LAYER_RESIDUAL_ADD;
+    if (add)
+        p = &net->layers[p->begin].spec;
+    if (!p || p->kind != QF_LAYER_ACT_QUANT) {
+        snprintf(net->err, sizeof net->err, "layer %d (%s): accumulator_bit_width needs integer "
+                 "input codes; put a QuantIdentity or QuantReLU right before it", i,
+                 qf_net_kind_name(s->kind));
+        return QF_ERR_ARG;
+    }
+    L->a2q_in_bits = p->act_quant.bits + add;
+    L->a2q_in_signed = p->act_quant.is_signed != 0;
+    L->a2q_budget = qf_a2q_budget(s->accumulator_bits, L->a2q_in_bits, L->a2q_in_signed);
+    return QF_OK;
+}
+
 /* Checks of one layer's spec that do not depend on the input shape. */
 static qf_status check_spec(qf_net *net, int i, const qf_layer_spec *s)
 {
@@ -74,6 +115,13 @@ static qf_status check_spec(qf_net *net, int i, const qf_layer_spec *s)
     if (weighted && qf_quant_spec_check(&s->weight_quant, qerr, sizeof qerr) != QF_OK &&
         bad(net, &st, QF_ERR_ARG, "layer %d weight quantizer: %s", i, qerr))
         return st;
+    if (weighted && a2q_input(net, i) != QF_OK)
+        return QF_ERR_ARG;
+    if (!weighted && s->accumulator_bits != 0) {
+        snprintf(net->err, sizeof net->err, "layer %d (%s): only Linear and Conv2d layers take "
+                 "accumulator_bit_width", i, qf_net_kind_name(s->kind));
+        return QF_ERR_ARG;
+    }
     if (windowed) {
         if (s->kernel[0] < 1 || s->kernel[1] < 1 || s->stride[0] < 1 || s->stride[1] < 1) {
             snprintf(net->err, sizeof net->err, "layer %d (%s): kernel and stride must be >= 1, "
@@ -156,6 +204,7 @@ static qf_status build_tensors(qf_net *net)
         qf_layer *L = &net->layers[i];
         const qf_layer_spec *s = &L->spec;
         L->t_weight = L->t_bias = L->t_threshold = L->t_stats_buffer = L->t_stats_count = -1;
+        L->t_norm = L->t_norm_init = -1;
         L->t_gamma = L->t_beta = L->t_running_mean = L->t_running_var = L->t_batches = -1;
         L->a_argmax = -1;
         L->fold_bn = -1;
@@ -172,6 +221,11 @@ static qf_status build_tensors(qf_net *net)
                 L->w_qmax = qf_quant_qmax(&s->weight_quant);
                 L->w_int_threshold = qf_quant_int_threshold(&s->weight_quant);
                 cache += 4 * L->w_rows * L->w_cols + 2 * L->w_rows;
+            }
+            if (s->accumulator_bits > 0) {
+                int64_t rows = s->out_features, one = 1;
+                L->t_norm = add_tensor(net, i, "weight_norm", QF_TENSOR_PARAM, 1, &rows);
+                L->t_norm_init = add_tensor(net, i, "weight_norm_init", QF_TENSOR_BUFFER, 1, &one);
             }
         } else if (s->kind == QF_LAYER_ACT_QUANT) {
             L->a_qmin = qf_quant_qmin(&s->act_quant);
@@ -240,6 +294,8 @@ static qf_status build_tensors(qf_net *net)
         L->epi_scale = c; c += L->w_rows;
         L->w_argmax = malloc(sizeof(int64_t) * (size_t)L->w_rows);
         if (!L->w_argmax)
+            return QF_ERR_NOMEM;
+        if (L->t_norm >= 0 && !(L->a2q_rows = calloc((size_t)L->w_rows, sizeof(qf_a2q_row))))
             return QF_ERR_NOMEM;
     }
     return QF_OK;
@@ -346,8 +402,10 @@ void qf_net_free(qf_net *net)
             qf_net_packed_free(net->packed[t]);
     free(net->packed);
     if (net->layers)
-        for (int i = 0; i < net->n_layers; i++)
+        for (int i = 0; i < net->n_layers; i++) {
             free(net->layers[i].w_argmax);
+            free(net->layers[i].a2q_rows);
+        }
     free(net->tensors);
     free(net->storage);
     free(net->layer_storage);
@@ -747,5 +805,67 @@ qf_status qf_net_weight_scale(const qf_net *net, int layer, float *scale)
         return QF_ERR_NOMEM;
     qf_net_weight_scales(L, net->tensors[L->t_weight].data, scale, argmax);
     free(argmax);
+    return QF_OK;
+}
+
+qf_status qf_net_weight_codes(qf_net *net, int layer, float *codes, float *scale)
+{
+    if (layer < 0 || layer >= net->n_layers || net->layers[layer].t_weight < 0 ||
+        net->layers[layer].spec.weight_quant.kind == QF_QUANT_NONE)
+        return QF_ERR_ARG;
+    qf_layer *L = &net->layers[layer];
+    int64_t *argmax = malloc(sizeof(int64_t) * (size_t)L->w_rows);
+    if (!argmax)
+        return QF_ERR_NOMEM;
+    qf_net_packed_sync_data(net, L->t_weight);
+    const float *w = net->tensors[L->t_weight].data;
+    qf_net_weight_scales(L, w, scale, argmax);
+    free(argmax);
+    if (L->spec.accumulator_bits > 0) {
+        int training = net->training;   /* eval semantics: no initialisation of g */
+        net->training = 0;
+        qf_net_a2q_quantize(net, L, w, NULL, codes, scale, NULL);
+        net->training = training;
+        return QF_OK;
+    }
+    for (int64_t r = 0; r < L->w_rows; r++)
+        for (int64_t i = 0; i < L->w_cols; i++)
+            codes[r * L->w_cols + i] = qf_quantize_value(w[r * L->w_cols + i], scale[r],
+                                                         L->w_qmin, L->w_qmax);
+    return QF_OK;
+}
+
+int qf_net_a2q_budget(const qf_net *net, int layer, double *budget, int *in_bits, int *in_signed)
+{
+    if (layer < 0 || layer >= net->n_layers || net->layers[layer].spec.accumulator_bits <= 0)
+        return 0;
+    const qf_layer *L = &net->layers[layer];
+    *budget = L->a2q_budget;
+    *in_bits = L->a2q_in_bits;
+    *in_signed = L->a2q_in_signed;
+    return 1;
+}
+
+qf_status qf_net_set_accumulator_bits(qf_net *net, int layer, int bits, double relax)
+{
+    if (layer < 0 || layer >= net->n_layers || net->layers[layer].t_norm < 0) {
+        snprintf(net->err, sizeof net->err,
+                 "layer %d was not created with an accumulator_bit_width", layer);
+        return QF_ERR_ARG;
+    }
+    if (bits < QF_A2Q_BITS_MIN || bits > QF_A2Q_BITS_MAX) {
+        snprintf(net->err, sizeof net->err, "accumulator_bit_width must be in [%d, %d], got %d",
+                 QF_A2Q_BITS_MIN, QF_A2Q_BITS_MAX, bits);
+        return QF_ERR_ARG;
+    }
+    if (!(relax >= 1.0 && relax <= 1e9)) {
+        snprintf(net->err, sizeof net->err, "the budget's relaxation factor must be in [1, 1e9], "
+                 "got %g", relax);
+        return QF_ERR_ARG;
+    }
+    qf_layer *L = &net->layers[layer];
+    L->spec.accumulator_bits = bits;
+    L->a2q_budget = qf_a2q_budget(bits, L->a2q_in_bits, L->a2q_in_signed) * relax;
+    net->have_train_forward = 0;   /* the kept forward used the old budget */
     return QF_OK;
 }

@@ -48,6 +48,8 @@ typedef struct {
     int dims[2];                /* TRANSPOSE: sample dims to swap, 1..3 (0 is the batch)  */
     int begin;                  /* RESIDUAL_ADD: index of the ACT_QUANT layer whose output
                                    is the skip operand and whose quantizer both share   */
+    int accumulator_bits;       /* LINEAR, CONV2D with a weight quantizer: A2Q (a2q.h), the
+                                   accumulator budget P in 2..32 for the input's codes; 0: off */
     float eps;                  /* BATCHNORM2D: added to the variance (> 0)              */
     float momentum;             /* BATCHNORM2D: running statistics factor in [0, 1], or
                                    < 0 for a cumulative average (torch momentum=None)    */
@@ -187,6 +189,19 @@ qf_status qf_net_act_scale(const qf_net *net, int layer, float *scale);
  * per-tensor quantizer. */
 qf_status qf_net_weight_scale(const qf_net *net, int layer, float *scale);
 
+/* codes (out_channels * fan-in) and scale (out_channels) of a quantized
+ * weight layer's current weights, as an eval-mode forward uses them (A2Q
+ * included).  QF_ERR_ARG if the layer has no weight quantizer. */
+qf_status qf_net_weight_codes(qf_net *net, int layer, float *codes, float *scale);
+/* Whether the A2Q budget is active (P > 0) for layer: then *budget = T (a2q.h),
+ * *in_bits, *in_signed describe the input codes it was derived from. */
+int qf_net_a2q_budget(const qf_net *net, int layer, double *budget, int *in_bits, int *in_signed);
+
+/* Change an A2Q layer's accumulator budget P (2..32) between steps; relax >= 1
+ * multiplies its L1 budget T (training schedules that tighten it gradually end
+ * with relax = 1, where the guarantee holds).  The layer must have been
+ * created with accumulator_bits > 0.  QF_ERR_ARG otherwise. */
+qf_status qf_net_set_accumulator_bits(qf_net *net, int layer, int bits, double relax);
 /* Heap bytes of the batch buffers (activations kept for backward) now held. */
 int64_t qf_net_buffer_bytes(const qf_net *net);
 /* Free the batch buffers when they exceed QF_NET_KEEP_BYTES (64 MB) and hold

@@ -92,6 +92,7 @@ static qf_status build(qf_net_infer *ws, const qf_net *net)
         L->xhat = NULL;
         L->argmax = NULL;
         L->dw_fq = NULL;                  /* backward only */
+        L->a2q_rows = NULL;               /* backward only: the net's are not written */
         if (L->spec.kind == QF_LAYER_BATCHNORM2D) {
             c = qf_net_bn_place_cache(L, c);
             continue;

@@ -4,6 +4,7 @@
 #ifndef QF_NET_INTERNAL_H
 #define QF_NET_INTERNAL_H
 
+#include "a2q.h"
 #include "conv.h"
 #include "net.h"
 #include "optim.h"
@@ -29,6 +30,11 @@ typedef struct {
     float *w_codes_t;                   /* (w_cols, w_rows) the codes transposed (batches)  */
     float *dw_fq;                       /* (w_rows, w_cols) gradient w.r.t. w_fq (ABSMAX)   */
     float *epi_scale;                   /* (w_rows) s_x * s_w[o] of the last forward        */
+    /* A2Q (spec.accumulator_bits > 0): learned norms g, their lazy initialisation flag */
+    int t_norm, t_norm_init;            /* "weight_norm" (w_rows), "weight_norm_init" (1)   */
+    double a2q_budget;                  /* T of a2q.h for the input's codes                 */
+    int a2q_in_bits, a2q_in_signed;     /* N and sign of the input codes                    */
+    qf_a2q_row *a2q_rows;               /* (w_rows) what the last forward left per row      */
     int codes_fit_f32;                  /* integer sums exact in float32                   */
     /* activation quantizer (ACT_QUANT; RESIDUAL_ADD uses its begin layer's) */
     float a_qmin, a_qmax, a_int_threshold;
@@ -123,6 +129,12 @@ qf_status qf_net_check_finite(qf_net *net, const float *x, int64_t count);
 float qf_net_weight_scales(const qf_layer *L, const float *w, float *scale, int64_t *argmax);
 float qf_net_learned_eval_threshold(const qf_net *net, const qf_layer *L);
 float qf_net_clamp_scale(float threshold, float int_threshold);
+/* codes and fq (may be NULL) (w_rows, w_cols) of A2Q layer L for weights w and
+ * scales (w_rows: read for a constant scale, written for abs-max); rows (w_rows,
+ * may be NULL) receive the state for the backward; the first training call
+ * initialises the norms g. */
+void qf_net_a2q_quantize(qf_net *net, qf_layer *L, const float *w, float *fq, float *codes,
+                         float *scale, qf_a2q_row *rows);
 /* net_batchnorm.c: BatchNorm2d layers in the network */
 #define QF_BN_CACHE_PER_CHANNEL 5       /* floats of a BatchNorm2d's per-channel cache     */
 /* Point L's per-channel arrays into cache (QF_BN_CACHE_PER_CHANNEL * C floats);

@@ -104,7 +104,7 @@ static int sparse_capable(const qf_net *net, int t)
     const qf_tensor *T = &net->tensors[t];
     const qf_layer *L = &net->layers[T->layer];
     int kind = L->spec.weight_quant.kind;
-    return L->spec.kind == QF_LAYER_LINEAR && L->t_weight == t &&
+    return L->spec.kind == QF_LAYER_LINEAR && L->t_weight == t && L->spec.accumulator_bits == 0 &&
            (kind == QF_QUANT_NONE || kind == QF_QUANT_CONST);
 }
 

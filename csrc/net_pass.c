@@ -141,6 +141,44 @@ static void quantize_weights(qf_layer *L, const float *w)
                               w + r * L->w_cols, L->w_cols, L->w_scale[r], L->w_qmin, L->w_qmax, 0);
 }
 
+/* The norm |g| of row r of an A2Q layer: its learned value once initialised,
+ * else ||v||_1 of the row (Brevitas initialises g from the weights' norm; here
+ * the first training forward does, so that re-initialised weights count). */
+static float a2q_norm(const qf_net *net, const qf_layer *L, const float *v, int64_t r)
+{
+    if (net->tensors[L->t_norm_init].data[0] != 0.0f)
+        return fabsf(net->tensors[L->t_norm].data[r]);
+    double l1 = 0.0;
+    for (int64_t i = 0; i < L->w_cols; i++)
+        l1 += fabs((double)v[i]);
+    return (float)l1;
+}
+
+void qf_net_a2q_quantize(qf_net *net, qf_layer *L, const float *w, float *fq, float *codes,
+                         float *scale, qf_a2q_row *rows)
+{
+    float *g = net->tensors[L->t_norm].data;
+    float *ready = net->tensors[L->t_norm_init].data;
+    int init = net->training && ready[0] == 0.0f;
+    int absmax = L->spec.weight_quant.kind == QF_QUANT_ABSMAX;
+    for (int64_t r = 0; r < L->w_rows; r++) {
+        const float *v = w + r * L->w_cols;
+        float norm = a2q_norm(net, L, v, r);
+        float *fq_r = fq ? fq + r * L->w_cols : NULL, *codes_r = codes + r * L->w_cols;
+        qf_a2q_row unused, *row = rows ? &rows[r] : &unused;
+        if (init)
+            g[r] = norm;
+        if (absmax)
+            qf_a2q_forward_row_absmax(fq_r, codes_r, &scale[r], row, v, L->w_cols, norm,
+                                      L->a2q_budget, L->w_int_threshold, L->w_qmin, L->w_qmax);
+        else
+            qf_a2q_forward_row(fq_r, codes_r, row, v, L->w_cols, scale[r], norm, L->a2q_budget,
+                               L->w_qmin, L->w_qmax);
+    }
+    if (init)
+        ready[0] = 1.0f;
+}
+
 /* weighted_product over the packed kept weights pk of a pruned Linear layer. */
 static void sparse_product(qf_net *net, qf_layer *L, qf_packed *pk, float *out, const float *in,
                            const float *in_codes, const float *b, int64_t rows)
@@ -201,7 +239,12 @@ static void weighted_product(qf_net *net, qf_layer *L, float *out, const float *
         qf_linear_forward(out, in, w, b, rows, n_in, n_out);
         return;
     }
-    quantize_weights(L, w);
+    if (L->spec.accumulator_bits > 0) {
+        weight_scales(L, w);
+        qf_net_a2q_quantize(net, L, w, L->w_fq, L->w_codes, L->w_scale, L->a2q_rows);
+    } else {
+        quantize_weights(L, w);
+    }
     if (in_codes) {
         for (int64_t o = 0; o < n_out; o++)
             L->epi_scale[o] = L->in_scale * L->w_scale[o];
@@ -425,6 +468,28 @@ static void weight_quant_backward(qf_layer *L, qf_tensor *w)
     }
 }
 
+/* Gradients of an A2Q layer's weights v and norms g from dW_fq (a2q.h); with
+ * a constant scale nothing else, with abs-max the scale is part of the row. */
+static void a2q_weight_backward(qf_net *net, qf_layer *L, qf_tensor *w)
+{
+    qf_tensor *g = &net->tensors[L->t_norm];
+    int64_t cols = L->w_cols;
+    int absmax = L->spec.weight_quant.kind == QF_QUANT_ABSMAX;
+    for (int64_t r = 0; r < L->w_rows; r++) {
+        double dg;
+        float norm = fabsf(g->data[r]);
+        const float *v = w->data + r * cols, *dfq = L->dw_fq + r * cols;
+        float *dv = w->grad + r * cols;
+        if (absmax)
+            qf_a2q_backward_row_absmax(dv, &dg, dfq, v, L->w_codes + r * cols, cols, norm,
+                                       L->w_int_threshold, &L->a2q_rows[r]);
+        else
+            qf_a2q_backward_row(dv, &dg, dfq, v, L->w_codes + r * cols, cols, L->w_scale[r],
+                                norm, &L->a2q_rows[r]);   /* dL/ds of a constant: dropped */
+        g->grad[r] += (float)(g->data[r] >= 0.0f ? dg : -dg);
+    }
+}
+
 /* Backward of weighted_product: din (rows, n_in) (may be NULL), parameter grads added. */
 static void weighted_backward(qf_net *net, qf_layer *L, float *din, const float *dout,
                               const float *in, int64_t rows)
@@ -441,6 +506,10 @@ static void weighted_backward(qf_net *net, qf_layer *L, float *din, const float 
     }
     if (kind == QF_QUANT_NONE) {
         qf_linear_backward(din, w->grad, db, dout, in, w->data, rows, n_in, n_out);
+    } else if (L->spec.accumulator_bits > 0) {
+        memset(L->dw_fq, 0, sizeof(float) * (size_t)(n_out * n_in));
+        qf_linear_backward(din, L->dw_fq, db, dout, in, L->w_fq, rows, n_in, n_out);
+        a2q_weight_backward(net, L, w);
     } else if (kind == QF_QUANT_CONST) {
         /* straight-through with a constant scale: dW = dW_fq */
         qf_linear_backward(din, w->grad, db, dout, in, L->w_fq, rows, n_in, n_out);

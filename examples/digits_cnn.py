@@ -2,7 +2,7 @@
 qatfhe, compiled to an exact integer circuit and simulated.
 
     pip install scikit-learn        # the digits ship inside it; nothing is downloaded
-    python examples/digits_cnn.py [--epochs 60] [--seed 0] [--bits 3]
+    python examples/digits_cnn.py [--epochs 60] [--seed 0] [--bits 3] [--accumulator-bits P]
 
 Prints the accuracy of an fp32 baseline (the same architecture with float layers), of the
 3-bit QAT network (fake-quant, eval mode), of the compiled circuit (fhe="simulate"), how
@@ -15,7 +15,12 @@ The network (all weights, activations and the input at `--bits` bits):
     -> QuantIdentity -> Flatten -> QuantLinear(128, 10)
 Convolution weights have one abs-max scale per output channel; every AvgPool2d is
 followed by a QuantIdentity, so in the circuit it is an integer window sum and one table
-lookup."""
+lookup.
+
+With --accumulator-bits P every QuantConv2d and QuantLinear is accumulator-aware
+(accumulator_bit_width=P, qatfhe.a2q): the compiler proves that no accumulator needs more
+than P bits, and the example prints the circuit's cost (module.fhe_cost() where qatfhe has
+it, else the number of table lookups per input bit width)."""
 import argparse
 import sys
 import time
@@ -29,7 +34,7 @@ except ImportError:
     sys.exit("this example needs scikit-learn, which ships the 8x8 digits data set: "
              "pip install scikit-learn")
 
-from qatfhe import nn, optim
+from qatfhe import a2q, nn, optim
 from qatfhe.compile import compile_qat_model
 
 F32 = np.float32
@@ -53,26 +58,46 @@ def fp32_cnn(seed):
         nn.Flatten(), nn.Linear(4 * c2, 10), seed=seed)
 
 
-def qat_cnn(bits, seed):
+def qat_cnn(bits, seed, accumulator_bits=None):
     c1, c2 = CHANNELS
     unsigned = nn.Uint8ActPerTensorFloat          # inputs and pooled values are >= 0
+    acc = dict(accumulator_bit_width=accumulator_bits)
     return nn.Sequential(
         nn.QuantIdentity(act_quant=unsigned, bit_width=bits),
         nn.QuantConv2d(1, c1, 3, padding=1, weight_bit_width=bits,
-                       weight_scaling_per_output_channel=True),
+                       weight_scaling_per_output_channel=True, **acc),
         nn.QuantReLU(bit_width=bits), nn.AvgPool2d(2),
         nn.QuantIdentity(act_quant=unsigned, bit_width=bits),
         nn.QuantConv2d(c1, c2, 3, padding=1, weight_bit_width=bits,
-                       weight_scaling_per_output_channel=True),
+                       weight_scaling_per_output_channel=True, **acc),
         nn.QuantReLU(bit_width=bits), nn.AvgPool2d(2),
         nn.QuantIdentity(act_quant=unsigned, bit_width=bits),
-        nn.Flatten(), nn.QuantLinear(4 * c2, 10, weight_bit_width=bits), seed=seed)
+        nn.Flatten(), nn.QuantLinear(4 * c2, 10, weight_bit_width=bits, **acc), seed=seed)
 
 
-def train(net, X, y, epochs, seed):
+def train(net, X, y, epochs, seed, tighten=False):
     optim.AdamW(net.parameters(), lr=3e-3)
-    net.fit(X, y, epochs=epochs, batch_size=16, seed=seed, progress=False)
+    if tighten:        # A2Q: budgets relaxed at first, tightened over half the epochs
+        a2q.fit_tightening(net, X, y, epochs, tighten_epochs=epochs // 2, relax_start=16.0,
+                           batch_size=16, final_lr=1e-3, seed=seed)
+    else:
+        net.fit(X, y, epochs=epochs, batch_size=16, seed=seed, progress=False)
     return net.eval()
+
+
+def cost_summary(module):
+    """The circuit's FHE cost: module.fhe_cost() when qatfhe has it, else the table lookups
+    per sample counted by the bit width of their input (worst case)."""
+    if hasattr(module, "fhe_cost"):
+        return f"FHE cost (module.fhe_cost()): {module.fhe_cost()}"
+    report = module.bit_width_report()
+    counts = {}
+    for k, op in enumerate(module.ops[:-1]):
+        if op.kind == "lookup":
+            bits = report[op.src].get("worst_bits", report[op.src]["static_bits"])
+            counts[bits] = counts.get(bits, 0) + int(np.prod(module._nodes[k + 1]["shape"]))
+    detail = ", ".join(f"{n} of {b} bits" for b, n in sorted(counts.items()))
+    return f"table lookups per sample: {sum(counts.values())} ({detail})"
 
 
 def main(argv=None):
@@ -80,6 +105,8 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bits", type=int, default=3)
+    parser.add_argument("--accumulator-bits", type=int, default=None, metavar="P",
+                        help="A2Q: every accumulator provably fits P bits")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     X_train, X_test, y_train, y_test = digits(args.seed)
@@ -91,7 +118,8 @@ def main(argv=None):
     print(f"fp32 baseline          accuracy {fp32_acc:.2%}   ({time.perf_counter() - t:.1f} s)")
 
     t = time.perf_counter()
-    qat = train(qat_cnn(args.bits, args.seed), X_train, y_train, args.epochs, args.seed)
+    qat = train(qat_cnn(args.bits, args.seed, args.accumulator_bits), X_train, y_train,
+                args.epochs, args.seed, tighten=args.accumulator_bits is not None)
     qat_logits = qat(X_test)
     qat_pred = np.asarray(qat_logits).argmax(axis=1)
     qat_acc = float(np.mean(qat_pred == y_test))
@@ -117,7 +145,11 @@ def main(argv=None):
     print(f"{'value':32s} {'kind':14s} {'range':>14s} {'bits':>4s} {'worst':>5s}")
     for r in report:
         print(f"{r['name']:32s} {r['kind']:14s} {'[%d, %d]' % (r['min'], r['max']):>14s} "
-              f"{r['bits']:4d} {r['static_bits']:5d}")
+              f"{r['bits']:4d} {r.get('worst_bits', r['static_bits']):5d}")
+    print(f"\nworst case by {module.worst_case_method}; {cost_summary(module)}")
+    for b in module.info.get("accumulator_budgets", []):
+        print(f"A2Q {b['layer']}: budget {b['accumulator_bit_width']} bits, worst case "
+              f"{b['worst_case_bits']} bits (proven)")
     gap = 100 * (fp32_acc - qat_acc)
     print(f"\nQAT is {gap:.1f} points below the fp32 baseline; total "
           f"{time.perf_counter() - start:.1f} s")

@@ -860,6 +860,7 @@ def compile_model(net, X_calib, n_bits=3, rounding_threshold_bits=None, max_bits
             "max_bits": max_bits}
     module = QuantizedModule(input_quant, X.shape[1:], ops, info)
     module._calibrate(X)
+    module._find_worst_case()
     module.check_bit_widths(on_overflow=on_overflow)
     return module
 
@@ -881,7 +882,10 @@ def compile_qat_model(net, X_calib, rounding_threshold_bits=None, max_bits=16,
             "max_bits": max_bits}
     module = QuantizedModule(input_quant, X.shape[1:], ops, info)
     module._calibrate(X)
+    module._find_worst_case()
     module.check_bit_widths(on_overflow=on_overflow)
+    from .a2q import check_budgets
+    check_budgets(net, module, on_overflow)
     return module
 
 
@@ -1053,8 +1057,10 @@ class QuantizedModule:
         """One dict per integer value (node) of the circuit: node, name (layer), kind
         ("input", "accumulator", "pool_sum", "rounded", "lookup_output", "reshape",
         "transpose", "add", "maxpool"), min, max, bits (measured on X, default the
-        calibration set), static_min, static_max, static_bits (over all possible inputs),
-        checked (whether max_bits applies to it).  A maxpool node also has
+        calibration set), static_min, static_max, static_bits (the C core's per-node bound
+        over all possible inputs), worst_min, worst_max, worst_bits, worst_method (the
+        tightest worst case, qatfhe.worst_case), checked (whether max_bits applies to it).
+        A maxpool node also has
         pairwise_max_lookups (per sample), max_diff_min, max_diff_max, max_diff_bits (the
         range of a - b its max(a, b) = b + relu(a - b) lookups read, from its input's range
         on X) and static_max_diff_bits.  After compile_fhe every node also has pbs_bits,
@@ -1072,6 +1078,9 @@ class QuantizedModule:
                            "static_min": node["static_min"], "static_max": node["static_max"],
                            "static_bits": node["static_bits"],
                            "checked": self._is_checked(j)})
+            if self._report is not None and "worst_bits" in self._report[j]:
+                report[-1].update({k: v for k, v in self._report[j].items()
+                                   if k.startswith("worst_")})
         for k, op in enumerate(self.ops):
             if op.kind == "maxpool":
                 report[k + 1].update(self._maxpool_fields(op, report[op.src]))
@@ -1117,6 +1126,10 @@ class QuantizedModule:
         self._report = self.bit_width_report(self._calibration)
         self._set_maxpool_info()
 
+    def _find_worst_case(self):
+        from .worst_case import annotate, worst_case
+        annotate(self._report, *worst_case(self))
+
     @property
     def max_bit_width(self):
         """Largest bit width of any integer value, measured on the calibration set."""
@@ -1129,8 +1142,16 @@ class QuantizedModule:
 
     @property
     def worst_case_bit_width(self):
-        """Largest bit width of any integer value over all possible input codes."""
-        return max(r["static_bits"] for r in self._report)
+        """Largest bit width of any integer value over all possible input codes: exact when
+        the input code space was enumerated, else a proven bound (qatfhe.worst_case;
+        worst_case_method says which)."""
+        return max(r.get("worst_bits", r["static_bits"]) for r in self._report)
+
+    @property
+    def worst_case_method(self):
+        """"exhaustive" (every input code combination was run), "bound" (per-element
+        interval propagation) or "static" (the C core's per-node box, older files)."""
+        return self._report[0].get("worst_method", "static")
 
     @property
     def lookup_bit_width(self):

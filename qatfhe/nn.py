@@ -125,6 +125,39 @@ class _WeightLayer(Module):
         return self.net._tensors[f"{self.index}.bias"]["grad"] if self.has_bias else None
 
 
+class _A2Q:
+    """What QuantLinear and QuantConv2d with accumulator_bit_width=P add (qatfhe.a2q)."""
+
+    weight_norm = property(lambda self: self._tensor("weight_norm"),
+                           lambda self, v: self._set_tensor("weight_norm", v),
+                           doc="float32 (out,) learned L1 norms g of the weights (A2Q), or None")
+
+    def accumulator_budget(self):
+        """None, or (T, N, signed): the L1 budget of every output channel's integer weights
+        and the input codes' bits and sign it was derived from (qatfhe.a2q)."""
+        if self.net is None:
+            raise RuntimeError(f"{type(self).__name__} is not part of a network yet")
+        return self.net._core.a2q_budget(self.index)
+
+    def set_accumulator_bit_width(self, bits, relax=1.0):
+        """Change the accumulator budget P of a layer created with accumulator_bit_width,
+        between training steps (a schedule that tightens it gradually trains better than
+        the final budget from the start; qatfhe.a2q).  relax >= 1 multiplies the L1 budget
+        T during such a schedule; the guarantee holds once it is back to 1."""
+        if self.accumulator_bit_width is None:
+            raise ValueError(f"{type(self).__name__} was created without accumulator_bit_width; "
+                             f"create it with one to change it later")
+        bits = _checks.positive_int(bits, "accumulator_bit_width", 2)
+        if bits > 32:
+            raise ValueError(f"accumulator_bit_width must be an integer in [2, 32], got {bits}")
+        relax = _checks.positive_float(relax, "relax")
+        if not 1.0 <= relax <= 1e9:
+            raise ValueError(f"relax must be in [1, 1e9], got {relax}")
+        self.net._core.set_accumulator_bits(self.index, bits, relax)
+        self.accumulator_bit_width = bits
+        self._a2q_relax = relax
+
+
 class Linear(_WeightLayer):
     """torch.nn.Linear: y = x W^T + b, W (out_features, in_features)."""
 
@@ -140,29 +173,31 @@ class Linear(_WeightLayer):
                 "out_features": self.out_features, "bias": self.has_bias}
 
 
-class QuantLinear(_WeightLayer):
+class QuantLinear(_A2Q, _WeightLayer):
     """brevitas.nn.QuantLinear: weights fake-quantized by `weight_quant`, float bias."""
 
     def __init__(self, in_features, out_features, bias=True, weight_quant=Int8WeightPerTensorFloat,
                  weight_bit_width=None, bias_quant=None, return_quant_tensor=False,
                  weight_narrow_range=None, weight_scaling_const=None,
-                 weight_scaling_per_output_channel=False):
+                 weight_scaling_per_output_channel=False, accumulator_bit_width=None):
         super().__init__(in_features, out_features, bias)
         _init_weight_quant(self, weight_quant, weight_bit_width, bias_quant, return_quant_tensor,
                            weight_narrow_range, weight_scaling_const,
-                           weight_scaling_per_output_channel)
+                           weight_scaling_per_output_channel, accumulator_bit_width)
 
     def _core_spec(self):
         return {"kind": _core.LAYER_LINEAR, "in_features": self.in_features,
                 "out_features": self.out_features, "bias": int(self.has_bias),
-                "weight_quant": self.weight_quant.to_core(), "per_channel": int(self.per_channel)}
+                "weight_quant": self.weight_quant.to_core(), "per_channel": int(self.per_channel),
+                "accumulator_bits": self.accumulator_bit_width or 0}
 
     def config(self):
-        return {"type": "QuantLinear", "in_features": self.in_features,
-                "out_features": self.out_features, "bias": self.has_bias,
-                "weight_quant": self.weight_quant.to_dict(),
-                "weight_scaling_per_output_channel": self.per_channel,
-                "return_quant_tensor": self.return_quant_tensor}
+        return _a2q_config(self, {
+            "type": "QuantLinear", "in_features": self.in_features,
+            "out_features": self.out_features, "bias": self.has_bias,
+            "weight_quant": self.weight_quant.to_dict(),
+            "weight_scaling_per_output_channel": self.per_channel,
+            "return_quant_tensor": self.return_quant_tensor})
 
     def quant_weight(self):
         """(codes int32 (out, in), scale) of the current weights, as the forward uses them:
@@ -171,7 +206,7 @@ class QuantLinear(_WeightLayer):
 
 
 def _init_weight_quant(layer, weight_quant, weight_bit_width, bias_quant, return_quant_tensor,
-                       narrow_range, scaling_const, per_channel):
+                       narrow_range, scaling_const, per_channel, accumulator_bit_width=None):
     if bias_quant is not None:
         raise NotImplementedError("bias quantization is not supported: use bias_quant=None "
                                   "(the bias stays float and joins the table lookup)")
@@ -185,9 +220,26 @@ def _init_weight_quant(layer, weight_quant, weight_bit_width, bias_quant, return
                         f"{per_channel!r}")
     layer.per_channel = bool(per_channel)
     layer.return_quant_tensor = bool(return_quant_tensor)
+    layer.accumulator_bit_width = None
+    if accumulator_bit_width is not None:
+        layer.accumulator_bit_width = _checks.positive_int(
+            accumulator_bit_width, "accumulator_bit_width", 2)
+        if layer.accumulator_bit_width > 32:
+            raise ValueError(f"accumulator_bit_width must be an integer in [2, 32], got "
+                             f"{accumulator_bit_width!r}")
+
+
+def _a2q_config(layer, config):
+    if layer.accumulator_bit_width is not None:
+        config["accumulator_bit_width"] = layer.accumulator_bit_width
+    return config
 
 
 def _quant_weight(layer):
+    if getattr(layer, "accumulator_bit_width", None):
+        codes, scales = layer.net._core.weight_codes(layer.index)
+        per_row = layer.per_channel or layer.weight_quant.kind == "absmax"   # one g per row
+        return codes.astype(np.int32), (scales if per_row else scales[0])
     scales = layer.net._core.weight_scale(layer.index)
     q = layer.weight_quant
     w = layer.weight
@@ -294,22 +346,23 @@ class Conv2d(Module):
                 "stride": list(self.stride), "padding": list(self.padding), "bias": self.has_bias}
 
 
-class QuantConv2d(Conv2d):
+class QuantConv2d(_A2Q, Conv2d):
     """brevitas.nn.QuantConv2d: weights fake-quantized by `weight_quant` (per tensor, or per
     output channel with weight_scaling_per_output_channel=True), float bias."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
                  weight_quant=Int8WeightPerTensorFloat, weight_bit_width=None, bias_quant=None,
                  return_quant_tensor=False, weight_narrow_range=None, weight_scaling_const=None,
-                 weight_scaling_per_output_channel=False):
+                 weight_scaling_per_output_channel=False, accumulator_bit_width=None):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias)
         _init_weight_quant(self, weight_quant, weight_bit_width, bias_quant, return_quant_tensor,
                            weight_narrow_range, weight_scaling_const,
-                           weight_scaling_per_output_channel)
+                           weight_scaling_per_output_channel, accumulator_bit_width)
 
     def _core_spec(self):
         spec = super()._core_spec()
-        spec.update(weight_quant=self.weight_quant.to_core(), per_channel=int(self.per_channel))
+        spec.update(weight_quant=self.weight_quant.to_core(), per_channel=int(self.per_channel),
+                    accumulator_bits=self.accumulator_bit_width or 0)
         return spec
 
     def config(self):
@@ -317,7 +370,7 @@ class QuantConv2d(Conv2d):
         config.update(type="QuantConv2d", weight_quant=self.weight_quant.to_dict(),
                       weight_scaling_per_output_channel=self.per_channel,
                       return_quant_tensor=self.return_quant_tensor)
-        return config
+        return _a2q_config(self, config)
 
     def quant_weight(self):
         """(codes int32 (out, in, kh, kw), scale): scale float32, or (out,) per channel."""

@@ -84,7 +84,8 @@ static int parse_layer(PyObject *layer, qf_layer_spec *s)
         dict_float(layer, "eps", 1e-5f, &s->eps) < 0 ||
         dict_float(layer, "momentum", 0.1f, &s->momentum) < 0 ||
         dict_int(layer, "affine", 1, &s->affine) < 0 ||
-        dict_int(layer, "track_running_stats", 1, &s->track_running_stats) < 0)
+        dict_int(layer, "track_running_stats", 1, &s->track_running_stats) < 0 ||
+        dict_int(layer, "accumulator_bits", 0, &s->accumulator_bits) < 0)
         return -1;
     PyObject *shape = PyDict_GetItemString(layer, "shape");
     if (shape && !PyArg_ParseTuple(shape, "iii", &s->shape[0], &s->shape[1], &s->shape[2])) {
@@ -228,6 +229,13 @@ static PyMethodDef Net_methods[] = {
     {"act_scale", (PyCFunction)Net_act_scale, METH_VARARGS, "act_scale(layer) -> eval scale"},
     {"weight_scale", (PyCFunction)Net_weight_scale, METH_VARARGS,
      "weight_scale(layer) -> float32 (out_channels,) scales of the current weights"},
+    {"weight_codes", (PyCFunction)Net_weight_codes, METH_VARARGS,
+     "weight_codes(layer) -> (float32 codes shaped as the weight, float32 (out,) scales), "
+     "as an eval-mode forward uses them (A2Q included)"},
+    {"a2q_budget", (PyCFunction)Net_a2q_budget, METH_VARARGS,
+     "a2q_budget(layer) -> None, or (L1 budget T, input bits N, input signed) of an A2Q layer"},
+    {"set_accumulator_bits", (PyCFunction)Net_set_accumulator_bits, METH_VARARGS,
+     "set_accumulator_bits(layer, P, relax=1): change an A2Q layer's accumulator budget"},
     {"set_input_shape", (PyCFunction)Net_set_input_shape, METH_VARARGS,
      "set_input_shape((C, H, W)): check every layer against this sample shape"},
     {"layer_output_shape", (PyCFunction)Net_layer_output_shape, METH_VARARGS,

@@ -433,3 +433,54 @@ PyObject *Net_get_out_size(NetObject *self, void *c)
     unlock(self);
     return PyLong_FromLongLong(size);
 }
+
+/* ------------------------------------------------------------ A2Q */
+
+PyObject *Net_weight_codes(NetObject *self, PyObject *args)
+{
+    int layer;
+    if (!ready(self) || !PyArg_ParseTuple(args, "i", &layer)) return NULL;
+    const qf_layer_spec *spec = qf_net_layer_spec(self->net, layer);   /* fixed at creation */
+    if (!spec || spec->weight_quant.kind == QF_QUANT_NONE ||
+        (spec->kind != QF_LAYER_LINEAR && spec->kind != QF_LAYER_CONV2D))
+        return qfpy_raise(QF_ERR_ARG, "layer has no weight quantizer");
+    char name[QF_NAME_LEN];
+    snprintf(name, sizeof name, "%d.weight", layer);
+    qf_tensor *w = qf_net_tensor(self->net, qf_net_find_tensor(self->net, name));
+    if (!w) return qfpy_raise(QF_ERR_ARG, "layer has no weight");
+    npy_intp cdims[4], sdims[1] = {spec->out_features};
+    for (int d = 0; d < w->ndim; d++) cdims[d] = (npy_intp)w->shape[d];
+    PyArrayObject *codes = (PyArrayObject *)PyArray_SimpleNew(w->ndim, cdims, NPY_FLOAT32);
+    PyArrayObject *scale = (PyArrayObject *)PyArray_SimpleNew(1, sdims, NPY_FLOAT32);
+    if (!codes || !scale) { Py_XDECREF(codes); Py_XDECREF(scale); return NULL; }
+    lock_write(self);      /* brings packed weights up to date */
+    qf_status st = qf_net_weight_codes(self->net, layer, PyArray_DATA(codes), PyArray_DATA(scale));
+    unlock(self);
+    if (st != QF_OK) { Py_DECREF(codes); Py_DECREF(scale); return qfpy_raise(st, NULL); }
+    return Py_BuildValue("(NN)", codes, scale);
+}
+
+PyObject *Net_a2q_budget(NetObject *self, PyObject *args)
+{
+    int layer, bits, is_signed, active;
+    double budget;
+    if (!ready(self) || !PyArg_ParseTuple(args, "i", &layer)) return NULL;
+    lock_read(self);
+    active = qf_net_a2q_budget(self->net, layer, &budget, &bits, &is_signed);
+    unlock(self);
+    if (!active)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(dii)", budget, bits, is_signed);
+}
+
+PyObject *Net_set_accumulator_bits(NetObject *self, PyObject *args)
+{
+    int layer, bits;
+    double relax = 1.0;
+    if (!ready(self) || !PyArg_ParseTuple(args, "ii|d", &layer, &bits, &relax)) return NULL;
+    lock_write(self);
+    qf_status st = qf_net_set_accumulator_bits(self->net, layer, bits, relax);
+    unlock(self);
+    if (st != QF_OK) return qfpy_raise(st, qf_net_error(self->net));
+    Py_RETURN_NONE;
+}

@@ -1,0 +1,192 @@
+"""Accumulator-aware quantization (A2Q): a proven accumulator bit width per layer.
+
+`QuantLinear(..., accumulator_bit_width=P)` and `QuantConv2d(..., accumulator_bit_width=P)`
+quantize their weights as Brevitas' `Int8AccumulatorAwareWeightQuant` (Colbert, Pappalardo
+and Petri-Koenig, "A2Q: Accumulator-Aware Quantization with Guaranteed Overflow Avoidance";
+Brevitas `AccumulatorAwareParameterPreScaling`, `get_upper_bound_on_l1_norm`), in the C core
+(csrc/a2q.c).  Per output channel, with the weight quantizer's scale s (constant or abs-max of
+the float weights v) and a learned norm g (one per channel, "weight_norm"):
+
+    T   = (2^(P-1) - 1) * 2^(signed_in - N)      N, signed_in: the input codes' bits and sign
+    c   = min(|g| / s, T)
+    q_i = clamp(trunc(v_i * c / ||v||_1), qmin, qmax)     (round toward zero, as Brevitas)
+    w_i = s * q_i
+
+With an abs-max weight quantizer (Int8WeightPerTensorFloat and its kind) the scale is taken
+per output channel as s = |g| max|v| / (t ||v||_1) (t: the quantizer's int_threshold), so that
+|g| / s is the L1 norm of the row's abs-max codes t v / max|v|: the codes are the (truncated)
+abs-max codes while they fit the budget and are capped at T otherwise, never saturate, and g
+is the L1 norm of the effective weights (Brevitas learns s as a separate parameter; deriving
+it from g keeps magnitude and direction apart, which is what keeps training stable here).
+
+so ||q||_1 <= c <= T (truncation never increases a magnitude; an integer check after rounding
+removes any excess float error could add).  Every N-bit input code has |x| <= 2^(N - signed_in)
+(unsigned [0, 2^N - 1], signed [-2^(N-1), 2^(N-1) - 1]), hence
+|sum q_i x_i| <= ||q||_1 2^(N - signed_in) <= 2^(P-1) - 1: the accumulator fits P signed bits
+for every input, whatever the data.  N and the sign come from the quantizer that feeds the
+layer (through Flatten/Reshape/Transpose; N + 1 after a residual add); a layer without such
+an input is refused.  g starts at ||v||_1 of each channel at the first training forward (as
+Brevitas initialises it from the weights), so a layer inside its budget starts from its float
+weights.  Gradients are straight through trunc and clamp; see csrc/a2q.h for the formulas
+(checked against torch autograd in tests/test_a2q.py).
+
+Training: a tight budget from the first step can leave every code at 0 (a wide layer's
+||v||_1 spreads over many inputs, and truncation zeroes them), so `fit_tightening` relaxes the
+budget by a factor that decays to 1 over the first epochs and then trains at the true budget.
+
+`compile_qat_model` proves the bound: every A2Q layer's accumulator has a worst case (over all
+inputs, qatfhe.worst_case) of at most P bits, or BitWidthError names the layer."""
+import warnings
+
+import numpy as np
+
+__all__ = ["budget", "a2q_layers", "check_budgets", "set_budgets", "fit_tightening"]
+
+
+def budget(acc_bits, in_bits, in_signed):
+    """The L1 budget T of the integer weights of one output channel (module docstring)."""
+    return (2.0 ** (acc_bits - 1) - 1.0) * 2.0 ** (int(bool(in_signed)) - in_bits)
+
+
+def a2q_layers(net):
+    """(name, layer) of every QuantLinear / QuantConv2d of net created with an
+    accumulator_bit_width, Residual blocks included."""
+    from .compile import _flatten
+    return [(e.name, e.layer) for e in _flatten(net)
+            if getattr(e.layer, "accumulator_bit_width", None) is not None]
+
+
+def set_budgets(net, bits=None, relax=1.0):
+    """Set every A2Q layer's budget to `bits` (None: keep each one's P) times relax >= 1."""
+    for _, layer in a2q_layers(net):
+        layer.set_accumulator_bit_width(layer.accumulator_bit_width if bits is None else bits,
+                                        relax)
+
+
+def check_budgets(net, module, on_overflow="raise"):
+    """Check that the worst case of every A2Q layer's accumulator in the compiled module is
+    at most its accumulator_bit_width; record them in module.info["accumulator_budgets"].
+    A layer over budget raises BitWidthError naming it (or warns, on_overflow="warn")."""
+    from .compile import BitWidthError
+    report = module.bit_width_report()
+    checks = []
+    for name, layer in a2q_layers(net):
+        relax = getattr(layer, "_a2q_relax", 1.0)
+        rows = [r for k, r in enumerate(report) if r["kind"] == "accumulator"
+                and module.ops[k - 1].layer == layer.index]
+        worst = max((r.get("worst_bits", r["static_bits"]) for r in rows), default=0)
+        checks.append({"layer": name, "accumulator_bit_width": layer.accumulator_bit_width,
+                       "worst_case_bits": worst, "relax": relax})
+        if worst > layer.accumulator_bit_width or relax != 1.0:
+            message = (f"{name} has accumulator_bit_width={layer.accumulator_bit_width} but its "
+                       f"accumulator needs {worst} bits in the worst case"
+                       + (f" (its budget is still relaxed by {relax:g}: call "
+                          f"set_accumulator_bit_width(P) before compiling)" if relax != 1.0
+                          else " (its input codes are wider than the layer was built for)"))
+            if on_overflow == "raise":
+                raise BitWidthError(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+    module.info["accumulator_budgets"] = checks
+    return checks
+
+
+def fit_tightening(net, X, y, epochs, tighten_epochs, relax_start=64.0, batch_size=1,
+                   chunks=10, final_lr=None, seed=0):
+    """Train an A2Q network with its budgets relaxed by a factor decaying geometrically from
+    relax_start to 1 over tighten_epochs epochs (updated `chunks` times per epoch), then
+    epochs - tighten_epochs epochs at the true budgets (learning rate final_lr if given).
+    The network's optimizer must be set.  Returns the test-free training history."""
+    rng = np.random.default_rng(seed)
+    n = len(X)
+    steps = max(1, tighten_epochs * chunks)
+    history = {"loss": [], "accuracy": []}
+    for epoch in range(tighten_epochs):
+        order = rng.permutation(n)
+        for c in range(chunks):
+            set_budgets(net, relax=relax_start ** (1.0 - (epoch * chunks + c) / steps))
+            part = order[c * n // chunks:(c + 1) * n // chunks]
+            h = net.fit(X[part], y[part], epochs=1, batch_size=batch_size, progress=False)
+            for key in history:
+                history[key] += h[key]
+    set_budgets(net, relax=1.0)
+    if final_lr is not None:
+        net.optimizer.lr = final_lr
+    if epochs > tighten_epochs:
+        h = net.fit(X, y, epochs=epochs - tighten_epochs, batch_size=batch_size, progress=False)
+        for key in history:
+            history[key] += h[key]
+    return history
+
+
+def tutorial_run(seed, accumulator_bits=7, hidden=100, epochs=8, tighten_epochs=6,
+                 relax_start=64.0, lr=1e-3, final_lr=1e-4, n_train=None, output_bits="same",
+                 weight_quant="const"):
+    """One run of the tutorial architecture (2-hidden-hidden-2, 3 bits, experiments.qat_net's
+    U(-1, 1) init) with accumulator_bit_width on the two hidden QuantLinear layers and
+    output_bits on the last one ("same": accumulator_bits; None: no budget; its accumulator
+    is returned, not looked up), weights quantized by the tutorial's CommonWeightQuant
+    (weight_quant="const") or by abs-max scales ("absmax"), trained by fit_tightening
+    (AdamW lr, weight decay 0.01, batch 1); n_train limits the training set (tests).
+    Returns a dict: seed, accuracy (integer circuit on the test points), fake_quant_accuracy,
+    agree (circuit == fake-quant on every test point), max_bit_width, worst_case_bit_width,
+    worst_case_method and the per-layer budgets."""
+    from . import datasets, nn, optim
+    from .compile import compile_qat_model
+    from .experiments import qat_net
+    X, X_test, y, y_test = datasets.checkerboard(seed=seed)
+    if n_train is not None:
+        X, y = X[:n_train], y[:n_train]
+    template = qat_net(hidden, seed)
+    quant = nn.CommonWeightQuant if weight_quant == "const" else nn.Int8WeightPerTensorFloat
+    weights = dict(bias=True, weight_quant=quant, weight_bit_width=3,
+                   accumulator_bit_width=accumulator_bits)
+    net = nn.Sequential(
+        nn.QuantIdentity(act_quant=nn.CommonActQuant, bit_width=3),
+        nn.QuantLinear(2, hidden, **weights), nn.QuantReLU(bit_width=3),
+        nn.QuantLinear(hidden, hidden, **weights), nn.QuantReLU(bit_width=3),
+        nn.QuantLinear(hidden, 2, **dict(weights, accumulator_bit_width=(
+            accumulator_bits if output_bits == "same" else output_bits))), seed=seed)
+    for i in (1, 3, 5):                              # the same initial weights as the tutorial's
+        net[i].weight = template[i].weight
+        net[i].bias = template[i].bias
+    optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
+    fit_tightening(net, X, y, epochs, tighten_epochs, relax_start=relax_start, batch_size=1,
+                   final_lr=final_lr, seed=seed)
+    net.eval()
+    module = compile_qat_model(net, X)
+    pred = module.predict(X_test, fhe="simulate")
+    return {"seed": seed, "accuracy": float(np.mean(pred == y_test)),
+            "fake_quant_accuracy": float(net.score(X_test, y_test)),
+            "agree": bool((pred == net.predict(X_test)).all()),
+            "max_bit_width": module.max_bit_width,
+            "worst_case_bit_width": module.worst_case_bit_width,
+            "worst_case_method": module.worst_case_method,
+            "lookup_input_worst_case_bits": lookup_input_worst_case(module),
+            "budgets": module.info["accumulator_budgets"]}
+
+
+def lookup_input_worst_case(module):
+    """Largest worst-case bit width among the values that enter a table lookup (what sets
+    the cost of the programmable bootstraps; the returned accumulator is not one)."""
+    report = module.bit_width_report()
+    return max((report[op.src].get("worst_bits", report[op.src]["static_bits"])
+                for op in module.ops if op.kind == "lookup"), default=0)
+
+
+def _tutorial_run_kwargs(item):
+    seed, kwargs = item
+    return tutorial_run(seed, **kwargs)
+
+
+def tutorial_experiment(seeds=range(10), jobs=1, **kwargs):
+    """tutorial_run over seeds, spread over `jobs` spawned processes (results do not depend
+    on jobs); returns {"runs": [...], "mean_accuracy", "max_worst_case_bit_width"}."""
+    items = [(int(s), kwargs) for s in seeds]
+    if jobs > 1 and len(items) > 1:
+        import multiprocessing
+        with multiprocessing.get_context("spawn").Pool(min(jobs, len(items))) as pool:
+            runs = pool.map(_tutorial_run_kwargs, items)
+    else:
+        runs = [_tutorial_run_kwargs(item) for item in items]
+    return {"runs": runs, "mean_accuracy": float(np.mean([r["accuracy"] for r in runs])),
+            "max_worst_case_bit_width": max(r["worst_case_bit_width"] for r in runs)}
