@@ -64,7 +64,8 @@ def every_op_net():
 def maxpool_net():
     """Max pooling with padding (padded taps skipped) after a BatchNorm2d folded into the
     lookup before it."""
-    return nn.Sequential(nn.QuantIdentity(bit_width=2), nn.QuantConv2d(1, 1, 1),
+    return nn.Sequential(nn.QuantIdentity(bit_width=2),
+                         nn.QuantConv2d(1, 1, 1, weight_bit_width=2),
                          nn.BatchNorm2d(1), nn.QuantReLU(bit_width=2),
                          nn.MaxPool2d(2, stride=1, padding=1), nn.Flatten(),
                          nn.QuantLinear(9, 2, weight_bit_width=2), seed=7)
