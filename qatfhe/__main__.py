@@ -4,6 +4,7 @@ Commands:
     demo       train the tutorial's 3-bit QAT network on the checkerboard data once
     tutorial   the tutorial's three experiments over N seeded runs: tables, JSON, plots
     fhe        the tutorial's QAT net under real FHE (Concrete): cost, keygen, latency
+    search     the cheapest FHE circuits at full accuracy: a Pareto front (qatfhe.search)
 Usage errors exit with status 2."""
 import argparse
 import os
@@ -46,9 +47,13 @@ def _tutorial(args):
     results = experiments.run_all(runs=args.runs, jobs=args.jobs, epochs=args.epochs,
                                   lr=args.lr, lr_schedule=args.lr_schedule,
                                   progress=not args.no_progress, boundaries=True)
+    cheapest = _cheapest_circuit(args, results)
     seconds = time.perf_counter() - start
     print()
     print(experiments.markdown_tables(results))
+    print()
+    print("The cheapest searched circuit that keeps the QAT net's accuracy (qatfhe.search):\n")
+    print(cheapest["table"])
     print()
 
     files = {}
@@ -60,7 +65,8 @@ def _tutorial(args):
     command = "python -m qatfhe tutorial " + " ".join(args.argv)
     files["results.json"] = experiments.results_json(
         results, qatfhe_version=__version__, command=command.strip(), jobs=args.jobs,
-        seconds=round(seconds, 2))
+        seconds=round(seconds, 2), cheapest_circuit=cheapest["point"],
+        fhe_latency=cheapest["latency"])
     os.makedirs(args.out, exist_ok=True)
     for name, data in files.items():
         experiments.write_atomic(os.path.join(args.out, name), data)
@@ -73,6 +79,55 @@ def _tutorial(args):
               f"{bad}: this is a bug, please report it", file=sys.stderr)
         return 1
     return 0
+
+
+def _cheapest_circuit(args, results):
+    """The fourth table: search.TUTORIAL_FAMILY over the same runs, the cheapest front point
+    keeping the QAT net's mean accuracy; FHE latencies with --fhe-latency."""
+    from . import search
+    front = search.search(search.TUTORIAL_FAMILY, range(args.runs), jobs=args.jobs)
+    qat = results["qat_pruned"]
+    means = qat.means[qat.configs[0]]
+    point = search.cheapest_keeping(front, means["integer_accuracy"])
+    latency = _fhe_latency(args, point) if args.fhe_latency and point else None
+    if point is not None:
+        point = {k: v for k, v in point.items() if k != "module"}
+    return {"point": point, "latency": latency,
+            "table": search.tutorial_table(means, qat.runs, point, latency)}
+
+
+def _fhe_latency(args, point):
+    """Seconds per sample under encryption of run 0's tutorial net and of the point's best
+    run (needs QuantizedModule.compile_fhe, the FHE backend), or None."""
+    from . import compile_qat_model, datasets, experiments, search
+    from .compile import QuantizedModule
+    if not hasattr(QuantizedModule, "compile_fhe"):
+        print("note: --fhe-latency needs qatfhe's FHE backend (QuantizedModule.compile_fhe), "
+              "which this version does not have; bench/bench_search_fhe.py measures it with "
+              "its own lowering")
+        return None
+    seed = point["module_seed"]
+    X_train, X_test, y_train, _ = datasets.checkerboard(seed=seed)
+    net = experiments.prune_like_tutorial(experiments.qat_net(100, seed), 20)
+    experiments.train(net, X_train, y_train, experiments.TrainSettings(
+        epochs=args.epochs, lr=args.lr, lr_schedule=args.lr_schedule))
+    net.unprune()
+    config = dict(point["config"])
+    rounding = config.pop("rounding_threshold_bits")
+    blob = search.evaluate(config, seed, rounding=(rounding,))[0]["module_bytes"]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "point.npz")
+        with open(path, "wb") as handle:
+            handle.write(blob)
+        found = QuantizedModule.load(path)
+    out = {}
+    for key, module in (("qat", compile_qat_model(net, X_train)), ("point", found)):
+        module.compile_fhe(X_train)                          # a loaded module needs X
+        module.forward(X_test[:1], fhe="execute", progress=False)   # keys, warm-up
+        start = time.perf_counter()
+        module.forward(X_test[1:1 + args.fhe_samples], fhe="execute", progress=False)
+        out[key] = (time.perf_counter() - start) / args.fhe_samples
+    return out
 
 
 def _figures(results, plots):
@@ -175,10 +230,18 @@ def _parser():
                           help="learning rate per epoch: constant (the tutorial's, default) "
                           "or cosine decay from --lr towards 0 over the epochs")
     tutorial.add_argument("--no-progress", action="store_true", help="no progress bars")
+    tutorial.add_argument("--fhe-latency", action="store_true",
+                          help="also time encrypted inference of the QAT net and the cheapest "
+                          "searched circuit (needs concrete-python; key generation takes "
+                          "minutes)")
+    tutorial.add_argument("--fhe-samples", type=_count(1), default=1, metavar="N",
+                          help="samples timed per circuit with --fhe-latency (default 1)")
     tutorial.set_defaults(run=_tutorial)
 
-    from .fhe_demo import add_command      # body in qatfhe/fhe_demo.py
-    add_command(commands, _count)
+    from .fhe_demo import add_command as add_fhe      # body in qatfhe/fhe_demo.py
+    add_fhe(commands, _count)
+    from .search import add_command
+    add_command(commands)
     return parser
 
 
@@ -195,6 +258,8 @@ def main(argv=None):
             args.jobs = max(1, min(os.cpu_count() or 1, args.runs))
         _check_out(parser, args.out)
         args.argv = argv[1:]
+    if args.command == "search":
+        _check_out(parser, args.out)
     return args.run(args)
 
 

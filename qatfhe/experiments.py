@@ -244,6 +244,7 @@ def _run(kind, config, seed, settings, n_bits, boundaries):
                "integer_accuracy": float(np.mean(integer == y_test)),
                "accumulator_bits": int(module.max_bit_width),
                "agree": bool(np.array_equal(fake, integer)),
+               "n_lookups": int(module.n_lookups), "cost": float(module.fhe_cost()),
                "disagreements": int(np.count_nonzero(fake != integer)),
                "ceiling": datasets.accuracy_ceiling(X_test, y_test)}
         grids = {}
