@@ -103,9 +103,12 @@ def main(argv=None):
             print(f"  execute == simulate: {result['agree_integers']}/{len(lat)} samples")
         other = concrete_ml(net, X_train, X_test, args.samples)
         if other is not None:
+            median = np.median(other["latency"]) if other["latency"] else float("nan")
             print(f"  Concrete-ML (measured in this run): {other['pbs']} PBS, complexity "
                   f"{other['complexity']:.3g}, keygen {other['keygen_s']:.1f} s, latency "
-                  f"median {np.median(other['latency']) if other['latency'] else float('nan'):.2f} s")
+                  f"median {median:.2f} s")
+            if lat and other["latency"]:
+                print(f"  latency ratio qatfhe / Concrete-ML: {np.median(lat) / median:.2f}")
             print(f"  ratios qatfhe / Concrete-ML: PBS {stats['pbs_count'] / other['pbs']:.2f}, "
                   f"complexity {stats['complexity'] / other['complexity']:.2f}")
         elif name in RECORDED:
