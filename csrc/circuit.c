@@ -536,6 +536,7 @@ void qf_circuit_free(qf_circuit *c)
         free(c->ops[k].nz.col);
         free(c->ops[k].nz.value);
         free(c->ops[k].nz.value_f);
+        free(c->ops[k].nz.tap_off);
         free(c->ops[k].offset);
         free(c->ops[k].offset_f);
         free(c->ops[k].scale);

@@ -111,6 +111,17 @@ int qf_circuit_prepare_float(qf_circuit *c)
             for (int64_t j = 0; j < nnz; j++)
                 p->nz.value_f[j] = (float)p->nz.value[j];
         }
+        if (p->kind == QF_OP_CONV) {
+            int64_t nnz = p->nz.start[p->oc], khw = p->kh * p->kw;
+            int64_t hp = p->in_shape[1] + 2 * p->ph, wp = p->in_shape[2] + 2 * p->pw;
+            p->nz.tap_off = malloc((size_t)(nnz > 0 ? nnz : 1) * sizeof(int64_t));
+            if (!p->nz.tap_off)
+                return -1;
+            for (int64_t j = 0; j < nnz; j++) {
+                int64_t tap = p->nz.col[j];
+                p->nz.tap_off[j] = (tap / khw * hp + tap % khw / p->kw) * wp + tap % p->kw;
+            }
+        }
         if (p->offset) {
             p->offset_f = malloc((size_t)p->in_shape[0] * sizeof(float));
             if (!p->offset_f)
@@ -122,9 +133,23 @@ int qf_circuit_prepare_float(qf_circuit *c)
     return 1;
 }
 
+/* Elements of the largest zero-padded CONV input of one sample. */
+static int64_t max_padded_len(const qf_circuit *c)
+{
+    int64_t len = 0;
+    for (int k = 0; k < c->n_ops; k++) {
+        const qf_circuit_op *p = &c->ops[k];
+        int64_t padded = p->in_shape[0] * (p->in_shape[1] + 2 * p->ph) *
+                         (p->in_shape[2] + 2 * p->pw);
+        if (p->kind == QF_OP_CONV && padded > len)
+            len = padded;
+    }
+    return len;
+}
+
 int64_t qf_circuit_block_workspace_len(const qf_circuit *c)
 {
-    return c->sample_len * c->block_lanes;
+    return (c->sample_len + max_padded_len(c)) * c->block_lanes;
 }
 
 /* ---- kernels: a node of size K is (K, L); L a multiple of LANE_GROUP ---- */
@@ -268,6 +293,77 @@ static void window_block(float *restrict dst, const float *restrict src, const q
                 }
                 for (int64_t s = 0; s < lanes; s++)
                     d[s] += padded;
+            }
+    }
+}
+
+/* pad (C, Hp, Wp, L) = src (C, H, W, L) surrounded by the pad code. */
+static void pad_input(float *restrict pad, const float *restrict src, const qf_circuit_op *p,
+                      int64_t lanes)
+{
+    int64_t h = p->in_shape[1], wd = p->in_shape[2], hp = h + 2 * p->ph, wp = wd + 2 * p->pw;
+    float code = (float)p->pad;
+    for (int64_t ci = 0; ci < p->in_shape[0]; ci++)
+        for (int64_t y = 0; y < hp; y++) {
+            float *row = pad + (ci * hp + y) * wp * lanes;
+            int inside = y >= p->ph && y < p->ph + h;
+            for (int64_t s = 0; s < wp * lanes; s++)
+                row[s] = code;
+            if (inside)
+                memcpy(row + p->pw * lanes, src + (ci * h + y - p->ph) * wd * lanes,
+                       (size_t)(wd * lanes) * sizeof *row);
+        }
+}
+
+#define INLINE_LANES static inline __attribute__((always_inline))
+
+/* d (nv vectors of lanes) = sum over the taps of w[t] x[(base + off[t]) L ..]:
+ * the running sums stay in registers (exact: any order). */
+INLINE_LANES void conv_lanes(float *restrict d, const float *restrict x, int64_t base,
+                              const int64_t *off, const float *w, int64_t taps, int64_t lanes,
+                              int nv)
+{
+    lanes8 acc[8], xv;
+    for (int v = 0; v < nv; v++)
+        acc[v] = (lanes8){0};
+    for (int64_t t = 0; t < taps; t++) {
+        const float *row = x + (base + off[t]) * lanes;
+        float wt = w[t];
+        for (int v = 0; v < nv; v++) {
+            load8(&xv, row + v * LANE_GROUP);
+            acc[v] += wt * xv;
+        }
+    }
+    for (int v = 0; v < nv; v++)
+        store8(d + v * LANE_GROUP, &acc[v]);
+}
+
+/* CONV of a float-exact circuit: dst (OC, OH, OW, L) over the nonzero taps of
+ * each output channel, reading the padded copy of src (pad: workspace). */
+QF_MULTIVERSION
+static void conv_block(float *restrict dst, const float *restrict src, const qf_circuit_op *p,
+                       int64_t lanes, float *restrict pad)
+{
+    int64_t oh = p->out_shape[1], ow = p->out_shape[2], wp = p->in_shape[2] + 2 * p->pw;
+    pad_input(pad, src, p, lanes);
+    for (int64_t o = 0; o < p->oc; o++) {
+        int64_t k0 = p->nz.start[o], taps = p->nz.start[o + 1] - k0;
+        const int64_t *off = p->nz.tap_off + k0;
+        const float *w = p->nz.value_f + k0;
+        for (int64_t oy = 0; oy < oh; oy++)
+            for (int64_t ox = 0; ox < ow; ox++) {
+                float *d = dst + ((o * oh + oy) * ow + ox) * lanes;
+                int64_t base = oy * p->sh * wp + ox * p->sw;
+                switch (lanes / LANE_GROUP) {   /* 1..8 vectors: compile-time counts */
+                case 8: conv_lanes(d, pad, base, off, w, taps, lanes, 8); break;
+                case 7: conv_lanes(d, pad, base, off, w, taps, lanes, 7); break;
+                case 6: conv_lanes(d, pad, base, off, w, taps, lanes, 6); break;
+                case 5: conv_lanes(d, pad, base, off, w, taps, lanes, 5); break;
+                case 4: conv_lanes(d, pad, base, off, w, taps, lanes, 4); break;
+                case 3: conv_lanes(d, pad, base, off, w, taps, lanes, 3); break;
+                case 2: conv_lanes(d, pad, base, off, w, taps, lanes, 2); break;
+                default: conv_lanes(d, pad, base, off, w, taps, lanes, 1); break;
+                }
             }
     }
 }
@@ -432,6 +528,8 @@ static void run_block(const qf_circuit *c, float *out, int64_t *out_int, float *
             dense_block(dst, src, p, lanes);
             break;
         case QF_OP_CONV:
+            conv_block(dst, src, p, lanes, ws + c->sample_len * c->block_lanes);
+            break;
         case QF_OP_POOL_SUM:
             window_block(dst, src, p, lanes);
             break;

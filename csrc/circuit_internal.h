@@ -15,6 +15,8 @@ typedef struct {
     int32_t *col;              /* (nnz) DENSE: input index; CONV: tap c KH KW + ky KW + kx */
     int64_t *value;            /* (nnz) q_w - Z_w                                         */
     float *value_f;            /* (nnz) the same as float32 (float-exact circuits only)    */
+    int64_t *tap_off;          /* (nnz) CONV, float-exact circuits: where the tap sits in the
+                                  zero-padded input (C, Hp, Wp), (c Hp + ky) Wp + kx        */
 } qf_circuit_sparse;
 
 typedef struct {

@@ -9,19 +9,33 @@ int64_t qf_conv_out_dim(int64_t in, int64_t kernel, int64_t stride, int64_t pad)
     return span / stride + 1;
 }
 
+/* Patch rows are written a (channel, kernel row) run of KW taps at a time:
+ * runs wholly inside the input are plain copies, the others test each tap. */
 void qf_im2col(float *cols, const float *x, const qf_conv_geom *g)
 {
-    int64_t k_len = g->c * g->kh * g->kw;
+    int64_t k_len = g->c * g->kh * g->kw, kw = g->kw;
     for (int64_t oy = 0; oy < g->oh; oy++) {
         for (int64_t ox = 0; ox < g->ow; ox++) {
-            float *row = cols + (oy * g->ow + ox) * k_len;
+            float *restrict row = cols + (oy * g->ow + ox) * k_len;
+            int64_t y0 = oy * g->sh - g->ph, x0 = ox * g->sw - g->pw;
+            int x_inside = x0 >= 0 && x0 + kw <= g->w;
             for (int64_t c = 0; c < g->c; c++) {
-                for (int64_t ky = 0; ky < g->kh; ky++) {
-                    int64_t y = oy * g->sh - g->ph + ky;
-                    for (int64_t kx = 0; kx < g->kw; kx++) {
-                        int64_t xx = ox * g->sw - g->pw + kx;
-                        int inside = y >= 0 && y < g->h && xx >= 0 && xx < g->w;
-                        *row++ = inside ? x[(c * g->h + y) * g->w + xx] : 0.0f;
+                for (int64_t ky = 0; ky < g->kh; ky++, row += kw) {
+                    int64_t y = y0 + ky;
+                    if (y < 0 || y >= g->h) {
+                        for (int64_t kx = 0; kx < kw; kx++)
+                            row[kx] = 0.0f;
+                        continue;
+                    }
+                    const float *restrict line = x + (c * g->h + y) * g->w;
+                    if (x_inside) {
+                        for (int64_t kx = 0; kx < kw; kx++)
+                            row[kx] = line[x0 + kx];
+                    } else {
+                        for (int64_t kx = 0; kx < kw; kx++) {
+                            int64_t xx = x0 + kx;
+                            row[kx] = xx >= 0 && xx < g->w ? line[xx] : 0.0f;
+                        }
                     }
                 }
             }
@@ -31,17 +45,27 @@ void qf_im2col(float *cols, const float *x, const qf_conv_geom *g)
 
 void qf_col2im(float *dx, const float *dcols, const qf_conv_geom *g)
 {
-    int64_t k_len = g->c * g->kh * g->kw;
+    int64_t k_len = g->c * g->kh * g->kw, kw = g->kw;
     for (int64_t oy = 0; oy < g->oh; oy++) {
         for (int64_t ox = 0; ox < g->ow; ox++) {
             const float *row = dcols + (oy * g->ow + ox) * k_len;
+            int64_t y0 = oy * g->sh - g->ph, x0 = ox * g->sw - g->pw;
+            int x_inside = x0 >= 0 && x0 + kw <= g->w;
             for (int64_t c = 0; c < g->c; c++) {
-                for (int64_t ky = 0; ky < g->kh; ky++) {
-                    int64_t y = oy * g->sh - g->ph + ky;
-                    for (int64_t kx = 0; kx < g->kw; kx++, row++) {
-                        int64_t xx = ox * g->sw - g->pw + kx;
-                        if (y >= 0 && y < g->h && xx >= 0 && xx < g->w)
-                            dx[(c * g->h + y) * g->w + xx] += *row;
+                for (int64_t ky = 0; ky < g->kh; ky++, row += kw) {
+                    int64_t y = y0 + ky;
+                    if (y < 0 || y >= g->h)
+                        continue;
+                    float *line = dx + (c * g->h + y) * g->w;
+                    if (x_inside) {
+                        for (int64_t kx = 0; kx < kw; kx++)
+                            line[x0 + kx] += row[kx];
+                    } else {
+                        for (int64_t kx = 0; kx < kw; kx++) {
+                            int64_t xx = x0 + kx;
+                            if (xx >= 0 && xx < g->w)
+                                line[xx] += row[kx];
+                        }
                     }
                 }
             }

@@ -3,9 +3,10 @@
  * A convolution of one sample x (C, H, W) with w (OC, C, KH, KW) is a matrix
  * product: the patches matrix cols (P, K), P = OH * OW output positions and
  * K = C * KH * KW taps, times w viewed as (OC, K).  The network extracts the
- * patches (im2col), runs qf_linear_* over the P rows and transposes the
- * (P, OC) result to (OC, OH, OW); backward scatters patch gradients back
- * (col2im).  Zero padding puts 0 (code 0) in the patches. */
+ * patches of a whole batch (im2col), multiplies them by the weights with the
+ * register-blocked product of gemm.h (net_conv.c) and transposes the (P, OC)
+ * result to (OC, OH, OW); backward scatters patch gradients back (col2im).
+ * Zero padding puts 0 (code 0) in the patches. */
 #ifndef QF_CONV_H
 #define QF_CONV_H
 

@@ -151,6 +151,18 @@ static qf_status check_spec(qf_net *net, int i, const qf_layer_spec *s)
             return QF_ERR_ARG;
         }
     }
+    if (s->kind == QF_LAYER_CONV2D && s->groups > 1 &&
+        (s->in_features % s->groups || s->out_features % s->groups)) {
+        snprintf(net->err, sizeof net->err, "layer %d (Conv2d): in_channels (%d) and out_channels "
+                 "(%d) must both be divisible by groups (%d)", i, s->in_features, s->out_features,
+                 s->groups);
+        return QF_ERR_ARG;
+    }
+    if (s->kind == QF_LAYER_CONV2D && s->groups < 0) {
+        snprintf(net->err, sizeof net->err, "layer %d (Conv2d): groups must be >= 1, got %d", i,
+                 s->groups);
+        return QF_ERR_ARG;
+    }
     if (s->kind == QF_LAYER_ACT_QUANT) {
         if ((s->act_quant.kind == QF_QUANT_NONE || s->act_quant.kind == QF_QUANT_ABSMAX) &&
             bad(net, &st, QF_ERR_ARG, "layer %d: an activation quantizer must be constant or "
@@ -209,8 +221,10 @@ static qf_status build_tensors(qf_net *net)
         L->a_argmax = -1;
         L->fold_bn = -1;
         if (s->kind == QF_LAYER_LINEAR || s->kind == QF_LAYER_CONV2D) {
-            int64_t shape[4] = {s->out_features, s->in_features, s->kernel[0], s->kernel[1]};
             int conv = s->kind == QF_LAYER_CONV2D;
+            int groups = conv && s->groups > 1 ? s->groups : 1;
+            int64_t shape[4] = {s->out_features, s->in_features / groups, s->kernel[0],
+                                s->kernel[1]};
             L->t_weight = add_tensor(net, i, "weight", QF_TENSOR_PARAM, conv ? 4 : 2, shape);
             if (s->has_bias)
                 L->t_bias = add_tensor(net, i, "bias", QF_TENSOR_PARAM, 1, shape);
@@ -603,13 +617,24 @@ static int64_t activation_floats(const qf_net *net, int64_t *max_size)
                               (L->spec.kind == QF_LAYER_BATCHNORM2D ? 1 : 0) +   /* xhat */
                               (L->spec.kind == QF_LAYER_MAXPOOL2D ? 1 : 0));     /* argmax */
         if (L->spec.kind == QF_LAYER_CONV2D) {
-            int64_t p = L->geom.oh * L->geom.ow, k = L->w_cols;
+            int64_t p = L->geom.oh * L->geom.ow, k = L->geom.c * L->geom.kh * L->geom.kw;
             act += 3 * p * k + p * L->spec.out_features;
         }
         if (L->out_size > *max_size)
             *max_size = L->out_size;
     }
     return act;
+}
+
+/* Floats of the per-net (not per-sample) convolution workspaces: each Conv2d's
+ * transposed weights and weight gradient (net_conv.c). */
+static int64_t conv_workspace_floats(const qf_net *net)
+{
+    int64_t floats = 0;
+    for (int i = 0; i < net->n_layers; i++)
+        if (net->layers[i].spec.kind == QF_LAYER_CONV2D)
+            floats += 2 * net->layers[i].w_rows * net->layers[i].w_cols;
+    return floats;
 }
 
 int64_t qf_net_sample_floats(const qf_net *net)
@@ -642,7 +667,7 @@ qf_status qf_net_prepare(qf_net *net, int64_t n)
     int64_t max_size;
     int64_t act = activation_floats(net, &max_size);
     qf_net_free_buffers(net);
-    net->act_storage = malloc(sizeof(float) * (size_t)(act * cap + 1));
+    net->act_storage = malloc(sizeof(float) * (size_t)(act * cap + conv_workspace_floats(net) + 1));
     net->x = malloc(sizeof(float) * (size_t)(qf_net_cur_in_size(net) * cap));
     net->scratch = malloc(sizeof(float) * (size_t)(max_size * cap));
     net->labels = malloc(sizeof(int32_t) * (size_t)cap);
@@ -658,6 +683,7 @@ qf_status qf_net_prepare(qf_net *net, int64_t n)
         L->out = p; p += L->out_size * cap;
         L->dout = p; p += L->out_size * cap;
         L->codes = L->cols = L->col_codes = L->dcols = L->gemm_out = L->skip_grad = NULL;
+        L->w_t = L->dw_t = NULL;
         L->xhat = NULL;
         L->argmax = NULL;
         if (L->spec.kind == QF_LAYER_BATCHNORM2D) {
@@ -678,10 +704,13 @@ qf_status qf_net_prepare(qf_net *net, int64_t n)
         }
         if (L->spec.kind == QF_LAYER_CONV2D) {
             int64_t rows = L->geom.oh * L->geom.ow * cap;
-            L->cols = p; p += rows * L->w_cols;
-            L->col_codes = p; p += rows * L->w_cols;
-            L->dcols = p; p += rows * L->w_cols;
+            int64_t k = L->geom.c * L->geom.kh * L->geom.kw;   /* taps of all groups */
+            L->cols = p; p += rows * k;
+            L->col_codes = p; p += rows * k;
+            L->dcols = p; p += rows * k;
             L->gemm_out = p; p += rows * L->spec.out_features;
+            L->w_t = p; p += L->w_rows * L->w_cols;
+            L->dw_t = p; p += L->w_rows * L->w_cols;
         }
     }
     net->batch_cap = cap;

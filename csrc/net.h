@@ -55,6 +55,8 @@ typedef struct {
                                    < 0 for a cumulative average (torch momentum=None)    */
     int affine;                 /* BATCHNORM2D: trained weight (gamma) and bias (beta)   */
     int track_running_stats;    /* BATCHNORM2D: keep running statistics, used in eval    */
+    int groups;                 /* CONV2D: channel groups (torch's groups; 0 or 1: none);
+                                   weight (out, in / groups, KH, KW)                      */
 } qf_layer_spec;
 
 typedef enum {

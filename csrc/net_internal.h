@@ -52,6 +52,8 @@ typedef struct {
     float *codes;                       /* (cap, out_size) when emits_codes                 */
     float *cols, *col_codes, *dcols;    /* CONV2D: (cap * P, K) patches, codes, gradients   */
     float *gemm_out;                    /* CONV2D: (cap * P, OC) product before transposing */
+    float *w_t, *dw_t;                  /* CONV2D: (w_cols, w_rows) weights used, transposed,
+                                           and the batch's weight gradient (net_conv.c)    */
     float *skip_grad;                   /* RESIDUAL_ADD: (cap, out_size)                    */
     int sparse_pass;                    /* LINEAR: the last forward ran over the packed
                                            kept weights (net_packed.c), so does its backward */
@@ -135,6 +137,18 @@ float qf_net_clamp_scale(float threshold, float int_threshold);
  * initialises the norms g. */
 void qf_net_a2q_quantize(qf_net *net, qf_layer *L, const float *w, float *fq, float *codes,
                          float *scale, qf_a2q_row *rows);
+/* the weight quantizer's forward (w_scale, w_fq, w_codes from w) and backward
+ * (w->grad += the straight-through gradient of dw_fq, plus the scale's) */
+void qf_net_quantize_weights(qf_layer *L, const float *w);
+void qf_net_weight_quant_backward(qf_layer *L, qf_tensor *w);
+/* the same for any weight quantizer, A2Q included: w_fq, w_codes, w_scale of L from
+ * w; and w->grad (A2Q: and its norms') from dw_fq */
+void qf_net_weights_forward(qf_net *net, qf_layer *L, const float *w);
+void qf_net_weights_backward(qf_net *net, qf_layer *L, qf_tensor *w);
+/* net_conv.c: a Conv2d layer's passes; din (n, in_size) or NULL */
+void qf_net_forward_conv(qf_net *net, qf_layer *L, const float *in, const float *in_codes,
+                         int64_t n);
+void qf_net_backward_conv(qf_net *net, qf_layer *L, float *din, int64_t n);
 /* net_batchnorm.c: BatchNorm2d layers in the network */
 #define QF_BN_CACHE_PER_CHANNEL 5       /* floats of a BatchNorm2d's per-channel cache     */
 /* Point L's per-channel arrays into cache (QF_BN_CACHE_PER_CHANNEL * C floats);

@@ -128,7 +128,7 @@ static void weight_scales(qf_layer *L, const float *w)
     L->w_scale_fixed = L->spec.weight_quant.kind == QF_QUANT_CONST;
 }
 
-static void quantize_weights(qf_layer *L, const float *w)
+void qf_net_quantize_weights(qf_layer *L, const float *w)
 {
     weight_scales(L, w);
     if (!L->spec.per_channel) {
@@ -239,12 +239,7 @@ static void weighted_product(qf_net *net, qf_layer *L, float *out, const float *
         qf_linear_forward(out, in, w, b, rows, n_in, n_out);
         return;
     }
-    if (L->spec.accumulator_bits > 0) {
-        weight_scales(L, w);
-        qf_net_a2q_quantize(net, L, w, L->w_fq, L->w_codes, L->w_scale, L->a2q_rows);
-    } else {
-        quantize_weights(L, w);
-    }
+    qf_net_weights_forward(net, L, w);
     if (in_codes) {
         for (int64_t o = 0; o < n_out; o++)
             L->epi_scale[o] = L->in_scale * L->w_scale[o];
@@ -264,22 +259,6 @@ static void weighted_product(qf_net *net, qf_layer *L, float *out, const float *
     } else {
         qf_linear_forward(out, in, L->w_fq, b, rows, n_in, n_out);
     }
-}
-
-static void forward_conv(qf_net *net, qf_layer *L, const float *in, const float *in_codes,
-                         int64_t n)
-{
-    const qf_conv_geom *g = &L->geom;
-    int64_t p = g->oh * g->ow, k = L->w_cols, oc = L->w_rows;
-    int use_codes = in_codes && L->spec.weight_quant.kind != QF_QUANT_NONE;
-    for (int64_t s = 0; s < n; s++) {
-        qf_im2col(L->cols + s * p * k, in + s * L->in_size, g);
-        if (use_codes)
-            qf_im2col(L->col_codes + s * p * k, in_codes + s * L->in_size, g);
-    }
-    weighted_product(net, L, L->gemm_out, L->cols, use_codes ? L->col_codes : NULL, n * p);
-    for (int64_t s = 0; s < n; s++)
-        qf_transpose2d(L->out + s * L->out_size, L->gemm_out + s * p * oc, p, oc);
 }
 
 /* Strides (into the input sample) of the output's three dims for a transpose layer. */
@@ -345,7 +324,7 @@ void qf_net_forward_layers(qf_net *net, int64_t n)
             weighted_product(net, L, L->out, in, in_codes, n);
             break;
         case QF_LAYER_CONV2D:
-            forward_conv(net, L, in, in_codes, n);
+            qf_net_forward_conv(net, L, in, in_codes, n);
             break;
         case QF_LAYER_RELU:
             relu_forward(L->out, in, count);
@@ -454,7 +433,7 @@ qf_status qf_net_forward(qf_net *net, const float *x, int64_t n, float *out)
 
 /* Gradient of the weights from dW_fq: straight through the quantizer, plus the
  * abs-max scale's gradient at the element that set it. */
-static void weight_quant_backward(qf_layer *L, qf_tensor *w)
+void qf_net_weight_quant_backward(qf_layer *L, qf_tensor *w)
 {
     int64_t groups = L->spec.per_channel ? L->w_rows : 1;
     int64_t len = L->spec.per_channel ? L->w_cols : L->w_rows * L->w_cols;
@@ -490,6 +469,24 @@ static void a2q_weight_backward(qf_net *net, qf_layer *L, qf_tensor *w)
     }
 }
 
+void qf_net_weights_forward(qf_net *net, qf_layer *L, const float *w)
+{
+    if (L->spec.accumulator_bits > 0) {
+        weight_scales(L, w);
+        qf_net_a2q_quantize(net, L, w, L->w_fq, L->w_codes, L->w_scale, L->a2q_rows);
+    } else {
+        qf_net_quantize_weights(L, w);
+    }
+}
+
+void qf_net_weights_backward(qf_net *net, qf_layer *L, qf_tensor *w)
+{
+    if (L->spec.accumulator_bits > 0)
+        a2q_weight_backward(net, L, w);
+    else
+        qf_net_weight_quant_backward(L, w);
+}
+
 /* Backward of weighted_product: din (rows, n_in) (may be NULL), parameter grads added. */
 static void weighted_backward(qf_net *net, qf_layer *L, float *din, const float *dout,
                               const float *in, int64_t rows)
@@ -516,27 +513,13 @@ static void weighted_backward(qf_net *net, qf_layer *L, float *din, const float 
     } else {
         memset(L->dw_fq, 0, sizeof(float) * (size_t)(n_out * n_in));
         qf_linear_backward(din, L->dw_fq, db, dout, in, L->w_fq, rows, n_in, n_out);
-        weight_quant_backward(L, w);
+        qf_net_weight_quant_backward(L, w);
     }
     /* a pruned weight's gradient is 0, as PyTorch's weight_orig.grad (in an epoch
      * only the kept entries are read) */
     if (w->mask && !net->packed_live)
         for (int64_t j = 0; j < w->size; j++)
             w->grad[j] = w->mask[j] ? w->grad[j] : 0.0f;
-}
-
-static void backward_conv(qf_net *net, qf_layer *L, float *din, int64_t n)
-{
-    const qf_conv_geom *g = &L->geom;
-    int64_t p = g->oh * g->ow, k = L->w_cols, oc = L->w_rows;
-    for (int64_t s = 0; s < n; s++)   /* dout (OC, P) -> (P, OC), reusing gemm_out */
-        qf_transpose2d(L->gemm_out + s * p * oc, L->dout + s * L->out_size, oc, p);
-    weighted_backward(net, L, din ? L->dcols : NULL, L->gemm_out, L->cols, n * p);
-    if (!din)
-        return;
-    memset(din, 0, sizeof(float) * (size_t)(n * L->in_size));
-    for (int64_t s = 0; s < n; s++)
-        qf_col2im(din + s * L->in_size, L->dcols + s * p * k, g);
 }
 
 static void threshold_gradient(qf_net *net, qf_layer *L, double dscale, const float *in,
@@ -578,7 +561,7 @@ void qf_net_backward_layers(qf_net *net, int64_t n, float *dx)
             weighted_backward(net, L, din, L->dout, in, n);
             break;
         case QF_LAYER_CONV2D:
-            backward_conv(net, L, din, n);
+            qf_net_backward_conv(net, L, din, n);
             break;
         case QF_LAYER_RELU:
             if (din)

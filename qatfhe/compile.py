@@ -385,6 +385,19 @@ class _Op:
         return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
+def _ungroup(weight, groups):
+    """A grouped conv's codes (OC, C / groups, KH, KW) as an ordinary conv's (OC, C, KH, KW):
+    zero outside each output channel's group, which adds exactly 0 to its sums (the circuit
+    visits nonzero weights only, so it costs nothing and leaves every bound unchanged)."""
+    oc, cg, kh, kw = weight.shape
+    full = np.zeros((oc, cg * groups, kh, kw), weight.dtype)
+    per_group = oc // groups
+    for o in range(oc):
+        g = o // per_group
+        full[o, g * cg:(g + 1) * cg] = weight[o]
+    return full
+
+
 def _run_ops(ops, codes, want_ranges=True):
     """(decoded float32 (n, out), returned integers (n, out), [(min, max)] per node) of the
     ops on input codes (n, C, H, W); node values are dropped after their last use."""
@@ -620,6 +633,8 @@ class _Builder:
         """A dense or conv op on codes; returns the chain of its float output."""
         layer, q = entry.layer, codes.quant
         conv = weight.ndim == 4
+        if conv and layer.groups > 1:
+            weight = _ungroup(weight, layer.groups)
         fields = {"stride": layer.stride, "padding": layer.padding,
                   "pad_code": q.zero_point} if conv else {}
         node = self.add(_Op("conv" if conv else "dense", entry.name, entry.index,

@@ -317,11 +317,18 @@ def _pair(value, name, minimum):
 
 
 class Conv2d(Module):
-    """torch.nn.Conv2d on NCHW samples (groups=1, dilation=1, zero padding)."""
+    """torch.nn.Conv2d on NCHW samples (dilation=1, zero padding); groups as in torch
+    (groups=in_channels: depthwise), weight (out_channels, in_channels / groups, kh, kw)."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
+                 groups=1):
         self.in_channels = _checks.positive_int(in_channels, "in_channels")
         self.out_channels = _checks.positive_int(out_channels, "out_channels")
+        self.groups = _checks.positive_int(groups, "groups")
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(f"in_channels ({self.in_channels}) and out_channels "
+                             f"({self.out_channels}) must both be divisible by groups "
+                             f"({self.groups})")
         self.kernel_size = _pair(kernel_size, "kernel_size", 1)
         self.stride = _pair(stride, "stride", 1)
         self.padding = _pair(padding, "padding", 0)
@@ -338,12 +345,17 @@ class Conv2d(Module):
     def _core_spec(self):
         return {"kind": _core.LAYER_CONV2D, "in_features": self.in_channels,
                 "out_features": self.out_channels, "bias": int(self.has_bias),
-                "kernel": self.kernel_size, "stride": self.stride, "padding": self.padding}
+                "kernel": self.kernel_size, "stride": self.stride, "padding": self.padding,
+                "groups": self.groups}
 
     def config(self):
-        return {"type": "Conv2d", "in_channels": self.in_channels,
-                "out_channels": self.out_channels, "kernel_size": list(self.kernel_size),
-                "stride": list(self.stride), "padding": list(self.padding), "bias": self.has_bias}
+        config = {"type": "Conv2d", "in_channels": self.in_channels,
+                  "out_channels": self.out_channels, "kernel_size": list(self.kernel_size),
+                  "stride": list(self.stride), "padding": list(self.padding),
+                  "bias": self.has_bias}
+        if self.groups != 1:      # saved files without groups load as groups=1
+            config["groups"] = self.groups
+        return config
 
 
 class QuantConv2d(_A2Q, Conv2d):
@@ -353,8 +365,8 @@ class QuantConv2d(_A2Q, Conv2d):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
                  weight_quant=Int8WeightPerTensorFloat, weight_bit_width=None, bias_quant=None,
                  return_quant_tensor=False, weight_narrow_range=None, weight_scaling_const=None,
-                 weight_scaling_per_output_channel=False, accumulator_bit_width=None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias)
+                 weight_scaling_per_output_channel=False, accumulator_bit_width=None, groups=1):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias, groups)
         _init_weight_quant(self, weight_quant, weight_bit_width, bias_quant, return_quant_tensor,
                            weight_narrow_range, weight_scaling_const,
                            weight_scaling_per_output_channel, accumulator_bit_width)

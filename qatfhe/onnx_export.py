@@ -285,7 +285,8 @@ class _Builder:
             inputs = [x, weight] + ([self.const(f"{i}.bias", layer.bias)] if layer.has_bias
                                     else [])
             y = self.node("Conv", inputs, f"{name}/Conv", kernel_shape=[kh, kw],
-                          strides=[sh, sw], pads=[ph, pw, ph, pw], dilations=[1, 1], group=1)
+                          strides=[sh, sw], pads=[ph, pw, ph, pw], dilations=[1, 1],
+                          group=layer.groups)
             return y, (layer.out_channels, (h + 2 * ph - kh) // sh + 1,
                        (w_ + 2 * pw - kw) // sw + 1)
         if isinstance(layer, nn.AvgPool2d):

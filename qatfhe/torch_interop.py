@@ -73,7 +73,7 @@ def from_torch(module, seed=0, input_shape=None):
     """A float qatfhe network computing what `module` computes, weights copied.
 
     module: a torch.nn.Module whose forward is a chain (each step feeds only the next) of
-        nn.Linear, nn.ReLU, nn.Conv2d (groups=1, dilation=1, zero padding), nn.AvgPool2d
+        nn.Linear, nn.ReLU, nn.Conv2d (dilation=1, zero padding), nn.AvgPool2d
         (count_include_pad=True, floor mode), nn.MaxPool2d (dilation=1, floor mode),
         nn.BatchNorm2d (weights and running statistics copied), nn.Flatten() and the
         functional relu /
@@ -224,8 +224,6 @@ def _qatfhe_layer(torch, name, kind, layer):
         return nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
     if kind == "Conv2d":
         problems = []
-        if layer.groups != 1:
-            problems.append(f"groups={layer.groups} (only 1)")
         if _pair(layer.dilation) != (1, 1):
             problems.append(f"dilation={layer.dilation} (only 1)")
         if layer.padding_mode != "zeros":
@@ -242,7 +240,7 @@ def _qatfhe_layer(torch, name, kind, layer):
             raise ValueError(f"{label} is not supported with " + ", ".join(problems))
         return nn.Conv2d(layer.in_channels, layer.out_channels, tuple(layer.kernel_size),
                          stride=tuple(layer.stride), padding=tuple(_pair(padding)),
-                         bias=layer.bias is not None)
+                         bias=layer.bias is not None, groups=layer.groups)
     # AvgPool2d
     problems = []
     if layer.ceil_mode:
@@ -419,7 +417,7 @@ def _convert_chain(layers, quantized, nonneg, opts, report, pairs, prefix):
         elif isinstance(layer, nn.Conv2d):
             new = nn.QuantConv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
                                  stride=layer.stride, padding=layer.padding,
-                                 bias=layer.has_bias, **opts.weights())
+                                 bias=layer.has_bias, groups=layer.groups, **opts.weights())
             add("replaced", layer, new, "")
             pairs.append((layer, new))
             quantized = nonneg = False
@@ -522,7 +520,8 @@ def _torch_layer(torch, modules, layer, fake_quant):
         new = tnn.Linear(layer.in_features, layer.out_features, bias=layer.has_bias)
     elif isinstance(layer, nn.Conv2d):
         new = tnn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
-                         stride=layer.stride, padding=layer.padding, bias=layer.has_bias)
+                         stride=layer.stride, padding=layer.padding, bias=layer.has_bias,
+                         groups=layer.groups)
     elif isinstance(layer, nn.AvgPool2d):
         return tnn.AvgPool2d(layer.kernel_size, stride=layer.stride, padding=layer.padding,
                              count_include_pad=True)

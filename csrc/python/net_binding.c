@@ -85,7 +85,8 @@ static int parse_layer(PyObject *layer, qf_layer_spec *s)
         dict_float(layer, "momentum", 0.1f, &s->momentum) < 0 ||
         dict_int(layer, "affine", 1, &s->affine) < 0 ||
         dict_int(layer, "track_running_stats", 1, &s->track_running_stats) < 0 ||
-        dict_int(layer, "accumulator_bits", 0, &s->accumulator_bits) < 0)
+        dict_int(layer, "accumulator_bits", 0, &s->accumulator_bits) < 0 ||
+        dict_int(layer, "groups", 1, &s->groups) < 0)
         return -1;
     PyObject *shape = PyDict_GetItemString(layer, "shape");
     if (shape && !PyArg_ParseTuple(shape, "iii", &s->shape[0], &s->shape[1], &s->shape[2])) {
