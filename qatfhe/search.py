@@ -91,12 +91,16 @@ class Family:
     QuantIdentity (CommonActQuant); accumulator_bits: A2Q budget P of every QuantLinear
     (`accumulator_bit_width=P`, needs a qatfhe with accumulator-aware layers); fan_in:
     prune.fan_in(k) on every QuantLinear wider than k; rounding_threshold_bits: compile
-    option.  Training (shared by every candidate): epochs, lr, lr_schedule, batch_size,
-    weight_decay (AdamW, qatfhe.experiments.train), init ("uniform": QuantLinear weights
-    U(-1, 1) as the tutorial; "default": PyTorch's) and restarts: networks trained per
-    seed, restart r initialised and shuffled from seed + r * RESTART_STRIDE on the seed's
-    data, keeping the one whose integer circuit scores best on the training set (the
-    test set is not looked at; ties keep the first)."""
+    option; act_max: constant threshold T of the hidden QuantReLUs (codes 0..2^b - 1,
+    scale T / (2^b - 1); None: learned, Uint8ActPerTensorFloat).  Training (shared by every
+    candidate): epochs, lr, lr_schedule, batch_size, weight_decay (AdamW,
+    qatfhe.experiments.train), init ("uniform": QuantLinear weights U(-1, 1) as the
+    tutorial; "default": PyTorch's; "ladder": uniform, then the first hidden layer a
+    staircase of steps on one random direction, see _ladder) and restarts: networks
+    trained per seed, restart r initialised and shuffled from seed + r * RESTART_STRIDE on
+    the seed's data, keeping the one whose integer circuit scores best on the training set
+    (the test set is not looked at; ties keep the first).  The defaults are the recipe that
+    reaches the checkerboard's ceiling with 16 lookups of at most 4 bits (README)."""
 
     widths: tuple = (8, 16, 32)
     depths: tuple = (1, 2)

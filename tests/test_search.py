@@ -222,3 +222,26 @@ def test_act_max_sets_a_constant_relu_threshold():
     for bad in (0.0, -1.0, float("nan"), float("inf"), True):
         with pytest.raises(ValueError, match="act_max"):
             search.Family(act_max=(bad,))
+
+
+def test_command_passes_act_max_and_init(tmp_path):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    out = tmp_path / "out"
+    common = [sys.executable, "-m", "qatfhe", "search", "--out", str(out), "--widths", "3",
+              "--depths", "1", "--rounding-bits", "none", "--seeds", "1", "--epochs", "1",
+              "--restarts", "1", "--jobs", "1", "--no-progress"]
+    done = subprocess.run(common + ["--act-max", "0.5,none", "--init", "uniform",
+                                    "--weight-decay", "0.01"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    state = json.loads((out / "search.json").read_text())
+    assert len(state["evaluations"]) == 2               # one per threshold
+    points = json.loads((out / "frontier.json").read_text())
+    assert {p["config"]["act_max"] for p in points} <= {0.5, None}
+    assert all(p["config"]["init"] == "uniform" and p["config"]["weight_decay"] == 0.01
+               for p in points)
+    bad = subprocess.run(common + ["--act-max", "x"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "act-max" in bad.stderr
+    bad = subprocess.run(common + ["--act-max", "-1"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "act_max" in bad.stderr
