@@ -3,6 +3,7 @@
 Commands:
     demo       train the tutorial's 3-bit QAT network on the checkerboard data once
     tutorial   the tutorial's three experiments over N seeded runs: tables, JSON, plots
+    fhe        the tutorial's QAT net under real FHE (Concrete): cost, keygen, latency
     search     the cheapest FHE circuits at full accuracy: a Pareto front (qatfhe.search)
 Usage errors exit with status 2."""
 import argparse
@@ -237,6 +238,8 @@ def _parser():
                           help="samples timed per circuit with --fhe-latency (default 1)")
     tutorial.set_defaults(run=_tutorial)
 
+    from .fhe_demo import add_command as add_fhe      # body in qatfhe/fhe_demo.py
+    add_fhe(commands, _count)
     from .search import add_command
     add_command(commands)
     return parser

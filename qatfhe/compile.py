@@ -50,7 +50,8 @@ raises ValueError naming the layer.
 
 Modes, as in Concrete-ML: fhe="disable" runs the quantized model in the clear (NumPy, here),
 fhe="simulate" runs the integer circuit (C) with the same integers and the same float32
-lookups, so the two agree exactly; fhe="execute" needs an encryption backend (none yet).
+lookups, so the two agree exactly; fhe="execute" runs it encrypted through Concrete after
+module.compile_fhe() (qatfhe.fhe, the `fhe` extra), with the same integers again.
 In C, a circuit whose every value and partial sum stays below 2^24 by the static bounds runs
 in float32 (exact for such integers) on blocks of samples, vectorised and skipping pruned
 weights; any other runs in int64 one sample at a time.  forward, predict and
@@ -923,6 +924,8 @@ class QuantizedModule:
             if op.kind == "add":
                 self._consumers[op.src2].append(op.kind)
         self._report = report
+        self._calibration = None    # the calibration samples (compile_fhe's default inputset)
+        self._fhe = None            # the Concrete circuit after compile_fhe (qatfhe.fhe)
         if report is not None:
             self._set_maxpool_info()
 
@@ -955,11 +958,7 @@ class QuantizedModule:
 
     # --- inference
     def _check_fhe(self, fhe):
-        if fhe == "execute":
-            raise NotImplementedError("fhe='execute' needs an FHE encryption backend, which "
-                                      "qatfhe does not have yet; fhe='simulate' runs the same "
-                                      "integer circuit without encryption")
-        if fhe not in ("disable", "simulate"):
+        if fhe not in ("disable", "simulate", "execute"):
             raise ValueError(f"fhe must be 'disable', 'simulate' or 'execute', got {fhe!r}")
 
     def _samples(self, X, name):
@@ -998,6 +997,9 @@ class QuantizedModule:
         n_threads: threads sharing a large batch in fhe="simulate" (see forward)."""
         self._check_fhe(fhe)
         n_threads = _check_threads(n_threads)
+        if fhe == "execute":
+            from . import fhe as fhe_module
+            return fhe_module.execute_codes(self, q_x)
         if fhe == "simulate":
             if self._plain(q_x, _INT64):         # the C core checks the code range itself
                 try:
@@ -1023,9 +1025,11 @@ class QuantizedModule:
         shape = tuple(self._nodes[decode.src]["shape"])
         return decode.affine(q.astype(np.int64).reshape((len(q),) + shape)).reshape(len(q), -1)
 
-    def forward(self, X, fhe="disable", n_threads=1):
+    def forward(self, X, fhe="disable", n_threads=1, progress=True):
         """Float outputs (n, out_features): quantize X ((n, C, H, W) or flat), run the
-        circuit (fhe="simulate", C) or its clear NumPy twin (fhe="disable"), decode.
+        circuit (fhe="simulate", C), its clear NumPy twin (fhe="disable") or the circuit
+        under encryption (fhe="execute", after compile_fhe: encrypt, run, decrypt each
+        sample, with a progress bar unless progress=False; equal to "simulate"), decode.
 
         n_threads (fhe="simulate"; 1 to 64, default 1): threads of the C core sharing the
         batch, each taking a contiguous run of at least 1024 samples (smaller batches run
@@ -1033,6 +1037,9 @@ class QuantizedModule:
         batch size."""
         self._check_fhe(fhe)
         n_threads = _check_threads(n_threads)
+        if fhe == "execute":
+            from . import fhe as fhe_module
+            return self.dequantize_output(fhe_module.execute(self, X, progress))
         if fhe == "simulate":
             if self._plain(X, _FLOAT32):         # the C core checks finiteness itself
                 try:
@@ -1045,9 +1052,10 @@ class QuantizedModule:
 
     __call__ = forward
 
-    def predict(self, X, fhe="disable", n_threads=1):
+    def predict(self, X, fhe="disable", n_threads=1, progress=True):
         """Class indices (int64): argmax of forward (first maximum)."""
-        return np.asarray(self.forward(X, fhe=fhe, n_threads=n_threads)).argmax(axis=1)
+        return np.asarray(self.forward(X, fhe=fhe, n_threads=n_threads,
+                                       progress=progress)).argmax(axis=1)
 
     def _plain(self, X, dtype):
         """Whether X is already an (n >= 1, in_features) array of dtype (native byte
@@ -1070,9 +1078,12 @@ class QuantizedModule:
         A maxpool node also has
         pairwise_max_lookups (per sample), max_diff_min, max_diff_max, max_diff_bits (the
         range of a - b its max(a, b) = b + relu(a - b) lookups read, from its input's range
-        on X) and static_max_diff_bits."""
+        on X) and static_max_diff_bits.  After compile_fhe every node also has pbs_bits,
+        the bit width of the programmable bootstrap computing it (lookups and rounds;
+        None otherwise)."""
         if X is None:
-            return [dict(r) for r in self._report]
+            report = [dict(r) for r in self._report]
+            return report if self._fhe is None else self._fhe.annotate(report)
         ranges = self._circuit.run(self._samples(X, "X"))[2]
         report = []
         for j, node in enumerate(self._nodes):
@@ -1088,7 +1099,7 @@ class QuantizedModule:
         for k, op in enumerate(self.ops):
             if op.kind == "maxpool":
                 report[k + 1].update(self._maxpool_fields(op, report[op.src]))
-        return report
+        return report if self._fhe is None else self._fhe.annotate(report)
 
     def _maxpool_fields(self, op, src):
         """The pairwise-max lookups of a maxpool op reading the node of report entry src."""
@@ -1126,7 +1137,8 @@ class QuantizedModule:
         return "is an encrypted integer of the circuit"
 
     def _calibrate(self, X):
-        self._report = self.bit_width_report(np.reshape(X, (len(X), -1)))
+        self._calibration = np.reshape(X, (len(X), -1))
+        self._report = self.bit_width_report(self._calibration)
         self._set_maxpool_info()
 
     def _find_worst_case(self):
@@ -1199,6 +1211,43 @@ class QuantizedModule:
                 warnings.warn(message, RuntimeWarning, stacklevel=2)
                 return False
         return True
+
+    # --- encrypted execution (qatfhe.fhe; needs the `fhe` extra, concrete-python)
+    def compile_fhe(self, X=None, p_error=None, global_p_error=None, show_progress=False,
+                    **configuration):
+        """Compile the integer circuit to FHE with Concrete: encrypted input codes, clear
+        integer weights, one table lookup (PBS) per element for each epilogue; the last
+        integers are decrypted and dequantised in the clear.  X (default: the calibration
+        set, which a loaded module no longer has) sets the ranges Concrete sizes every
+        value for.  p_error bounds the failure probability of each PBS, global_p_error
+        that of a whole sample's run (give at most one; default: Concrete's
+        global_p_error = 1e-5, so at most one sample in 100,000 may come back wrong).
+        Other keyword arguments go to concrete.fhe.Configuration.  Returns self."""
+        from . import fhe as fhe_module
+        fhe_module.compile_fhe(self, X, p_error, global_p_error, show_progress,
+                               **configuration)
+        return self
+
+    def fhe_keygen(self, force=False, seed=None):
+        """Generate the FHE keys now (they are otherwise generated by the first
+        fhe="execute" call and cached); returns the seconds taken (0.0 when cached)."""
+        from . import fhe as fhe_module
+        return fhe_module.compiled(self).keygen(force=force, seed=seed)
+
+    def fhe_statistics(self):
+        """What one encrypted sample costs, from Concrete's compiled circuit: pbs_count,
+        pbs_count_per_bit_width, pbs_count_per_parameter, complexity, max_bit_width,
+        p_error (per PBS), global_p_error (per sample), key and ciphertext sizes in bytes,
+        key_switch_count, and lookups (op, name, pbs count and PBS bit width per lookup)."""
+        from . import fhe as fhe_module
+        return fhe_module.compiled(self).statistics()
+
+    def save_fhe(self, directory):
+        """Write the deployment files for qatfhe.fhe.Server and qatfhe.fhe.Client into
+        directory: server.zip, client.specs.json, qatfhe.json (plain JSON, no pickle).
+        Returns the circuit id."""
+        from . import fhe as fhe_module
+        return fhe_module.save(self, directory)
 
     # --- persistence
     def save(self, path):

@@ -46,7 +46,13 @@ def export_onnx(net, path, input_shape=None):
     it (convert it first with qatfhe.convert), a layer that would receive a tensor no
     quantizer produced, non-finite weights or scales, an unsigned narrow-range activation
     quantizer (Concrete-ML reads it as signed).  The file is written atomically: on any
-    error the path is left as it was."""
+    error the path is left as it was.
+
+    Per-channel weight scales (weight_scaling_per_output_channel=True) are written as
+    (out, 1[, 1, 1]) scale tensors, valid ONNX, but Concrete-ML 1.9 cannot import them
+    (its compile fails with "operands could not be broadcast together"; so does Brevitas'
+    own export of such layers): export_onnx then warns (UserWarning) naming the layers.
+    qatfhe's own QuantizedModule.compile_fhe runs them under FHE."""
     if not isinstance(net, nn.Sequential):
         raise TypeError(f"net must be a qatfhe nn.Sequential, got {type(net).__name__}")
     if not isinstance(path, (str, bytes, os.PathLike)):
@@ -66,7 +72,25 @@ def export_onnx(net, path, input_shape=None):
     except onnx.checker.ValidationError as exc:  # a bug here, not the user's
         raise RuntimeError(f"export_onnx built an invalid ONNX model: {exc}") from None
     _write_atomic(target, model.SerializeToString())
+    _warn_per_channel(net, path)
     return model
+
+
+def _warn_per_channel(net, path):
+    names = []
+    for i, layer in enumerate(net):
+        inner = [(f"layer {i}.block[{j}]", l) for j, l in enumerate(layer.block)] \
+            if isinstance(layer, nn.Residual) else [(f"layer {i}", layer)]
+        names += [f"{name} ({type(l).__name__})" for name, l in inner
+                  if isinstance(l, _WEIGHTED) and getattr(l, "per_channel", False)]
+    if names:
+        import warnings
+        warnings.warn(f"{path!r} holds per-channel weight scales ({', '.join(names)}): "
+                      f"Concrete-ML 1.9 cannot import them (compile_onnx_model fails with "
+                      f"'operands could not be broadcast together'); use "
+                      f"weight_scaling_per_output_channel=False for Concrete-ML, or run the "
+                      f"network under FHE with qatfhe's own QuantizedModule.compile_fhe",
+                      UserWarning, stacklevel=3)
 
 
 # ------------------------------------------------------------------ checks

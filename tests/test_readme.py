@@ -26,5 +26,6 @@ def test_first_commands_and_ci():
     commands = re.findall(r"```bash\n(.*?)```", README, re.S)[0].splitlines()
     assert commands[0].startswith("pip install -e . && python -m qatfhe tutorial")
     test_command = commands[1].split("#")[0].strip()
-    assert test_command == 'pip install -e ".[test]" && python -m pytest'
+    assert test_command == ('pip install torch==2.13.0 && pip install -e ".[test,fhe]" && '
+                            'python -m pytest')
     assert test_command in (ROOT / ".ci" / "run").read_text()
