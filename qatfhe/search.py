@@ -71,6 +71,12 @@ def _count(v, name):
         raise ValueError(f"every {name} value must be an integer >= 1, got {v!r}")
 
 
+def _optional_threshold(v, name):
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float, np.number))
+                          or not np.isfinite(v) or v <= 0):
+        raise ValueError(f"every {name} value must be a finite number > 0 or None, got {v!r}")
+
+
 def _optional_count(v, name):
     if v is not None:
         _count(v, name)
@@ -85,37 +91,44 @@ class Family:
     QuantIdentity (CommonActQuant); accumulator_bits: A2Q budget P of every QuantLinear
     (`accumulator_bit_width=P`, needs a qatfhe with accumulator-aware layers); fan_in:
     prune.fan_in(k) on every QuantLinear wider than k; rounding_threshold_bits: compile
-    option.  Training (shared by every candidate): epochs, lr, lr_schedule, batch_size,
-    weight_decay (AdamW, qatfhe.experiments.train), init ("uniform": QuantLinear weights
-    U(-1, 1) as the tutorial; "default": PyTorch's) and restarts: networks trained per
-    seed, restart r initialised and shuffled from seed + r * RESTART_STRIDE on the seed's
-    data, keeping the one whose integer circuit scores best on the training set (the
-    test set is not looked at; ties keep the first)."""
+    option; act_max: constant threshold T of the hidden QuantReLUs (codes 0..2^b - 1,
+    scale T / (2^b - 1); None: learned, Uint8ActPerTensorFloat).  Training (shared by every
+    candidate): epochs, lr, lr_schedule, batch_size, weight_decay (AdamW,
+    qatfhe.experiments.train), init ("uniform": QuantLinear weights U(-1, 1) as the
+    tutorial; "default": PyTorch's; "ladder": uniform, then the first hidden layer a
+    staircase of steps on one random direction, see _ladder) and restarts: networks
+    trained per seed, restart r initialised and shuffled from seed + r * RESTART_STRIDE on
+    the seed's data, keeping the one whose integer circuit scores best on the training set
+    (the test set is not looked at; ties keep the first).  The defaults are the recipe that
+    reaches the checkerboard's ceiling with 16 lookups of at most 4 bits (README)."""
 
     widths: tuple = (8, 16, 32)
-    depths: tuple = (2,)
-    weight_bits: tuple = (3,)
-    act_bits: tuple = (2, 3)
+    depths: tuple = (1, 2)
+    weight_bits: tuple = (2,)
+    act_bits: tuple = (2,)
     input_bits: tuple = (3,)
     accumulator_bits: tuple = (None,)
     fan_in: tuple = (None,)
     rounding_threshold_bits: tuple = (None, 6, 5, 4)
+    act_max: tuple = (1.0,)
     epochs: int = 10
-    lr: float = 2e-3
+    lr: float = 1e-2
     lr_schedule: str = "cosine"
-    batch_size: int = 1
-    weight_decay: float = 0.01
-    init: str = "uniform"
-    restarts: int = 4
+    batch_size: int = 16
+    weight_decay: float = 0.0
+    init: str = "ladder"
+    restarts: int = 32
 
     def __post_init__(self):
         checks = {"widths": _count, "depths": _count, "weight_bits": _bits, "act_bits": _bits,
                   "input_bits": _bits, "accumulator_bits": _optional_bits,
-                  "fan_in": _optional_count, "rounding_threshold_bits": _optional_bits}
+                  "fan_in": _optional_count, "rounding_threshold_bits": _optional_bits,
+                  "act_max": _optional_threshold}
         for name, check in checks.items():
             object.__setattr__(self, name, _tuple(getattr(self, name), name, check))
-        if self.init not in ("uniform", "default"):
-            raise ValueError(f"init must be 'uniform' or 'default', got {self.init!r}")
+        if self.init not in ("uniform", "default", "ladder"):
+            raise ValueError(f"init must be 'uniform', 'default' or 'ladder', got "
+                             f"{self.init!r}")
         self.settings()                      # validates the training values
         _count(self.restarts, "restarts")
         if any(p is not None for p in self.accumulator_bits):
@@ -129,11 +142,12 @@ class Family:
     def trainings(self):
         """The distinct trainings [config without rounding_threshold_bits], family order."""
         out = []
-        for depth, width, wb, ab, ib, acc, fan in itertools.product(
+        for depth, width, wb, ab, ib, acc, fan, top in itertools.product(
                 self.depths, self.widths, self.weight_bits, self.act_bits, self.input_bits,
-                self.accumulator_bits, self.fan_in):
+                self.accumulator_bits, self.fan_in, self.act_max):
             out.append({"depth": depth, "width": width, "weight_bits": wb, "act_bits": ab,
                         "input_bits": ib, "accumulator_bits": acc, "fan_in": fan,
+                        "act_max": None if top is None else float(top),
                         **{k: getattr(self, k) for k in TRAINING_KEYS}})
         return out
 
@@ -175,6 +189,16 @@ def _data(data, seed):
     return tuple(data)
 
 
+def _relu(config):
+    """The hidden QuantReLU: learned threshold (Uint8ActPerTensorFloat) or, with
+    config["act_max"] = T, a constant one (codes 0..2^b - 1, scale T / (2^b - 1))."""
+    from . import nn
+    if config.get("act_max") is None:
+        return nn.QuantReLU(bit_width=config["act_bits"])
+    return nn.QuantReLU(act_quant=nn.CommonActQuant, bit_width=config["act_bits"], signed=False,
+                        narrow_range=False, scaling_const=float(config["act_max"]))
+
+
 def build_net(config, n_features, n_classes, seed):
     """The candidate's network (module docstring), initialised from seed."""
     from . import nn, prune
@@ -186,19 +210,64 @@ def build_net(config, n_features, n_classes, seed):
     layers = [nn.QuantIdentity(act_quant=nn.CommonActQuant, bit_width=config["input_bits"])]
     previous = n_features
     for _ in range(config["depth"]):
-        layers += [nn.QuantLinear(previous, config["width"], **weights),
-                   nn.QuantReLU(bit_width=config["act_bits"])]
+        layers += [nn.QuantLinear(previous, config["width"], **weights), _relu(config)]
         previous = config["width"]
     layers.append(nn.QuantLinear(previous, n_classes, **weights))
     net = nn.Sequential(*layers, seed=seed)
     linears = [layer for layer in net if isinstance(layer, nn.QuantLinear)]
-    if config.get("init", "uniform") == "uniform":
+    if config.get("init", "uniform") in ("uniform", "ladder"):
         for layer in linears:
             nn.init.uniform_(layer.weight, -1.0, 1.0)
     if config.get("fan_in") is not None:
         for layer in linears:
             if layer.in_features > config["fan_in"]:
                 prune.fan_in(layer, config["fan_in"])
+    return net
+
+
+def _const_quantize(values, spec):
+    """values fake-quantized by a constant-threshold quantizer; unchanged otherwise."""
+    if spec.kind != "const":
+        return values
+    scale = spec.scaling_const / spec.int_threshold
+    return np.clip(np.round(values / scale), spec.qmin, spec.qmax) * scale
+
+
+def _ladder(net, X):
+    """The "ladder" initialisation of the first hidden layer: every neuron starts on one
+    direction (its first neuron's uniform draw scaled to a largest entry of 1 and
+    quantized, so the seed picks it), with biases at the midpoints between consecutive
+    values of the quantized training inputs' projection on it: a staircase of steps on the
+    input grid along that direction, which training then moves.  Restarts draw new
+    directions; later layers keep the uniform draw."""
+    from . import nn
+    layer = next(layer for layer in net if isinstance(layer, nn.QuantLinear))
+    weight = np.array(layer.weight)
+    direction = weight[0] / max(float(np.abs(weight[0]).max()), 1e-12)
+    X = np.asarray(X, np.float64)
+    if isinstance(net[0], nn.QuantIdentity):
+        X = _const_quantize(X, net[0].act_quant)
+    direction = _const_quantize(direction, layer.weight_quant)
+    values = np.unique(np.round(X @ direction, 9))
+    # the midpoints between consecutive projections; evenly picked if there are more of
+    # them than neurons, repeated if fewer
+    gaps = (values[:-1] + values[1:]) / 2 if len(values) > 1 else values
+    n = layer.out_features
+    pick = (np.round(np.linspace(0, len(gaps) - 1, n)).astype(int) if len(gaps) > n
+            else np.arange(n) % len(gaps))
+    steps = np.sort(gaps[pick])
+    layer.weight = np.repeat(direction[None, :], layer.out_features, 0).astype(np.float32)
+    layer.bias = (-steps).astype(np.float32)
+    if layer.weight_norm is not None:                 # A2Q: g starts at ||v||_1, as built
+        layer.weight_norm = np.abs(np.array(layer.weight)).sum(1).astype(np.float32)
+
+
+def initial_net(config, X_train, n_classes, seed):
+    """build_net, then the ladder initialisation on X_train when config["init"] says so:
+    the network a restart trains."""
+    net = build_net(config, X_train.shape[1], n_classes, seed)
+    if config.get("init") == "ladder":
+        _ladder(net, X_train)
     return net
 
 
@@ -220,8 +289,7 @@ def evaluate(training, seed, data="checkerboard", rounding=(None,)):
                                 if k not in ("init", "restarts")})
     best = None
     for r in range(training.get("restarts", 1)):
-        net = build_net(training, X_train.shape[1], max(n_classes, 2),
-                        seed + r * RESTART_STRIDE)
+        net = initial_net(training, X_train, max(n_classes, 2), seed + r * RESTART_STRIDE)
         train(net, X_train, y_train, settings)
         net.unprune()
         score = np.mean(compile_qat_model(net, X_train).predict(X_train, fhe="simulate")
@@ -478,6 +546,8 @@ def _describe(config):
         parts.append(f"acc{config['accumulator_bits']}")
     if config.get("fan_in") is not None:
         parts.append(f"fan-in {config['fan_in']}")
+    if config.get("act_max") is not None:
+        parts.append(f"relu max {config['act_max']:g}")
     if config.get("rounding_threshold_bits") is not None:
         parts.append(f"round {config['rounding_threshold_bits']}")
     return " ".join(parts)
@@ -529,6 +599,19 @@ def _write_outputs(out, front, rows, family, seeds):
 
 # ------------------------------------------------------------------ the command
 
+def _float_list(text):
+    import argparse
+    values = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            values.append(None if part.lower() == "none" else float(part))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected numbers (or none) separated by "
+                                             f"commas, got {text!r}") from None
+    return tuple(values)
+
+
 def _int_list(text):
     import argparse
     values = []
@@ -570,11 +653,19 @@ def add_command(commands):
         p.add_argument(flag, dest=name, type=_int_list, default=getattr(d, name),
                        metavar="LIST", help=f"comma-separated values, none = off "
                        f"(default {default})")
+    p.add_argument("--act-max", dest="act_max", type=_float_list, default=d.act_max,
+                   metavar="LIST", help="constant threshold of the hidden QuantReLUs, none = "
+                   "learned (Uint8ActPerTensorFloat); comma-separated (default "
+                   + ",".join("none" if v is None else f"{v:g}" for v in d.act_max) + ")")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--lr-schedule", choices=("constant", "cosine"), default=d.lr_schedule)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--init", choices=("uniform", "default"), default=d.init)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--init", choices=("uniform", "default", "ladder"), default=d.init,
+                   help="uniform: weights U(-1, 1) as the tutorial; default: PyTorch's; "
+                   "ladder: the first hidden layer a staircase on one random direction "
+                   f"(default {d.init})")
     p.add_argument("--restarts", type=int, default=d.restarts, metavar="R",
                    help=f"networks trained per seed, the best on the training set kept "
                    f"(default {d.restarts})")
@@ -613,8 +704,8 @@ def run_command(args):
     import sys
     from . import plots
     names = ("widths", "depths", "weight_bits", "act_bits", "input_bits", "accumulator_bits",
-             "fan_in", "rounding_threshold_bits", "epochs", "lr", "lr_schedule", "batch_size",
-             "init", "restarts")
+             "fan_in", "rounding_threshold_bits", "act_max", "epochs", "lr", "lr_schedule",
+             "batch_size", "weight_decay", "init", "restarts")
     try:
         family = Family(**{k: getattr(args, k) for k in names})
         data = "checkerboard" if args.data is None else _load_data(args.data)
@@ -653,8 +744,9 @@ def run_command(args):
 
 # What `python -m qatfhe tutorial` searches (a few candidates, so the tutorial stays quick):
 # the 2-layer nets the full search puts on its front near the ceiling.
-TUTORIAL_FAMILY = Family(widths=(32,), depths=(2,), act_bits=(3,),
-                         rounding_threshold_bits=(None, 6, 5, 4), restarts=1)
+TUTORIAL_FAMILY = Family(widths=(32,), depths=(2,), weight_bits=(3,), act_bits=(3,),
+                         rounding_threshold_bits=(None, 6, 5, 4), act_max=(None,), lr=2e-3,
+                         batch_size=1, weight_decay=0.01, init="uniform", restarts=1)
 
 
 def cheapest_keeping(front, accuracy):

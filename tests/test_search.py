@@ -154,9 +154,8 @@ def test_restarts_keep_the_network_best_on_the_training_set(tmp_path):
     X_train, X_test, y_train, y_test = datasets.checkerboard(seed=5)
     scores, tests = [], []
     for r in range(2):
-        net = search.build_net(training, 2, 2, 5 + r * search.RESTART_STRIDE)
-        experiments.train(net, X_train, y_train, experiments.TrainSettings(
-            epochs=1, lr=family.lr, lr_schedule=family.lr_schedule))
+        net = search.initial_net(training, X_train, 2, 5 + r * search.RESTART_STRIDE)
+        experiments.train(net, X_train, y_train, family.settings())
         module = compile_qat_model(net, X_train)
         scores.append(np.mean(module.predict(X_train, fhe="simulate") == y_train))
         tests.append(np.mean(module.predict(X_test, fhe="simulate") == y_test))
@@ -179,3 +178,70 @@ def test_accumulator_budgets_reach_the_layers(tmp_path):
     accumulators = [r for r in report if r["kind"] == "accumulator"]
     assert len(accumulators) == 2
     assert all(r["static_bits"] <= 5 for r in accumulators)   # 6 and 7 bits without A2Q
+
+
+def test_ladder_init_is_a_staircase_on_the_quantized_input_grid():
+    """Every first-layer neuron on the first neuron's direction, quantized like the weights
+    (CommonWeightQuant: threshold 1, narrow), the biases minus the midpoints between the
+    distinct projections of the input codes (CommonActQuant, 3 bits: scale 1/3)."""
+    from qatfhe import nn
+    X_train = datasets.checkerboard(seed=3)[0]
+    for width in (4, 16):
+        config = search.Family(widths=(width,), depths=(1,), init="ladder").trainings()[0]
+        uniform = search.build_net({**config, "init": "uniform"}, 2, 2, 11)
+        net = search.initial_net(config, X_train, 2, 11)
+        drawn = np.array(uniform[1].weight, np.float64)[0]
+        w = np.array(net[1].weight, np.float64)
+        codes = np.clip(np.round(drawn / np.abs(drawn).max()), -1, 1)   # 2-bit narrow codes
+        assert np.array_equal(w, np.tile(codes, (width, 1)))            # one row, repeated
+        inputs = np.clip(np.round(np.asarray(X_train, np.float64) * 3), -3, 3) / 3
+        values = sorted(set(np.round(inputs @ codes, 6)))
+        mids = [(a + b) / 2 for a, b in zip(values[:-1], values[1:])]
+        if len(mids) > width:
+            expected = [mids[int(round(i * (len(mids) - 1) / (width - 1)))]
+                        for i in range(width)]
+        else:
+            expected = [mids[i % len(mids)] for i in range(width)]
+        assert np.allclose(np.array(net[1].bias), -np.sort(expected), atol=1e-6)
+        assert isinstance(net[2], nn.QuantReLU)
+
+
+def test_act_max_sets_a_constant_relu_threshold():
+    from qatfhe import nn
+    config = search.Family(widths=(3,), depths=(2,), act_bits=(3,), act_max=(0.5,),
+                           init="uniform").trainings()[0]
+    net = search.build_net(config, 2, 2, 0)
+    relus = [layer for layer in net if isinstance(layer, nn.QuantReLU)]
+    assert len(relus) == 2
+    for relu in relus:
+        spec = relu.act_quant
+        assert spec.kind == "const" and spec.scaling_const == 0.5 and not spec.signed
+        assert (spec.qmin, spec.qmax) == (0, 7)
+    learned = search.build_net({**config, "act_max": None}, 2, 2, 0)
+    assert [l for l in learned if isinstance(l, nn.QuantReLU)][0].act_quant.kind == "learned"
+    for bad in (0.0, -1.0, float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match="act_max"):
+            search.Family(act_max=(bad,))
+
+
+def test_command_passes_act_max_and_init(tmp_path):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    out = tmp_path / "out"
+    common = [sys.executable, "-m", "qatfhe", "search", "--out", str(out), "--widths", "3",
+              "--depths", "1", "--rounding-bits", "none", "--seeds", "1", "--epochs", "1",
+              "--restarts", "1", "--jobs", "1", "--no-progress"]
+    done = subprocess.run(common + ["--act-max", "0.5,none", "--init", "uniform",
+                                    "--weight-decay", "0.01"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    state = json.loads((out / "search.json").read_text())
+    assert len(state["evaluations"]) == 2               # one per threshold
+    points = json.loads((out / "frontier.json").read_text())
+    assert {p["config"]["act_max"] for p in points} <= {0.5, None}
+    assert all(p["config"]["init"] == "uniform" and p["config"]["weight_decay"] == 0.01
+               for p in points)
+    bad = subprocess.run(common + ["--act-max", "x"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "act-max" in bad.stderr
+    bad = subprocess.run(common + ["--act-max", "-1"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "act_max" in bad.stderr
