@@ -303,14 +303,25 @@ PyObject *Net_act_scale(NetObject *self, PyObject *args)
     return PyFloat_FromDouble(s);
 }
 
+/* The spec of a Linear/Conv2d layer with quantized weights (fixed at creation), or NULL
+ * with ValueError set. */
+static const qf_layer_spec *quantized_weight_layer(NetObject *self, int layer)
+{
+    const qf_layer_spec *spec = qf_net_layer_spec(self->net, layer);
+    if (!spec || spec->weight_quant.kind == QF_QUANT_NONE ||
+        (spec->kind != QF_LAYER_LINEAR && spec->kind != QF_LAYER_CONV2D)) {
+        qfpy_raise(QF_ERR_ARG, "layer has no weight quantizer");
+        return NULL;
+    }
+    return spec;
+}
+
 PyObject *Net_weight_scale(NetObject *self, PyObject *args)
 {
     int layer;
     if (!ready(self) || !PyArg_ParseTuple(args, "i", &layer)) return NULL;
-    const qf_layer_spec *spec = qf_net_layer_spec(self->net, layer);   /* fixed at creation */
-    if (!spec || spec->weight_quant.kind == QF_QUANT_NONE ||
-        (spec->kind != QF_LAYER_LINEAR && spec->kind != QF_LAYER_CONV2D))
-        return qfpy_raise(QF_ERR_ARG, "layer has no weight quantizer");
+    const qf_layer_spec *spec = quantized_weight_layer(self, layer);
+    if (!spec) return NULL;
     npy_intp dims[1] = {spec->out_features};
     PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(1, dims, NPY_FLOAT32);
     if (!out) return NULL;
@@ -440,10 +451,8 @@ PyObject *Net_weight_codes(NetObject *self, PyObject *args)
 {
     int layer;
     if (!ready(self) || !PyArg_ParseTuple(args, "i", &layer)) return NULL;
-    const qf_layer_spec *spec = qf_net_layer_spec(self->net, layer);   /* fixed at creation */
-    if (!spec || spec->weight_quant.kind == QF_QUANT_NONE ||
-        (spec->kind != QF_LAYER_LINEAR && spec->kind != QF_LAYER_CONV2D))
-        return qfpy_raise(QF_ERR_ARG, "layer has no weight quantizer");
+    const qf_layer_spec *spec = quantized_weight_layer(self, layer);
+    if (!spec) return NULL;
     char name[QF_NAME_LEN];
     snprintf(name, sizeof name, "%d.weight", layer);
     qf_tensor *w = qf_net_tensor(self->net, qf_net_find_tensor(self->net, name));
