@@ -57,7 +57,6 @@ budget by a factor that decays to 1 over the first epochs and then trains at the
 
 `compile_qat_model` proves the bound: every A2Q layer's accumulator has a worst case (over all
 inputs, qatfhe.worst_case) of at most P bits, or BitWidthError names the layer."""
-import warnings
 
 import numpy as np
 
@@ -96,7 +95,7 @@ def check_budgets(net, module, on_overflow="raise"):
     """Check that the worst case of every A2Q layer's accumulator in the compiled module is
     at most its accumulator_bit_width; record them in module.info["accumulator_budgets"].
     A layer over budget raises BitWidthError naming it (or warns, on_overflow="warn")."""
-    from .compile import BitWidthError
+    from .compile import _report_overflow
     report = module.bit_width_report()
     checks = []
     for name, layer in a2q_layers(net):
@@ -112,9 +111,7 @@ def check_budgets(net, module, on_overflow="raise"):
                        + (f" (its budget is still relaxed by {relax:g}: call "
                           f"set_accumulator_bit_width(P) before compiling)" if relax != 1.0
                           else " (its input codes are wider than the layer was built for)"))
-            if on_overflow == "raise":
-                raise BitWidthError(message)
-            warnings.warn(message, RuntimeWarning, stacklevel=3)
+            _report_overflow(message, on_overflow, stacklevel=4)
     module.info["accumulator_budgets"] = checks
     return checks
 

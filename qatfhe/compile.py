@@ -497,6 +497,13 @@ def _check_limits(max_bits, on_overflow):
     return max_bits, on_overflow
 
 
+def _report_overflow(message, on_overflow, stacklevel=3):
+    """Raise BitWidthError(message), or warn it when on_overflow is "warn"."""
+    if on_overflow == "raise":
+        raise BitWidthError(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)
+
+
 def _net_samples(net, X, name):
     """X as float32 (n, C, H, W) for net, whose input shape it sets: X is (n, C, H, W) as the
     network trains on, or (n, features): a flattened sample of the network's current input
@@ -1197,18 +1204,14 @@ class QuantizedModule:
                            f"{r['bits']}-bit value {self._role(r['node'])}, over the "
                            f"{max_bits}-bit limit; lower n_bits, narrow or prune the layer, or "
                            f"set rounding_threshold_bits")
-                if on_overflow == "raise":
-                    raise BitWidthError(message)
-                warnings.warn(message, RuntimeWarning, stacklevel=2)
+                _report_overflow(message, on_overflow)
                 return False
             if r.get("max_diff_bits", 0) > max_bits:
                 message = (f"the pairwise max lookups of {r['name']} read a - b in "
                            f"[{r['max_diff_min']}, {r['max_diff_max']}] on the calibration set: "
                            f"{r['max_diff_bits']} bits, over the {max_bits}-bit table-lookup "
                            f"limit; lower the bit width of the quantizer before it")
-                if on_overflow == "raise":
-                    raise BitWidthError(message)
-                warnings.warn(message, RuntimeWarning, stacklevel=2)
+                _report_overflow(message, on_overflow)
                 return False
         return True
 
