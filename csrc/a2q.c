@@ -15,7 +15,7 @@ double qf_a2q_budget(int acc_bits, int in_bits, int in_signed)
 qf_a2q_bound qf_a2q_bound_of(int acc_bits, int in_bits, int in_signed, int split, double relax)
 {
     qf_a2q_bound b = {qf_a2q_budget(acc_bits, in_bits, in_signed) * relax, HUGE_VAL, HUGE_VAL,
-                      split != 0};
+                      split != 0, 0};
     if (split && !in_signed) {
         double x = ldexp(1.0, in_bits) - 1.0;              /* the largest input code */
         b.l1 = HUGE_VAL;
@@ -83,19 +83,25 @@ static double capped_multiplier(qf_a2q_row *row, const qf_a2q_bound *b, const fl
         row->sel = -1;
         row->l1_sel = neg;
     }
-    if (b->fill && isfinite(k))
+    if ((b->fill || b->round) && isfinite(k))
         k = filled_multiplier(v, n, k, k * row->l1_sel, row->l1_sel, b, qmin, qmax);
     return k;
 }
 
-/* Whether clamp(trunc(v k)) (the codes truncated_codes makes) is within the floored bound. */
+/* One code before clamping: v k rounded toward zero (Brevitas) or to nearest (b->round). */
+static float to_code(float vk, const qf_a2q_bound *b)
+{
+    return b->round ? __builtin_rintf(vk) : __builtin_truncf(vk);
+}
+
+/* Whether clamp(to_code(v k)) (the codes truncated_codes makes) is within the floored bound. */
 static int codes_within(const float *v, int64_t n, double multiplier, const qf_a2q_bound *b,
                         float qmin, float qmax)
 {
     float k = (float)(multiplier * (1.0 + 0x1p-20));
     double pos = 0.0, neg = 0.0;
     for (int64_t i = 0; i < n; i++) {
-        float q = __builtin_truncf(v[i] * k);
+        float q = to_code(v[i] * k, b);
         q = q < qmin ? qmin : (q > qmax ? qmax : q);
         pos += q > 0.0f ? q : 0.0f;
         neg += q < 0.0f ? -q : 0.0f;
@@ -105,7 +111,8 @@ static int codes_within(const float *v, int64_t n, double multiplier, const qf_a
 
 /* The filled form: the largest multiplier in [k, (limit + n) / norm] whose truncated
  * codes stay within the bound, to QF_A2Q_FILL_STEPS halvings of that interval (k itself
- * is within: truncation only lowers |u_i|; the codes' sums only grow with k).
+ * is within: truncation only lowers |u_i|; the codes' sums only grow with k).  Rounded
+ * codes (b->round) may not fit at k; then the search runs over [0, k].
  * Truncation drops the fractions of every u_i, so k ||v||_1 <= T wastes up to n units
  * of budget on a row of n small entries; this spends them on whole codes instead. */
 static double filled_multiplier(const float *v, int64_t n, double k, double limit,
@@ -114,6 +121,10 @@ static double filled_multiplier(const float *v, int64_t n, double k, double limi
     double hi = (limit + (double)n) / norm;
     if (codes_within(v, n, hi, b, qmin, qmax))
         return hi;
+    if (b->round && !codes_within(v, n, k, b, qmin, qmax)) {
+        hi = k;              /* rounding up may overshoot at k: search [0, k] instead */
+        k = 0.0;
+    }
     for (int it = 0; it < QF_A2Q_FILL_STEPS; it++) {
         double mid = 0.5 * (k + hi);
         if (codes_within(v, n, mid, b, qmin, qmax))
@@ -236,7 +247,8 @@ static void trim(float *codes, int64_t n, int sel, double sum, double limit)
     }
 }
 
-/* codes (n) = clamp(trunc(v multiplier)), then the integer checks against the floored bound */
+/* codes (n) = clamp(trunc(v multiplier)) (rint with b->round), then the integer checks
+ * against the floored bound */
 static void truncated_codes(float *codes, const float *v, int64_t n, double multiplier,
                             const qf_a2q_bound *b, float qmin, float qmax)
 {
@@ -245,7 +257,7 @@ static void truncated_codes(float *codes, const float *v, int64_t n, double mult
      * rounding; the integer check below keeps the budget whatever the nudge adds */
     float k = (float)(multiplier * (1.0 + 0x1p-20));
     for (int64_t i = 0; i < n; i++) {
-        float q = __builtin_truncf(v[i] * k);                /* round toward zero */
+        float q = to_code(v[i] * k, b);                      /* toward zero, or rint */
         codes[i] = q < qmin ? qmin : (q > qmax ? qmax : q);
     }
     /* the guarantee is on integers: float error in k must not break it, so an

@@ -45,10 +45,15 @@
 typedef struct {
     double l1, pos, neg;
     int fill;      /* 1: a capped row's multiplier is the largest whose truncated codes fit */
+    int round;     /* 1: codes round to nearest (rint) instead of toward zero, and every
+                      capped row is filled: k is the largest multiplier whose rounded codes
+                      fit the bound (rounding may raise |q_i| above k |v_i|, so the
+                      unfilled cap is not a bound by itself); 0: trunc (Brevitas) */
 } qf_a2q_bound;
 
 /* The bound of P, N, sign (0/1) and form (split 0: L1 T; 1: split for unsigned
- * inputs, T for signed), every limit multiplied by relax >= 1. */
+ * inputs, T for signed), every limit multiplied by relax >= 1; round = 0 (the caller
+ * sets it for rounded codes). */
 qf_a2q_bound qf_a2q_bound_of(int acc_bits, int in_bits, int in_signed, int split, double relax);
 
 /* What the forward of one row leaves for its backward. */

@@ -91,6 +91,7 @@ static qf_status a2q_input(qf_net *net, int i)
     L->a2q_budget = qf_a2q_budget(s->accumulator_bits, L->a2q_in_bits, L->a2q_in_signed);
     L->a2q_bound = qf_a2q_bound_of(s->accumulator_bits, L->a2q_in_bits, L->a2q_in_signed,
                                    s->accumulator_split, 1.0);
+    L->a2q_bound.round = s->accumulator_round != 0;
     return QF_OK;
 }
 
@@ -899,6 +900,7 @@ qf_status qf_net_set_accumulator_bits(qf_net *net, int layer, int bits, double r
     L->a2q_budget = qf_a2q_budget(bits, L->a2q_in_bits, L->a2q_in_signed) * relax;
     L->a2q_bound = qf_a2q_bound_of(bits, L->a2q_in_bits, L->a2q_in_signed,
                                    L->spec.accumulator_split, relax);
+    L->a2q_bound.round = L->spec.accumulator_round != 0;
     net->have_train_forward = 0;   /* the kept forward used the old budget */
     return QF_OK;
 }

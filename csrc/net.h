@@ -52,6 +52,8 @@ typedef struct {
                                    accumulator budget P in 2..32 for the input's codes; 0: off */
     int accumulator_split;      /* A2Q: 1 bounds the positive and negative codes apart for
                                    unsigned inputs (a2q.h's split bound); 0: L1 (Brevitas) */
+    int accumulator_round;      /* A2Q: 1 rounds the codes to nearest within the bound
+                                   (a2q.h's round); 0: toward zero (Brevitas)             */
     float eps;                  /* BATCHNORM2D: added to the variance (> 0)              */
     float momentum;             /* BATCHNORM2D: running statistics factor in [0, 1], or
                                    < 0 for a cumulative average (torch momentum=None)    */

@@ -58,20 +58,25 @@ def fp32_cnn(seed):
         nn.Flatten(), nn.Linear(4 * c2, 10), seed=seed)
 
 
-def qat_cnn(bits, seed, accumulator_bits=None, bound="split"):
-    c1, c2 = CHANNELS
+def qat_cnn(bits, seed, accumulator_bits=None, bound="split", act_bits=None,
+            channels=CHANNELS, rounding="trunc"):
+    """The QAT network: input and weights at `bits`, the hidden activations (every QuantReLU
+    and the QuantIdentity after each pooling) at act_bits (default bits)."""
+    c1, c2 = channels
+    act_bits = bits if act_bits is None else act_bits
     unsigned = nn.Uint8ActPerTensorFloat          # inputs and pooled values are >= 0
-    acc = dict(accumulator_bit_width=accumulator_bits, accumulator_bound=bound)
+    acc = dict(accumulator_bit_width=accumulator_bits, accumulator_bound=bound,
+               accumulator_rounding=rounding)
     return nn.Sequential(
         nn.QuantIdentity(act_quant=unsigned, bit_width=bits),
         nn.QuantConv2d(1, c1, 3, padding=1, weight_bit_width=bits,
                        weight_scaling_per_output_channel=True, **acc),
-        nn.QuantReLU(bit_width=bits), nn.AvgPool2d(2),
-        nn.QuantIdentity(act_quant=unsigned, bit_width=bits),
+        nn.QuantReLU(bit_width=act_bits), nn.AvgPool2d(2),
+        nn.QuantIdentity(act_quant=unsigned, bit_width=act_bits),
         nn.QuantConv2d(c1, c2, 3, padding=1, weight_bit_width=bits,
                        weight_scaling_per_output_channel=True, **acc),
-        nn.QuantReLU(bit_width=bits), nn.AvgPool2d(2),
-        nn.QuantIdentity(act_quant=unsigned, bit_width=bits),
+        nn.QuantReLU(bit_width=act_bits), nn.AvgPool2d(2),
+        nn.QuantIdentity(act_quant=unsigned, bit_width=act_bits),
         nn.Flatten(), nn.QuantLinear(4 * c2, 10, weight_bit_width=bits, **acc), seed=seed)
 
 

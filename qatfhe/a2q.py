@@ -61,7 +61,7 @@ inputs, qatfhe.worst_case) of at most P bits, or BitWidthError names the layer."
 import numpy as np
 
 __all__ = ["budget", "split_budget", "a2q_layers", "check_budgets", "set_budgets",
-           "fit_tightening"]
+           "fit_tightening", "load_unconstrained"]
 
 
 def budget(acc_bits, in_bits, in_signed):
@@ -116,6 +116,31 @@ def check_budgets(net, module, on_overflow="raise"):
     return checks
 
 
+def load_unconstrained(net, state):
+    """Start the A2Q network `net` from `state`, the state_dict() of the same architecture
+    trained without accumulator budgets (A2Q+'s initialisation: train unconstrained first,
+    then bring the weights under the budget and fine-tune, e.g. with fit_tightening).
+    Every tensor of net but the A2Q norms must be in state, with the same shape; the norms
+    g are re-initialised from the loaded weights at the next training forward, so that a
+    row within its budget starts from exactly the codes the unconstrained layer had (with
+    accumulator_rounding="round": clamp(rint(w / s)), its quantizer's codes)."""
+    own = net.state_dict()
+    a2q_names = {f"{layer.index}.{t}" for _, layer in a2q_layers(net)
+                 for t in ("weight_norm", "weight_norm_init")}
+    missing = sorted(set(own) - set(state) - a2q_names)
+    unknown = sorted(set(state) - set(own))
+    if missing or unknown:
+        raise ValueError(f"state does not match this network: missing {missing}, unexpected "
+                         f"{unknown} (expected the state_dict of the same architecture)")
+    merged = dict(own)
+    merged.update(state)
+    for name in a2q_names:
+        if name.endswith("weight_norm_init"):
+            merged[name] = np.zeros_like(own[name])
+    net.load_state_dict(merged)
+    return net
+
+
 def fit_tightening(net, X, y, epochs, tighten_epochs, relax_start=64.0, batch_size=1,
                    chunks=10, final_lr=None, seed=0):
     """Train an A2Q network with its budgets relaxed by a factor decaying geometrically from
@@ -146,14 +171,16 @@ def fit_tightening(net, X, y, epochs, tighten_epochs, relax_start=64.0, batch_si
 
 def tutorial_run(seed, accumulator_bits=7, hidden=100, epochs=8, tighten_epochs=6,
                  relax_start=64.0, lr=1e-3, final_lr=1e-4, n_train=None, output_bits="same",
-                 weight_quant="const", bound="split"):
+                 weight_quant="const", bound="split", rounding="trunc", pretrain_epochs=0):
     """One run of the tutorial architecture (2-hidden-hidden-2, 3 bits, experiments.qat_net's
     U(-1, 1) init) with accumulator_bit_width on the two hidden QuantLinear layers and
     output_bits on the last one ("same": accumulator_bits; None: no budget; its accumulator
     is returned, not looked up), weights quantized by the tutorial's CommonWeightQuant
     (weight_quant="const") or by abs-max scales ("absmax"), under the accumulator_bound
-    `bound` ("split" or "l1"), trained by fit_tightening
-    (AdamW lr, weight decay 0.01, batch 1); n_train limits the training set (tests).
+    `bound` ("split" or "l1") with codes rounded by `rounding` ("trunc" or "round"), trained
+    by fit_tightening (AdamW lr, weight decay 0.01, batch 1); with pretrain_epochs > 0 the
+    same network without budgets trains that many epochs first (AdamW lr) and the A2Q
+    network starts from it (load_unconstrained); n_train limits the training set (tests).
     Returns a dict: seed, accuracy (integer circuit on the test points), fake_quant_accuracy,
     agree (circuit == fake-quant on every test point), max_bit_width, worst_case_bit_width,
     worst_case_method and the per-layer budgets."""
@@ -166,16 +193,29 @@ def tutorial_run(seed, accumulator_bits=7, hidden=100, epochs=8, tighten_epochs=
     template = qat_net(hidden, seed)
     quant = nn.CommonWeightQuant if weight_quant == "const" else nn.Int8WeightPerTensorFloat
     weights = dict(bias=True, weight_quant=quant, weight_bit_width=3,
-                   accumulator_bit_width=accumulator_bits, accumulator_bound=bound)
-    net = nn.Sequential(
-        nn.QuantIdentity(act_quant=nn.CommonActQuant, bit_width=3),
-        nn.QuantLinear(2, hidden, **weights), nn.QuantReLU(bit_width=3),
-        nn.QuantLinear(hidden, hidden, **weights), nn.QuantReLU(bit_width=3),
-        nn.QuantLinear(hidden, 2, **dict(weights, accumulator_bit_width=(
-            accumulator_bits if output_bits == "same" else output_bits))), seed=seed)
-    for i in (1, 3, 5):                              # the same initial weights as the tutorial's
-        net[i].weight = template[i].weight
-        net[i].bias = template[i].bias
+                   accumulator_bound=bound, accumulator_rounding=rounding)
+    last_bits = accumulator_bits if output_bits == "same" else output_bits
+
+    def tutorial_net(budgets):                       # budgets=False: the same net without A2Q
+        def linear(n_in, n_out, bits):
+            return nn.QuantLinear(n_in, n_out, **dict(
+                weights, accumulator_bit_width=bits if budgets else None))
+        net = nn.Sequential(
+            nn.QuantIdentity(act_quant=nn.CommonActQuant, bit_width=3),
+            linear(2, hidden, accumulator_bits), nn.QuantReLU(bit_width=3),
+            linear(hidden, hidden, accumulator_bits), nn.QuantReLU(bit_width=3),
+            linear(hidden, 2, last_bits), seed=seed)
+        for i in (1, 3, 5):                          # the same initial weights as the tutorial's
+            net[i].weight = template[i].weight
+            net[i].bias = template[i].bias
+        return net
+
+    net = tutorial_net(True)
+    if pretrain_epochs > 0:                          # A2Q+: unconstrained first, then budgets
+        plain = tutorial_net(False)
+        optim.AdamW(plain.parameters(), lr=lr, weight_decay=0.01)
+        plain.fit(X, y, epochs=pretrain_epochs, batch_size=1, seed=seed, progress=False)
+        load_unconstrained(net, plain.state_dict())
     optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
     fit_tightening(net, X, y, epochs, tighten_epochs, relax_start=relax_start, batch_size=1,
                    final_lr=final_lr, seed=seed)

@@ -180,19 +180,20 @@ class QuantLinear(_A2Q, _WeightLayer):
                  weight_bit_width=None, bias_quant=None, return_quant_tensor=False,
                  weight_narrow_range=None, weight_scaling_const=None,
                  weight_scaling_per_output_channel=False, accumulator_bit_width=None,
-                 accumulator_bound="l1"):
+                 accumulator_bound="l1", accumulator_rounding="trunc"):
         super().__init__(in_features, out_features, bias)
         _init_weight_quant(self, weight_quant, weight_bit_width, bias_quant, return_quant_tensor,
                            weight_narrow_range, weight_scaling_const,
                            weight_scaling_per_output_channel, accumulator_bit_width,
-                           accumulator_bound)
+                           accumulator_bound, accumulator_rounding)
 
     def _core_spec(self):
         return {"kind": _core.LAYER_LINEAR, "in_features": self.in_features,
                 "out_features": self.out_features, "bias": int(self.has_bias),
                 "weight_quant": self.weight_quant.to_core(), "per_channel": int(self.per_channel),
                 "accumulator_bits": self.accumulator_bit_width or 0,
-                "accumulator_split": int(self.accumulator_bound == "split")}
+                "accumulator_split": int(self.accumulator_bound == "split"),
+                "accumulator_round": int(self.accumulator_rounding == "round")}
 
     def config(self):
         return _a2q_config(self, {
@@ -210,7 +211,7 @@ class QuantLinear(_A2Q, _WeightLayer):
 
 def _init_weight_quant(layer, weight_quant, weight_bit_width, bias_quant, return_quant_tensor,
                        narrow_range, scaling_const, per_channel, accumulator_bit_width=None,
-                       accumulator_bound="l1"):
+                       accumulator_bound="l1", accumulator_rounding="trunc"):
     if bias_quant is not None:
         raise NotImplementedError("bias quantization is not supported: use bias_quant=None "
                                   "(the bias stays float and joins the table lookup)")
@@ -234,6 +235,10 @@ def _init_weight_quant(layer, weight_quant, weight_bit_width, bias_quant, return
     if accumulator_bound not in ("l1", "split"):      # qatfhe.a2q: the two proven bounds
         raise ValueError(f'accumulator_bound must be "l1" or "split", got {accumulator_bound!r}')
     layer.accumulator_bound = accumulator_bound
+    if accumulator_rounding not in ("trunc", "round"):      # qatfhe.a2q: the codes' rounding
+        raise ValueError(f'accumulator_rounding must be "trunc" or "round", got '
+                         f'{accumulator_rounding!r}')
+    layer.accumulator_rounding = accumulator_rounding
 
 
 def _a2q_config(layer, config):
@@ -241,6 +246,8 @@ def _a2q_config(layer, config):
         config["accumulator_bit_width"] = layer.accumulator_bit_width
         if layer.accumulator_bound != "l1":
             config["accumulator_bound"] = layer.accumulator_bound
+        if layer.accumulator_rounding != "trunc":
+            config["accumulator_rounding"] = layer.accumulator_rounding
     return config
 
 
@@ -375,18 +382,19 @@ class QuantConv2d(_A2Q, Conv2d):
                  weight_quant=Int8WeightPerTensorFloat, weight_bit_width=None, bias_quant=None,
                  return_quant_tensor=False, weight_narrow_range=None, weight_scaling_const=None,
                  weight_scaling_per_output_channel=False, accumulator_bit_width=None, groups=1,
-                 accumulator_bound="l1"):
+                 accumulator_bound="l1", accumulator_rounding="trunc"):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias, groups)
         _init_weight_quant(self, weight_quant, weight_bit_width, bias_quant, return_quant_tensor,
                            weight_narrow_range, weight_scaling_const,
                            weight_scaling_per_output_channel, accumulator_bit_width,
-                           accumulator_bound)
+                           accumulator_bound, accumulator_rounding)
 
     def _core_spec(self):
         spec = super()._core_spec()
         spec.update(weight_quant=self.weight_quant.to_core(), per_channel=int(self.per_channel),
                     accumulator_bits=self.accumulator_bit_width or 0,
-                    accumulator_split=int(self.accumulator_bound == "split"))
+                    accumulator_split=int(self.accumulator_bound == "split"),
+                    accumulator_round=int(self.accumulator_rounding == "round"))
         return spec
 
     def config(self):

@@ -87,6 +87,7 @@ static int parse_layer(PyObject *layer, qf_layer_spec *s)
         dict_int(layer, "track_running_stats", 1, &s->track_running_stats) < 0 ||
         dict_int(layer, "accumulator_bits", 0, &s->accumulator_bits) < 0 ||
         dict_int(layer, "accumulator_split", 0, &s->accumulator_split) < 0 ||
+        dict_int(layer, "accumulator_round", 0, &s->accumulator_round) < 0 ||
         dict_int(layer, "groups", 1, &s->groups) < 0)
         return -1;
     PyObject *shape = PyDict_GetItemString(layer, "shape");
