@@ -84,11 +84,13 @@ def a2q_layers(net):
             if getattr(e.layer, "accumulator_bit_width", None) is not None]
 
 
-def set_budgets(net, bits=None, relax=1.0):
-    """Set every A2Q layer's budget to `bits` (None: keep each one's P) times relax >= 1."""
-    for _, layer in a2q_layers(net):
-        layer.set_accumulator_bit_width(layer.accumulator_bit_width if bits is None else bits,
-                                        relax)
+def set_budgets(net, bits=None, relax=1.0, layers=None):
+    """Set every A2Q layer's budget (those named in `layers`, if given) to `bits` (None:
+    keep each one's P) times relax >= 1."""
+    for name, layer in a2q_layers(net):
+        if layers is None or name in layers:
+            layer.set_accumulator_bit_width(
+                layer.accumulator_bit_width if bits is None else bits, relax)
 
 
 def check_budgets(net, module, on_overflow="raise"):
@@ -121,9 +123,10 @@ def load_unconstrained(net, state):
     trained without accumulator budgets (A2Q+'s initialisation: train unconstrained first,
     then bring the weights under the budget and fine-tune, e.g. with fit_tightening).
     Every tensor of net but the A2Q norms must be in state, with the same shape; the norms
-    g are re-initialised from the loaded weights at the next training forward, so that a
-    row within its budget starts from exactly the codes the unconstrained layer had (with
-    accumulator_rounding="round": clamp(rint(w / s)), its quantizer's codes)."""
+    g of the layers that had no budget in state are re-initialised from the loaded weights
+    at the next training forward, so that a row within its budget starts from exactly the
+    codes the unconstrained layer had (with accumulator_rounding="round": clamp(rint(w / s)),
+    its quantizer's codes); layers that had one keep their norms."""
     own = net.state_dict()
     a2q_names = {f"{layer.index}.{t}" for _, layer in a2q_layers(net)
                  for t in ("weight_norm", "weight_norm_init")}
@@ -134,7 +137,7 @@ def load_unconstrained(net, state):
                          f"{unknown} (expected the state_dict of the same architecture)")
     merged = dict(own)
     merged.update(state)
-    for name in a2q_names:
+    for name in a2q_names - set(state):
         if name.endswith("weight_norm_init"):
             merged[name] = np.zeros_like(own[name])
     net.load_state_dict(merged)
@@ -142,11 +145,19 @@ def load_unconstrained(net, state):
 
 
 def fit_tightening(net, X, y, epochs, tighten_epochs, relax_start=64.0, batch_size=1,
-                   chunks=10, final_lr=None, seed=0):
+                   chunks=10, final_lr=None, seed=0, layers=None):
     """Train an A2Q network with its budgets relaxed by a factor decaying geometrically from
     relax_start to 1 over tighten_epochs epochs (updated `chunks` times per epoch), then
     epochs - tighten_epochs epochs at the true budgets (learning rate final_lr if given).
-    The network's optimizer must be set.  Returns the test-free training history."""
+    layers: the names (as a2q_layers gives them) of the A2Q layers to relax; None: all; the
+    others stay at their budgets.  The network's optimizer must be set.  Returns the
+    test-free training history."""
+    if layers is not None:
+        names = {name for name, _ in a2q_layers(net)}
+        unknown = sorted(set(layers) - names)
+        if unknown:
+            raise ValueError(f"layers {unknown} are not A2Q layers of this network; expected "
+                             f"some of {sorted(names)}")
     rng = np.random.default_rng(seed)
     n = len(X)
     steps = max(1, tighten_epochs * chunks)
@@ -154,7 +165,8 @@ def fit_tightening(net, X, y, epochs, tighten_epochs, relax_start=64.0, batch_si
     for epoch in range(tighten_epochs):
         order = rng.permutation(n)
         for c in range(chunks):
-            set_budgets(net, relax=relax_start ** (1.0 - (epoch * chunks + c) / steps))
+            set_budgets(net, relax=relax_start ** (1.0 - (epoch * chunks + c) / steps),
+                        layers=layers)
             part = order[c * n // chunks:(c + 1) * n // chunks]
             h = net.fit(X[part], y[part], epochs=1, batch_size=batch_size, progress=False)
             for key in history:

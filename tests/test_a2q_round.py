@@ -132,3 +132,25 @@ def test_load_unconstrained_starts_from_the_plain_codes():
 def test_bad_accumulator_rounding():
     with pytest.raises(ValueError, match="accumulator_rounding"):
         nn.QuantLinear(4, 2, accumulator_bit_width=7, accumulator_rounding="floor")
+
+
+def test_digits_example_with_a2q_runs_and_proves_the_budget(capsys):
+    """examples/digits_cnn.py with A2Q at P = 7, 2-bit activations, rounded codes and a
+    pretraining epoch: exit status 0 (the circuit agrees with the fake-quant network on
+    every test image) and every accumulator proven within 7 bits."""
+    pytest.importorskip("sklearn")
+    import importlib.util
+    import pathlib
+    import re
+    path = pathlib.Path(__file__).resolve().parent.parent / "examples" / "digits_cnn.py"
+    spec = importlib.util.spec_from_file_location("digits_cnn", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    assert example.main(["--epochs", "1", "--accumulator-bits", "7", "--act-bits", "2",
+                         "--pretrain-epochs", "1", "--channels", "8", "16"]) == 0
+    out = capsys.readouterr().out
+    worst = [int(w) for w in re.findall(r"budget 7 bits, worst case (\d+) bits", out)]
+    assert len(worst) == 3 and max(worst) <= 7
+    widest = re.search(r"\(every value\): (\d+) bits measured on the training set, (\d+) bits "
+                       r"worst case", out)
+    assert int(widest.group(1)) <= int(widest.group(2)) <= 7
