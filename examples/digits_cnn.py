@@ -167,7 +167,8 @@ def main(argv=None):
     qat_logits = qat(X_test)
     qat_pred = np.asarray(qat_logits).argmax(axis=1)
     qat_acc = float(np.mean(qat_pred == y_test))
-    print(f"{args.bits}-bit QAT (fake-quant)  accuracy {qat_acc:.2%}   "
+    label = f"{args.bits}-bit QAT" + (f" ({args.act_bits}-bit act.)" if args.act_bits else "")
+    print(f"{label + ' (fake-quant)':23s} accuracy {qat_acc:.2%}   "
           f"({time.perf_counter() - t:.1f} s)")
 
     t = time.perf_counter()

@@ -154,3 +154,28 @@ def test_digits_example_with_a2q_runs_and_proves_the_budget(capsys):
     widest = re.search(r"\(every value\): (\d+) bits measured on the training set, (\d+) bits "
                        r"worst case", out)
     assert int(widest.group(1)) <= int(widest.group(2)) <= 7
+
+
+def test_budgets_of_chosen_layers_and_norms_kept_from_a_budgeted_state():
+    net = mlp(6, seed=4)
+    names = [name for name, _ in a2q.a2q_layers(net)]
+    a2q.set_budgets(net, relax=4.0, layers=names[1:])
+    assert [getattr(net[i], "_a2q_relax", 1.0) for i in (1, 3)] == [1.0, 4.0]
+    t, n, signed = net[3].accumulator_budget()
+    assert (n, signed) == (3, False)
+    with pytest.raises(ValueError, match="not A2Q layers"):
+        a2q.fit_tightening(net, np.zeros((2, 6), F32), np.zeros(2, np.int64), 1, 1,
+                           layers=["layer 2 (QuantReLU)"])
+    rng = np.random.default_rng(4)
+    X = rng.uniform(-1, 1, (16, 6)).astype(F32)
+    a2q.set_budgets(net)
+    optim.AdamW(net.parameters(), lr=1e-2)
+    net.fit(X, rng.integers(0, 3, 16), epochs=1, batch_size=4, progress=False)
+    state = net.state_dict()
+    state = {k: v for k, v in state.items() if not k.startswith("1.weight_norm")}
+    other = a2q.load_unconstrained(mlp(6, seed=8), state)   # layer 1 as if trained without
+    np.testing.assert_array_equal(other[3].weight_norm, net[3].weight_norm)
+    np.testing.assert_array_equal(other[3].quant_weight()[0], net[3].quant_weight()[0])
+    other.train()
+    other(X[:2])                                             # layer 1: g = ||w||_1 again
+    np.testing.assert_allclose(other[1].weight_norm, np.abs(net[1].weight).sum(1), rtol=1e-6)
