@@ -1,6 +1,7 @@
 /* test_a2q.c: the A2Q row quantizer (a2q.h) on its own: the integer L1 budget
  * holds for random rows and budgets (so no P-bit accumulator overflows for any
- * input code), codes match trunc(v c / ||v||_1) where no float edge is near,
+ * input code), codes match trunc(v c / ||v||_1) where no float edge is near, rounded
+ * codes (b.round) keep every bound and equal rint(k v) on a free row,
  * and the backward matches central differences of the smooth part. */
 #include <math.h>
 #include <stdlib.h>
@@ -52,6 +53,46 @@ static void split_budget_holds(void)
         CHECK(sb.l1 == qf_a2q_budget(bits, in_bits, 1) && sb.pos == HUGE_VAL, "signed split");
     }
     CHECK(wider > 0, "the split bound never used more than the L1 budget");
+}
+
+static void rounded_codes_hold_the_bound(void)
+{
+    /* b.round: every bound and input sign still proven by the box's corners, a free row's
+     * codes are rint(v |g| / (s ||v||_1)), and a capped row cannot take one more unit of
+     * its capping sign (rint at a slightly larger multiplier breaks the bound) */
+    unsigned st = 23;
+    float v[200], codes[200];
+    for (int trial = 0; trial < 300; trial++) {
+        int n = 1 + trial % 200, bits = 3 + trial % 10, in_bits = 2 + trial % 6;
+        int in_signed = trial % 2, split = (trial / 2) % 2;
+        qf_a2q_bound b = qf_a2q_bound_of(bits, in_bits, in_signed, split, 1.0);
+        b.round = 1;
+        for (int i = 0; i < n; i++)
+            v[i] = uniform(&st, -2.0f, 2.0f) * (i % 3 == 0 ? 10.0f : 1.0f);
+        qf_a2q_row row;
+        float s = uniform(&st, 0.01f, 1.0f), g = uniform(&st, 0.0f, 100.0f);
+        qf_a2q_forward_row(NULL, codes, &row, v, n, s, g, &b, -127.0f, 127.0f);
+        double lo = in_signed ? -ldexp(1.0, in_bits - 1) : 0.0;
+        double hi = in_signed ? ldexp(1.0, in_bits - 1) - 1.0 : ldexp(1.0, in_bits) - 1.0;
+        CHECK(fits(codes, n, bits, lo, hi), "trial %d: rounded codes overflow %d bits", trial,
+              bits);
+        if (row.norm_free) {
+            int same = 1;
+            for (int i = 0; i < n; i++) {
+                float want = rintf(v[i] * (float)(row.k * (1.0 + 0x1p-20)));
+                same &= codes[i] == (want < -127.0f ? -127.0f : (want > 127.0f ? 127.0f : want));
+            }
+            CHECK(same, "trial %d: a free row's codes are not rint(k v)", trial);
+        }
+    }
+    /* a free row at a generous budget: the plain quantizer's codes rint(v / s) */
+    qf_a2q_bound b = qf_a2q_bound_of(20, 3, 0, 1, 1.0);
+    b.round = 1;
+    float w[4] = {0.26f, -0.74f, 0.05f, 1.49f}, q[4];
+    qf_a2q_row row;
+    qf_a2q_forward_row(NULL, q, &row, w, 4, 0.5f, 2.54f, &b, -7.0f, 7.0f);
+    CHECK(q[0] == 1.0f && q[1] == -1.0f && q[2] == 0.0f && q[3] == 3.0f,
+          "rounded codes %g %g %g %g, want 1 -1 0 3", q[0], q[1], q[2], q[3]);
 }
 
 static void budget_holds(void)
@@ -175,6 +216,7 @@ int main(void)
 {
     budget_holds();
     split_budget_holds();
+    rounded_codes_hold_the_bound();
     split_backward_matches_differences();
     backward_matches_differences();
     return CHECK_REPORT();
