@@ -28,8 +28,9 @@ same network trained --pretrain-epochs without budgets (default --epochs; A2Q+'s
 initialisation, a2q.load_unconstrained), its codes rounded to nearest within the bound
 (--rounding round; trunc is Brevitas' rounding toward zero), then fine-tunes --epochs with
 its budgets relaxed 16-fold and tightened over the first half (a2q.fit_tightening).
-`--accumulator-bits 7 --act-bits 2` reaches the unconstrained network's accuracy at 7 bits
-(2-bit activations give each output channel about 21 units of weight per sign instead of 9)."""
+`--accumulator-bits 7 --act-bits 2` gave 96.80% mean test accuracy over seeds 0-9 with every
+value of the circuit within 7 bits (README; 2-bit activations give each output channel about
+21 units of weight per sign instead of 9)."""
 import argparse
 import sys
 import time
