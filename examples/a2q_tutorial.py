@@ -3,7 +3,8 @@ QuantLinear, over seeded runs (qatfhe.a2q.tutorial_experiment):
 
     python examples/a2q_tutorial.py [--bits 7] [--runs 10] [--jobs 2] [--bound split]
                                     [--output-bits same|none|P] [--rounding trunc|round]
-                                    [--pretrain-epochs E] [--out a2q.json]
+                                    [--pretrain-epochs E] [--relax all|hidden]
+                                    [--out a2q.json]
 
 Prints per run the integer-circuit accuracy on the 500 test points, the measured and the
 worst-case (exhaustive over the 49 input codes) bit widths, then the mean."""
@@ -29,6 +30,9 @@ def main(argv=None):
                         help="A2Q codes toward zero (default, Brevitas) or to nearest")
     parser.add_argument("--pretrain-epochs", type=int, default=0, metavar="E",
                         help="epochs of the same net without budgets first (A2Q+'s start)")
+    parser.add_argument("--relax", choices=("all", "hidden"), default="all",
+                        help="budgets relaxed then tightened during training: all (default) "
+                             "or the hidden layers only (the last keeps its budget throughout)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     result = a2q.tutorial_experiment(range(args.runs), jobs=args.jobs,
@@ -36,6 +40,7 @@ def main(argv=None):
                                      tighten_epochs=args.tighten_epochs, bound=args.bound,
                                      rounding=args.rounding,
                                      pretrain_epochs=args.pretrain_epochs,
+                                     relax=args.relax,
                                      output_bits=(None if args.output_bits == "none" else
                                                   args.output_bits if args.output_bits == "same"
                                                   else int(args.output_bits)))

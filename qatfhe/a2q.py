@@ -194,7 +194,8 @@ def fit_tightening(net, X, y, epochs, tighten_epochs, relax_start=64.0, batch_si
 
 def tutorial_run(seed, accumulator_bits=7, hidden=100, epochs=8, tighten_epochs=6,
                  relax_start=64.0, lr=1e-3, final_lr=1e-4, n_train=None, output_bits="same",
-                 weight_quant="const", bound="split", rounding="trunc", pretrain_epochs=0):
+                 weight_quant="const", bound="split", rounding="trunc", pretrain_epochs=0,
+                 relax="all"):
     """One run of the tutorial architecture (2-hidden-hidden-2, 3 bits, experiments.qat_net's
     U(-1, 1) init) with accumulator_bit_width on the two hidden QuantLinear layers and
     output_bits on the last one ("same": accumulator_bits; None: no budget; its accumulator
@@ -203,13 +204,18 @@ def tutorial_run(seed, accumulator_bits=7, hidden=100, epochs=8, tighten_epochs=
     `bound` ("split" or "l1") with codes rounded by `rounding` ("trunc" or "round"), trained
     by fit_tightening (AdamW lr, weight decay 0.01, batch 1); with pretrain_epochs > 0 the
     same network without budgets trains that many epochs first (AdamW lr) and the A2Q
-    network starts from it (load_unconstrained); n_train limits the training set (tests).
+    network starts from it (load_unconstrained); relax: the budgets fit_tightening relaxes,
+    "all" or "hidden" (the two hidden layers only: the last layer keeps its budget from the
+    first step, so that the hidden features grow into what its few units can read);
+    n_train limits the training set (tests).
     Returns a dict: seed, accuracy (integer circuit on the test points), fake_quant_accuracy,
     agree (circuit == fake-quant on every test point), max_bit_width, worst_case_bit_width,
     worst_case_method and the per-layer budgets."""
     from . import datasets, nn, optim
     from .compile import compile_qat_model
     from .experiments import qat_net
+    if relax not in ("all", "hidden"):
+        raise ValueError(f'relax must be "all" or "hidden", got {relax!r}')
     X, X_test, y, y_test = datasets.checkerboard(seed=seed)
     if n_train is not None:
         X, y = X[:n_train], y[:n_train]
@@ -239,9 +245,10 @@ def tutorial_run(seed, accumulator_bits=7, hidden=100, epochs=8, tighten_epochs=
         optim.AdamW(plain.parameters(), lr=lr, weight_decay=0.01)
         plain.fit(X, y, epochs=pretrain_epochs, batch_size=1, seed=seed, progress=False)
         load_unconstrained(net, plain.state_dict())
+    names = [name for name, _ in a2q_layers(net)]
     optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
     fit_tightening(net, X, y, epochs, tighten_epochs, relax_start=relax_start, batch_size=1,
-                   final_lr=final_lr, seed=seed)
+                   final_lr=final_lr, seed=seed, layers=None if relax == "all" else names[:2])
     net.eval()
     module = compile_qat_model(net, X)
     pred = module.predict(X_test, fhe="simulate")

@@ -179,3 +179,15 @@ def test_budgets_of_chosen_layers_and_norms_kept_from_a_budgeted_state():
     other.train()
     other(X[:2])                                             # layer 1: g = ||w||_1 again
     np.testing.assert_allclose(other[1].weight_norm, np.abs(net[1].weight).sum(1), rtol=1e-6)
+
+
+def test_tutorial_run_options_at_reduced_size():
+    """relax="hidden" keeps the last layer at its budget while the hidden ones tighten;
+    rounding and pretraining go through; every budget proven by the compiler."""
+    run = a2q.tutorial_run(0, hidden=12, epochs=2, tighten_epochs=1, n_train=300,
+                           relax="hidden", rounding="round", pretrain_epochs=1)
+    assert run["agree"] and run["worst_case_method"] == "exhaustive"
+    assert len(run["budgets"]) == 3 and all(b["worst_case_bits"] <= 7 for b in run["budgets"])
+    assert run["worst_case_bit_width"] <= 7
+    with pytest.raises(ValueError, match="relax"):
+        a2q.tutorial_run(0, hidden=4, epochs=1, tighten_epochs=1, n_train=20, relax="output")
