@@ -33,9 +33,9 @@ INLINE void store8(float *p, const vec8 *v) { memcpy(p, v, sizeof *v); }
 
 /* ---------------------------------------------------------------- portable
  * One row of C at a time; the loop over j vectorises at any width. */
-static void portable_gemm(float *c, int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs,
+INLINE void portable_gemm(float *c, int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs,
                           const float *b, int64_t ldb, int64_t m, int64_t n, int64_t k,
-                          int accumulate)
+                          int accumulate, const float *a_scale)
 {
     for (int64_t i = 0; i < m; i++) {
         float *restrict ci = c + i * ldc;
@@ -44,6 +44,8 @@ static void portable_gemm(float *c, int64_t ldc, const float *a, int64_t a_rs, i
                 ci[j] = 0.0f;
         for (int64_t p = 0; p < k; p++) {
             float av = a[i * a_rs + p * a_cs];
+            if (a_scale)
+                av = *a_scale * av;
             const float *restrict bp = b + p * ldb;
             for (int64_t j = 0; j < n; j++)
                 ci[j] += av * bp[j];
@@ -117,39 +119,72 @@ INLINE void tile_any(float *c, int64_t ldc, const float *a, int64_t a_rs, int64_
 #undef TILE_ROWS
 }
 
-QF_MULTIVERSION
-void qf_gemm(float *c, int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs,
-             const float *b, int64_t ldb, int64_t m, int64_t n, int64_t k, int accumulate)
+/* The blocked product; with a_scale, A's elements are *a_scale a[i, p]
+ * (rounded to float32), made once per block of MR rows and KC sums into a
+ * packed copy (the pack's columns are then MR floats apart). */
+INLINE void blocked_gemm(float *c, int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs,
+                         const float *b, int64_t ldb, int64_t m, int64_t n, int64_t k,
+                         int accumulate, const float *a_scale)
 {
-    if (!QF_WIDE_VECTORS()) {
-        portable_gemm(c, ldc, a, a_rs, a_cs, b, ldb, m, n, k, accumulate);
-        return;
-    }
     if (k == 0 && !accumulate) {
         for (int64_t i = 0; i < m; i++)
             memset(c + i * ldc, 0, sizeof(float) * (size_t)n);
         return;
     }
+    float pack[KC * MR];
     int64_t full = n / LANES * LANES;
     for (int64_t p0 = 0; p0 < k; p0 += KC) {
         int64_t kb = k - p0 < KC ? k - p0 : KC;
         int zero = p0 == 0 && !accumulate;
         const float *ap = a + p0 * a_cs, *bp = b + p0 * ldb;
-        for (int64_t j = 0; j < full; j += NV * LANES) {
-            int nv = full - j >= NV * LANES ? NV : 1;
-            for (int64_t i = 0; i < m; i += MR) {
-                int mr = m - i < MR ? (int)(m - i) : MR;
-                tile_any(c + i * ldc + j, ldc, ap + i * a_rs, a_rs, a_cs, bp + j, ldb, kb, zero,
-                         mr, nv);
+        for (int64_t i = 0; i < m; i += MR) {   /* a block of rows of A stays in cache */
+            int mr = m - i < MR ? (int)(m - i) : MR;
+            const float *ai = ap + i * a_rs;
+            int64_t rs = a_rs, cs = a_cs;
+            if (a_scale) {
+                float scale = *a_scale;
+                if (mr == MR && a_rs == 1)   /* rows of A adjacent: MR floats per p */
+                    for (int64_t p = 0; p < kb; p++)
+                        for (int r = 0; r < MR; r++)
+                            pack[p * MR + r] = scale * ai[r + p * a_cs];
+                else
+                    for (int64_t p = 0; p < kb; p++)
+                        for (int r = 0; r < mr; r++)
+                            pack[p * MR + r] = scale * ai[r * a_rs + p * a_cs];
+                ai = pack;
+                rs = 1;
+                cs = MR;
             }
+            for (int64_t j = 0; j < full; j += NV * LANES) {
+                int nv = full - j >= NV * LANES ? NV : 1;
+                tile_any(c + i * ldc + j, ldc, ai, rs, cs, bp + j, ldb, kb, zero, mr, nv);
+            }
+            if (full < n)
+                tile_tail(c + i * ldc + full, ldc, ai, rs, cs, bp + full, ldb, kb, zero, mr,
+                          n - full);
         }
-        if (full < n)
-            for (int64_t i = 0; i < m; i += MR) {
-                int mr = m - i < MR ? (int)(m - i) : MR;
-                tile_tail(c + i * ldc + full, ldc, ap + i * a_rs, a_rs, a_cs, bp + full, ldb, kb,
-                          zero, mr, n - full);
-            }
     }
+}
+
+QF_MULTIVERSION
+void qf_gemm(float *c, int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs,
+             const float *b, int64_t ldb, int64_t m, int64_t n, int64_t k, int accumulate)
+{
+    if (!QF_WIDE_VECTORS())
+        portable_gemm(c, ldc, a, a_rs, a_cs, b, ldb, m, n, k, accumulate, NULL);
+    else
+        blocked_gemm(c, ldc, a, a_rs, a_cs, b, ldb, m, n, k, accumulate, NULL);
+}
+
+QF_MULTIVERSION
+void qf_gemm_scaled_a(float *c, int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs,
+                      float a_scale, const float *b, int64_t ldb, int64_t m, int64_t n,
+                      int64_t k, int accumulate)
+{
+    if (!QF_WIDE_VECTORS())
+        portable_gemm(c, ldc, a, a_rs, a_cs, b, ldb, m, n, k, accumulate, &a_scale);
+    else
+        blocked_gemm(c, ldc, a, a_rs, a_cs, b, ldb, m, n, k, accumulate, &a_scale);
 }
 
 /* ---------------------------------------------------------------- exact integer sums
@@ -191,8 +226,8 @@ static int64_t fma_gemm(float *c, int64_t ldc, const float *a, int64_t a_rs, int
     for (int64_t p0 = 0; p0 < k; p0 += KC) {
         int64_t kb = k - p0 < KC ? k - p0 : KC;
         int zero = p0 == 0 && !accumulate;
-        for (int64_t j = 0; j < full; j += NV * LANES)
-            for (int64_t i = 0; i < m; i += MR) {
+        for (int64_t i = 0; i < m; i += MR)
+            for (int64_t j = 0; j < full; j += NV * LANES) {
                 int mr = m - i < MR ? (int)(m - i) : MR;
                 const float *ai = a + i * a_rs + p0 * a_cs, *bj = b + p0 * ldb + j;
                 float *cij = c + i * ldc + j;
