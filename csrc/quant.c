@@ -112,8 +112,8 @@ static inline void fake_quant_backward_chunk(float *restrict dx, float *restrict
         int in_range = clamp_ste || (r >= qmin && r <= qmax);
         f[i] = in_range ? r - ratio : (r < qmin ? qmin : qmax);
         if (dx) {
-            float d = dx[i];
-            dx[i] = in_range && active ? d + dy[i] : d;
+            float d = dx[i], sum = d + dy[i];   /* both computed: a select, no masked load */
+            dx[i] = in_range && active ? sum : d;
         }
     }
 }
