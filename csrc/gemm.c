@@ -5,8 +5,9 @@
  * multiplies NV vectors of a row of B by MR broadcast elements of A.  The
  * sums over p run in blocks of KC (the block of C is stored and reloaded
  * between them: same values), so that the rows of B and the columns of A a
- * block reads stay in cache.  Columns past the last whole vector and rows
- * past the last whole block use smaller blocks with the same order. */
+ * block reads stay in cache.  The last r < 8 columns run as one vector through
+ * zero-padded copies of those columns of B and C, and rows past the last
+ * whole block use smaller blocks: the same sums in the same order. */
 #include "dispatch.h"
 #include <string.h>
 #include "gemm.h"
@@ -79,25 +80,6 @@ INLINE void tile(float *c, int64_t ldc, const float *a, int64_t a_rs, int64_t a_
             store8(c + i * ldc + v * LANES, &acc[i][v]);
 }
 
-/* The same for the last r < 8 columns, one scalar running sum per element. */
-INLINE void tile_tail(float *c, int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs,
-                      const float *b, int64_t ldb, int64_t k, int zero, int mr, int64_t r)
-{
-    for (int64_t j = 0; j < r; j++) {
-        float acc[MR];
-        for (int i = 0; i < mr; i++)
-            acc[i] = zero ? 0.0f : c[i * ldc + j];
-        for (int64_t p = 0; p < k; p++) {
-            float bv = b[p * ldb + j];
-            const float *ap = a + p * a_cs;
-            for (int i = 0; i < mr; i++)
-                acc[i] += ap[i * a_rs] * bv;
-        }
-        for (int i = 0; i < mr; i++)
-            c[i * ldc + j] = acc[i];
-    }
-}
-
 /* tile() with mr and nv as compile-time constants. */
 INLINE void tile_any(float *c, int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs,
                      const float *b, int64_t ldb, int64_t k, int zero, int mr, int nv)
@@ -132,11 +114,16 @@ INLINE void blocked_gemm(float *c, int64_t ldc, const float *a, int64_t a_rs, in
         return;
     }
     float pack[KC * MR];
-    int64_t full = n / LANES * LANES;
+    float b_tail[KC * LANES], c_tail[MR * LANES];
+    int64_t full = n / LANES * LANES, r = n - full;
     for (int64_t p0 = 0; p0 < k; p0 += KC) {
         int64_t kb = k - p0 < KC ? k - p0 : KC;
         int zero = p0 == 0 && !accumulate;
         const float *ap = a + p0 * a_cs, *bp = b + p0 * ldb;
+        if (r)   /* the last r < 8 columns of B, zero-padded to a vector */
+            for (int64_t p = 0; p < kb; p++)
+                for (int64_t j = 0; j < LANES; j++)
+                    b_tail[p * LANES + j] = j < r ? bp[p * ldb + full + j] : 0.0f;
         for (int64_t i = 0; i < m; i += MR) {   /* a block of rows of A stays in cache */
             int mr = m - i < MR ? (int)(m - i) : MR;
             const float *ai = ap + i * a_rs;
@@ -159,9 +146,16 @@ INLINE void blocked_gemm(float *c, int64_t ldc, const float *a, int64_t a_rs, in
                 int nv = full - j >= NV * LANES ? NV : 1;
                 tile_any(c + i * ldc + j, ldc, ai, rs, cs, bp + j, ldb, kb, zero, mr, nv);
             }
-            if (full < n)
-                tile_tail(c + i * ldc + full, ldc, ai, rs, cs, bp + full, ldb, kb, zero, mr,
-                          n - full);
+            if (r) {   /* one vector per row through c_tail: the same sums, in order */
+                float *ci = c + i * ldc + full;
+                for (int row = 0; row < mr; row++)
+                    for (int64_t j = 0; j < LANES; j++)
+                        c_tail[row * LANES + j] = j < r && !zero ? ci[row * ldc + j] : 0.0f;
+                tile_any(c_tail, LANES, ai, rs, cs, b_tail, LANES, kb, zero, mr, 1);
+                for (int row = 0; row < mr; row++)
+                    for (int64_t j = 0; j < r; j++)
+                        ci[row * ldc + j] = c_tail[row * LANES + j];
+            }
         }
     }
 }
