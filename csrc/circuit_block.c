@@ -122,6 +122,8 @@ int qf_circuit_prepare_float(qf_circuit *c)
                 p->nz.tap_off[j] = (tap / khw * hp + tap % khw / p->kw) * wp + tap % p->kw;
             }
         }
+        if (qf_circuit_prepare_int8(c, p) < 0)
+            return -1;
         if (p->offset) {
             p->offset_f = malloc((size_t)p->in_shape[0] * sizeof(float));
             if (!p->offset_f)
@@ -147,9 +149,13 @@ static int64_t max_padded_len(const qf_circuit *c)
     return len;
 }
 
+/* After the nodes: the zero-padded input of a float32 CONV, or the packed
+ * bytes of an 8-bit DENSE or CONV (circuit_int8.c). */
 int64_t qf_circuit_block_workspace_len(const qf_circuit *c)
 {
-    return (c->sample_len + max_padded_len(c)) * c->block_lanes;
+    int64_t padded = max_padded_len(c) * c->block_lanes;
+    int64_t packed = (qf_circuit_int8_packed_bytes(c) + 31) / 32 * 8;   /* floats */
+    return c->sample_len * c->block_lanes + (padded > packed ? padded : packed);
 }
 
 /* ---- kernels: a node of size K is (K, L); L a multiple of LANE_GROUP ---- */
@@ -525,10 +531,14 @@ static void run_block(const qf_circuit *c, float *out, int64_t *out_int, float *
         int64_t rows = qf_circuit_size3(p->out_shape), count = rows * lanes;
         switch (p->kind) {
         case QF_OP_DENSE:
-            dense_block(dst, src, p, lanes);
-            break;
         case QF_OP_CONV:
-            conv_block(dst, src, p, lanes, ws + c->sample_len * c->block_lanes);
+            if (p->i8)
+                qf_circuit_int8_block(p, dst, src, lanes,
+                                      (uint8_t *)(ws + c->sample_len * c->block_lanes));
+            else if (p->kind == QF_OP_DENSE)
+                dense_block(dst, src, p, lanes);
+            else
+                conv_block(dst, src, p, lanes, ws + c->sample_len * c->block_lanes);
             break;
         case QF_OP_POOL_SUM:
             window_block(dst, src, p, lanes);

@@ -1,0 +1,240 @@
+/* circuit_int8.c: DENSE and CONV of the float32 block engine as 8-bit
+ * integer products (gemm_int8.h), when their operands allow it.
+ *
+ * The circuit's values there are small integer codes: a few-bit input code
+ * or lookup output times a few-bit weight code q_w - Z_w.  An op takes the
+ * integer product when, by the static bounds of its input node:
+ *   - every weight lies in [-128, 127] (an s8 operand);
+ *   - its inputs and pad code lie in [lo, lo + 255], so x - lo is a u8
+ *     operand (shift = lo; the sums gain lo sum_t w[o, t] back, per output
+ *     channel, in corr);
+ *   - (hi - lo) sum_t |w[o, t]| < 2^15 for every output channel o, so every
+ *     partial sum of (x - lo) w is an int16 (no saturation, no wrap).
+ * Otherwise (wide codes, large weights or long sums) the op keeps the float32
+ * path of circuit_block.c, which is exact to 2^24.  Both give the same
+ * integers, hence the same floats: the circuit is float-exact, so
+ * sum + corr (the op's true value) stays below 2^24.
+ *
+ * Per block of samples the input node (C, H, W, L) floats is packed into
+ * (C2, Hp, Wp) rows of channel-pair bytes (circuit_internal.h), the padding
+ * holding pad - lo, then each block of output channels runs over the
+ * positions.  Nothing allocates while running. */
+#include "dispatch.h"
+#include <stdlib.h>
+#include "circuit_internal.h"
+#include "gemm_int8.h"
+
+#define SUM_LIMIT ((int64_t)1 << 15)
+#define ROWS QF_GEMM_INT8_ROWS
+
+static int64_t abs64(int64_t v) { return v < 0 ? -v : v; }
+
+/* The op's geometry, DENSE as a 1x1 conv over its flattened input. */
+typedef struct {
+    int64_t cin, h, w, kh, kw, ph, pw;
+} geometry;
+
+static geometry geometry_of(const qf_circuit_op *p)
+{
+    if (p->kind == QF_OP_CONV)
+        return (geometry){p->in_shape[0], p->in_shape[1], p->in_shape[2], p->kh, p->kw,
+                          p->ph, p->pw};
+    return (geometry){qf_circuit_size3(p->in_shape), 1, 1, 1, 1, 0, 0};
+}
+
+/* Weight of output o at tap (c, ky, kx); 0 past the channels. */
+static int64_t weight_at(const qf_circuit_op *p, const geometry *g, int64_t o, int64_t c,
+                         int64_t ky, int64_t kx)
+{
+    if (o >= p->oc || c >= g->cin)
+        return 0;
+    return p->weight[((o * g->cin + c) * g->kh + ky) * g->kw + kx];
+}
+
+/* Whether the op fits (see the top); *lo: the shift. */
+static int fits(const qf_circuit *c, const qf_circuit_op *p, const geometry *g, int64_t *lo)
+{
+    const qf_node_info *nd = &c->nodes[p->src];
+    int64_t mn = nd->static_min, mx = nd->static_max;
+    if (g->ph > 0 || g->pw > 0) {
+        mn = p->pad < mn ? p->pad : mn;
+        mx = p->pad > mx ? p->pad : mx;
+    }
+    if (mx - mn > 255)
+        return 0;
+    int64_t taps = g->cin * g->kh * g->kw;
+    for (int64_t o = 0; o < p->oc; o++) {
+        int64_t sum = 0, total = 0;
+        for (int64_t t = 0; t < taps; t++) {
+            int64_t wt = p->weight[o * taps + t];
+            if (wt < -128 || wt > 127)
+                return 0;
+            sum += abs64(wt);
+            total += wt;
+            if ((mx - mn) * sum >= SUM_LIMIT || abs64(total) >= SUM_LIMIT)
+                return 0;
+        }
+        if (abs64(mn) * abs64(total) >= ((int64_t)1 << 30))  /* corr: |mn| < 2^24 */
+            return 0;
+    }
+    *lo = mn;
+    return 1;
+}
+
+void qf_circuit_int8_free(qf_circuit_int8 *i8)
+{
+    if (!i8)
+        return;
+    free(i8->block_start);
+    free(i8->off);
+    free(i8->w);
+    free(i8->corr);
+    free(i8);
+}
+
+/* Weight pair (c = 2 c2, 2 c2 + 1) of output o at (ky, kx) as an int16. */
+static int16_t pair_at(const qf_circuit_op *p, const geometry *g, int64_t o, int64_t c2,
+                       int64_t ky, int64_t kx)
+{
+    int64_t w0 = weight_at(p, g, o, 2 * c2, ky, kx), w1 = weight_at(p, g, o, 2 * c2 + 1, ky, kx);
+    return (int16_t)(uint16_t)((uint8_t)(int8_t)w0 | (uint16_t)((uint8_t)(int8_t)w1) << 8);
+}
+
+/* The pairs of block b: those where one of its rows has a nonzero weight,
+ * written to i8->off / i8->w from index n (when they are not NULL); returns
+ * the new n. */
+static int64_t block_pairs(qf_circuit_int8 *i8, const qf_circuit_op *p, const geometry *g,
+                           int64_t b, int64_t n)
+{
+    for (int64_t c2 = 0; c2 < i8->c2; c2++)
+        for (int64_t ky = 0; ky < g->kh; ky++)
+            for (int64_t kx = 0; kx < g->kw; kx++) {
+                int16_t pr[ROWS];
+                int any = 0;
+                for (int i = 0; i < ROWS; i++) {
+                    pr[i] = pair_at(p, g, b * ROWS + i, c2, ky, kx);
+                    any |= pr[i] != 0;
+                }
+                if (!any)
+                    continue;
+                if (i8->off) {
+                    i8->off[n] = (c2 * i8->hp + ky) * i8->wp + kx;
+                    for (int i = 0; i < ROWS; i++)
+                        i8->w[n * ROWS + i] = pr[i];
+                }
+                n++;
+            }
+    return n;
+}
+
+int qf_circuit_prepare_int8(const qf_circuit *c, qf_circuit_op *p)
+{
+    if (p->kind != QF_OP_DENSE && p->kind != QF_OP_CONV)
+        return 0;
+    geometry g = geometry_of(p);
+    int64_t lo;
+    if (!fits(c, p, &g, &lo))
+        return 0;
+    qf_circuit_int8 *i8 = calloc(1, sizeof *i8);
+    if (!i8)
+        return -1;
+    i8->shift = lo;
+    i8->c2 = (g.cin + 1) / 2;
+    i8->hp = g.h + 2 * g.ph;
+    i8->wp = g.w + 2 * g.pw;
+    i8->n_blocks = (p->oc + ROWS - 1) / ROWS;
+    i8->block_start = malloc((size_t)(i8->n_blocks + 1) * sizeof *i8->block_start);
+    i8->corr = calloc((size_t)(i8->n_blocks * ROWS), sizeof *i8->corr);
+    if (!i8->block_start || !i8->corr)
+        goto nomem;
+    i8->block_start[0] = 0;
+    for (int64_t b = 0; b < i8->n_blocks; b++)   /* count first, then fill */
+        i8->block_start[b + 1] = block_pairs(i8, p, &g, b, i8->block_start[b]);
+    int64_t pairs = i8->block_start[i8->n_blocks];
+    i8->off = malloc((size_t)(pairs > 0 ? pairs : 1) * sizeof *i8->off);
+    i8->w = malloc((size_t)(pairs > 0 ? pairs : 1) * ROWS * sizeof *i8->w);
+    if (!i8->off || !i8->w)
+        goto nomem;
+    for (int64_t b = 0; b < i8->n_blocks; b++)
+        block_pairs(i8, p, &g, b, i8->block_start[b]);
+    int64_t taps = g.cin * g.kh * g.kw;
+    for (int64_t o = 0; o < p->oc; o++) {
+        int64_t total = 0;
+        for (int64_t t = 0; t < taps; t++)
+            total += p->weight[o * taps + t];
+        i8->corr[o] = (int32_t)(lo * total);
+    }
+    p->i8 = i8;
+    return 1;
+nomem:
+    qf_circuit_int8_free(i8);
+    return -1;
+}
+
+int64_t qf_circuit_int8_packed_bytes(const qf_circuit *c)
+{
+    int64_t most = 0, lp = qf_gemm_int8_padded_lanes(c->block_lanes);
+    for (int k = 0; k < c->n_ops; k++) {
+        const qf_circuit_int8 *i8 = c->ops[k].i8;
+        int64_t bytes = i8 ? i8->c2 * i8->hp * i8->wp * 2 * lp : 0;
+        most = bytes > most ? bytes : most;
+    }
+    return most;
+}
+
+/* packed (C2, Hp, Wp, Lp, 2) bytes from src (C, H, W, L): x - shift inside,
+ * pad - shift in the padding, 0 for the channel past C and lanes past L. */
+QF_MULTIVERSION
+static void pack_input(uint8_t *restrict packed, const float *restrict src,
+                       const qf_circuit_op *p, const geometry *g, int64_t lanes)
+{
+    const qf_circuit_int8 *i8 = p->i8;
+    int64_t lp = qf_gemm_int8_padded_lanes(lanes), plane = g->h * g->w * lanes;
+    int32_t shift = (int32_t)i8->shift;
+    uint8_t pad = (uint8_t)(p->kind == QF_OP_CONV ? p->pad - i8->shift : 0);
+    for (int64_t c2 = 0; c2 < i8->c2; c2++)
+        for (int64_t y = 0; y < i8->hp; y++)
+            for (int64_t x = 0; x < i8->wp; x++) {
+                uint8_t *restrict row = packed + ((c2 * i8->hp + y) * i8->wp + x) * 2 * lp;
+                int64_t iy = y - g->ph, ix = x - g->pw;
+                if (iy < 0 || iy >= g->h || ix < 0 || ix >= g->w) {
+                    for (int64_t s = 0; s < 2 * lp; s++)
+                        row[s] = pad;
+                    continue;
+                }
+                const float *restrict a = src + 2 * c2 * plane + (iy * g->w + ix) * lanes;
+                if (2 * c2 + 1 < g->cin) {
+                    const float *restrict b = a + plane;
+                    for (int64_t s = 0; s < lanes; s++) {
+                        row[2 * s] = (uint8_t)((int32_t)a[s] - shift);
+                        row[2 * s + 1] = (uint8_t)((int32_t)b[s] - shift);
+                    }
+                } else {
+                    for (int64_t s = 0; s < lanes; s++) {
+                        row[2 * s] = (uint8_t)((int32_t)a[s] - shift);
+                        row[2 * s + 1] = 0;
+                    }
+                }
+                for (int64_t s = 2 * lanes; s < 2 * lp; s++)
+                    row[s] = 0;
+            }
+}
+
+void qf_circuit_int8_block(const qf_circuit_op *p, float *dst, const float *src, int64_t lanes,
+                           uint8_t *packed)
+{
+    const qf_circuit_int8 *i8 = p->i8;
+    geometry g = geometry_of(p);
+    pack_input(packed, src, p, &g, lanes);
+    int conv = p->kind == QF_OP_CONV;
+    int64_t oh = conv ? p->out_shape[1] : 1, ow = conv ? p->out_shape[2] : 1;
+    int64_t y_step = conv ? p->sh * i8->wp : 0, x_step = conv ? p->sw : 0;
+    int64_t ldd = oh * ow * lanes;
+    for (int64_t b = 0; b < i8->n_blocks; b++) {
+        int64_t first = b * ROWS, k0 = i8->block_start[b];
+        int rows = p->oc - first < ROWS ? (int)(p->oc - first) : ROWS;
+        qf_gemm_int8_lanes(dst + first * ldd, ldd, rows, i8->corr + first, i8->w + k0 * ROWS,
+                           i8->off + k0, i8->block_start[b + 1] - k0, packed, oh, ow, y_step,
+                           x_step, lanes);
+    }
+}
