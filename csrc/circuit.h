@@ -186,6 +186,12 @@ typedef struct {
  * op by op in float32 (vectorised over the samples, skipping zero weights). */
 int qf_circuit_float_exact(const qf_circuit *c);
 
+/* Whether the AUTO engine runs op `op` (a DENSE or CONV of a float-exact
+ * circuit) as an 8-bit integer product: u8 input codes (less a shift) times
+ * s8 weights, summed in int16, when the static bounds prove those fit
+ * (circuit_int8.c).  The same integers either way. */
+int qf_circuit_op_int8(const qf_circuit *c, int op);
+
 /* int64 elements of scratch memory one run call with n_threads threads
  * needs (independent of the batch size). */
 int64_t qf_circuit_workspace_len(const qf_circuit *c, int n_threads);
