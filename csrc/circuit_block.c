@@ -93,6 +93,22 @@ static int op_fits(const qf_circuit *c, const qf_circuit_op *p)
     return 1;    /* RESHAPE, TRANSPOSE, ADD: their results are nodes, checked below */
 }
 
+/* i8->fuse for each 8-bit op whose node only the next op, a LOOKUP by
+ * thresholds, reads. */
+static void mark_fused(qf_circuit *c)
+{
+    for (int k = 0; k + 1 < c->n_ops; k++) {
+        const qf_circuit_op *next = &c->ops[k + 1];
+        int readers = 0;
+        for (int j = 0; j < c->n_ops; j++)
+            readers += (c->ops[j].src == k + 1) +
+                       (c->ops[j].kind == QF_OP_ADD && c->ops[j].src2 == k + 1);
+        if (c->ops[k].i8 && next->kind == QF_OP_LOOKUP && next->steps && next->src == k + 1 &&
+            readers == 1)
+            c->ops[k].i8->fuse = 1;
+    }
+}
+
 int qf_circuit_prepare_float(qf_circuit *c)
 {
     for (int j = 0; j < c->n_nodes; j++)
@@ -122,7 +138,7 @@ int qf_circuit_prepare_float(qf_circuit *c)
                 p->nz.tap_off[j] = (tap / khw * hp + tap % khw / p->kw) * wp + tap % p->kw;
             }
         }
-        if (qf_circuit_prepare_int8(c, p) < 0)
+        if (qf_circuit_prepare_int8(c, p) < 0 || qf_circuit_prepare_steps(c, p) < 0)
             return -1;
         if (p->offset) {
             p->offset_f = malloc((size_t)p->in_shape[0] * sizeof(float));
@@ -132,6 +148,7 @@ int qf_circuit_prepare_float(qf_circuit *c)
                 p->offset_f[ch] = (float)p->offset[ch];
         }
     }
+    mark_fused(c);
     return 1;
 }
 
@@ -154,7 +171,7 @@ static int64_t max_padded_len(const qf_circuit *c)
 int64_t qf_circuit_block_workspace_len(const qf_circuit *c)
 {
     int64_t padded = max_padded_len(c) * c->block_lanes;
-    int64_t packed = (qf_circuit_int8_packed_bytes(c) + 31) / 32 * 8;   /* floats */
+    int64_t packed = (qf_circuit_int8_workspace_bytes(c) + 31) / 32 * 8;   /* floats */
     return c->sample_len * c->block_lanes + (padded > packed ? padded : packed);
 }
 
@@ -532,9 +549,23 @@ static void run_block(const qf_circuit *c, float *out, int64_t *out_int, float *
         switch (p->kind) {
         case QF_OP_DENSE:
         case QF_OP_CONV:
-            if (p->i8)
+            if (p->i8 && p->i8->fuse) {   /* this op and the LOOKUP after it */
+                float *next_dst = ws + c->node_start[k + 2] * c->block_lanes;
                 qf_circuit_int8_block(p, dst, src, lanes,
-                                      (uint8_t *)(ws + c->sample_len * c->block_lanes));
+                                      (uint8_t *)(ws + c->sample_len * c->block_lanes),
+                                      &c->ops[k + 1], next_dst, lane_ranges != NULL);
+                if (lane_ranges) {
+                    float *lmin = lane_ranges + (int64_t)(k + 1) * 2 * QF_CIRCUIT_BLOCK;
+                    widen_lanes(lmin, lmin + QF_CIRCUIT_BLOCK, dst, rows, valid, lanes);
+                }
+                k++;
+                p = &c->ops[k];
+                dst = next_dst;
+                rows = qf_circuit_size3(p->out_shape);
+            } else if (p->i8)
+                qf_circuit_int8_block(p, dst, src, lanes,
+                                      (uint8_t *)(ws + c->sample_len * c->block_lanes), NULL,
+                                      NULL, 0);
             else if (p->kind == QF_OP_DENSE)
                 dense_block(dst, src, p, lanes);
             else
@@ -550,7 +581,10 @@ static void run_block(const qf_circuit *c, float *out, int64_t *out_int, float *
             qf_circuit_maxpool_block(p, dst, src, lanes);
             break;
         case QF_OP_LOOKUP:
-            lookup_block(dst, src, p, lanes);
+            if (p->steps)
+                qf_circuit_steps_block(p, dst, src, lanes);
+            else
+                lookup_block(dst, src, p, lanes);
             break;
         case QF_OP_RESHAPE:
             memcpy(dst, src, (size_t)count * sizeof *dst);

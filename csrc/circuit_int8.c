@@ -18,7 +18,10 @@
  * Per block of samples the input node (C, H, W, L) floats is packed into
  * (C2, Hp, Wp) rows of channel-pair bytes (circuit_internal.h), the padding
  * holding pad - lo, then each block of output channels runs over the
- * positions.  Nothing allocates while running. */
+ * positions, one output row at a time.  When the next op is a LOOKUP by
+ * thresholds (circuit_steps.c) that alone reads this op's node, each row's
+ * sums go through it at once, while in cache, and are stored only when the
+ * node ranges are wanted.  Nothing allocates while running. */
 #include "dispatch.h"
 #include <stdlib.h>
 #include "circuit_internal.h"
@@ -171,12 +174,25 @@ nomem:
     return -1;
 }
 
-int64_t qf_circuit_int8_packed_bytes(const qf_circuit *c)
+/* Bytes of the packed input of op p for `lanes` lanes, rounded up to 32. */
+static int64_t packed_bytes(const qf_circuit_int8 *i8, int64_t lanes)
 {
-    int64_t most = 0, lp = qf_gemm_int8_padded_lanes(c->block_lanes);
+    return (i8->c2 * i8->hp * i8->wp * 2 * qf_gemm_int8_padded_lanes(lanes) + 31) / 32 * 32;
+}
+
+/* Output positions per row of p: OW for CONV, 1 for DENSE. */
+static int64_t row_positions(const qf_circuit_op *p)
+{
+    return p->kind == QF_OP_CONV ? p->out_shape[2] : 1;
+}
+
+int64_t qf_circuit_int8_workspace_bytes(const qf_circuit *c)
+{
+    int64_t most = 0;
     for (int k = 0; k < c->n_ops; k++) {
-        const qf_circuit_int8 *i8 = c->ops[k].i8;
-        int64_t bytes = i8 ? i8->c2 * i8->hp * i8->wp * 2 * lp : 0;
+        const qf_circuit_op *p = &c->ops[k];
+        int64_t bytes = p->i8 ? packed_bytes(p->i8, c->block_lanes) +
+                                    ROWS * row_positions(p) * c->block_lanes * 4 : 0;
         most = bytes > most ? bytes : most;
     }
     return most;
@@ -221,20 +237,31 @@ static void pack_input(uint8_t *restrict packed, const float *restrict src,
 }
 
 void qf_circuit_int8_block(const qf_circuit_op *p, float *dst, const float *src, int64_t lanes,
-                           uint8_t *packed)
+                           uint8_t *ws, const qf_circuit_op *next, float *next_dst,
+                           int keep_sums)
 {
     const qf_circuit_int8 *i8 = p->i8;
     geometry g = geometry_of(p);
+    uint8_t *packed = ws;
+    float *sums_row = (float *)(ws + packed_bytes(i8, lanes));   /* (ROWS, OW, L) */
     pack_input(packed, src, p, &g, lanes);
     int conv = p->kind == QF_OP_CONV;
-    int64_t oh = conv ? p->out_shape[1] : 1, ow = conv ? p->out_shape[2] : 1;
+    int64_t oh = conv ? p->out_shape[1] : 1, ow = row_positions(p);
     int64_t y_step = conv ? p->sh * i8->wp : 0, x_step = conv ? p->sw : 0;
-    int64_t ldd = oh * ow * lanes;
+    int64_t ldd = oh * ow * lanes, row_bytes = 2 * qf_gemm_int8_padded_lanes(lanes);
+    int in_place = !next || keep_sums;
     for (int64_t b = 0; b < i8->n_blocks; b++) {
         int64_t first = b * ROWS, k0 = i8->block_start[b];
         int rows = p->oc - first < ROWS ? (int)(p->oc - first) : ROWS;
-        qf_gemm_int8_lanes(dst + first * ldd, ldd, rows, i8->corr + first, i8->w + k0 * ROWS,
-                           i8->off + k0, i8->block_start[b + 1] - k0, packed, oh, ow, y_step,
-                           x_step, lanes);
+        for (int64_t oy = 0; oy < oh; oy++) {   /* one output row, then its lookups */
+            int64_t at = first * ldd + oy * ow * lanes, ld = in_place ? ldd : ow * lanes;
+            float *sums = in_place ? dst + at : sums_row;
+            qf_gemm_int8_lanes(sums, ld, rows, i8->corr + first, i8->w + k0 * ROWS,
+                               i8->off + k0, i8->block_start[b + 1] - k0,
+                               packed + oy * y_step * row_bytes, 1, ow, y_step, x_step, lanes);
+            for (int i = 0; next && i < rows; i++)
+                qf_circuit_steps_run(next->steps, first + i, next_dst + at + i * ldd,
+                                     sums + i * ld, ow * lanes);
+        }
     }
 }

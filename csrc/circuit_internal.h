@@ -35,7 +35,21 @@ typedef struct {
     int64_t *off;              /* (pairs) (c hp + ky) wp + kx: the pair's packed row */
     int16_t *w;                /* (pairs, QF_GEMM_INT8_ROWS) weight pairs (0 past OC) */
     int32_t *corr;             /* (n_blocks QF_GEMM_INT8_ROWS) shift sum_t w[o, t] */
+    int fuse;                  /* the next op is a LOOKUP by thresholds and the only
+                                  reader of this op's node: run them together     */
 } qf_circuit_int8;
+
+/* A LOOKUP of a float-exact circuit whose code, over the static range of
+ * its input, is a non-decreasing step function of t in every channel with
+ * few steps (circuit_steps.c): code(t) = base[c] + #{k : t >= at[c, k]}. */
+typedef struct {
+    int n_steps;               /* thresholds per channel, <= QF_CIRCUIT_MAX_STEPS */
+    float *base;               /* (C) the code of the input's static minimum      */
+    float *at;                 /* (C, n_steps) where the code passes base + k;
+                                  +inf past the channel's own steps              */
+} qf_circuit_steps;
+
+#define QF_CIRCUIT_MAX_STEPS 16
 
 typedef struct {
     int kind;                  /* qf_op_kind                                    */
@@ -46,6 +60,7 @@ typedef struct {
     int64_t *weight;           /* DENSE (OC, in) / CONV (OC, C, KH, KW): q_w - Z_w */
     qf_circuit_sparse nz;      /* DENSE, CONV: the nonzero entries of weight    */
     qf_circuit_int8 *i8;       /* DENSE, CONV run in 8-bit integers, or NULL    */
+    qf_circuit_steps *steps;   /* LOOKUP as thresholds, or NULL                 */
     int64_t oc, kh, kw, sh, sw, ph, pw;
     int64_t pad;               /* CONV, POOL_SUM: code of padded positions       */
     int lsbs;
@@ -123,13 +138,32 @@ int qf_circuit_prepare_float(qf_circuit *c);
 int qf_circuit_prepare_int8(const qf_circuit *c, qf_circuit_op *p);
 void qf_circuit_int8_free(qf_circuit_int8 *i8);           /* accepts NULL */
 
-/* Bytes of the packed input of the largest such op for block_lanes lanes. */
-int64_t qf_circuit_int8_packed_bytes(const qf_circuit *c);
+/* Workspace bytes of the largest such op for block_lanes lanes. */
+int64_t qf_circuit_int8_workspace_bytes(const qf_circuit *c);
 
 /* dst (OC, OH, OW, L) (DENSE: (OC, L)) of an op with i8 from src (C, H, W, L);
- * packed: qf_circuit_int8_packed_bytes bytes of workspace. */
+ * ws: qf_circuit_int8_workspace_bytes bytes.  With next (i8->fuse: the
+ * LOOKUP after it, by thresholds), also next_dst = that lookup of dst, and
+ * dst is written only when keep_sums. */
 void qf_circuit_int8_block(const qf_circuit_op *p, float *dst, const float *src, int64_t lanes,
-                           uint8_t *packed);
+                           uint8_t *ws, const qf_circuit_op *next, float *next_dst,
+                           int keep_sums);
+
+/* A LOOKUP of a float-exact circuit as thresholds (circuit_steps.c): sets
+ * p->steps and returns 1 when its codes form few non-decreasing steps over
+ * its input's static range, 0 otherwise (the LOOKUP keeps its float32
+ * formula), -1 when out of memory. */
+int qf_circuit_prepare_steps(const qf_circuit *c, qf_circuit_op *p);
+void qf_circuit_steps_free(qf_circuit_steps *steps);      /* accepts NULL */
+
+/* dst (C, H, W, L) = the codes of src (C, H, W, L) by the thresholds; L a
+ * multiple of 8. */
+void qf_circuit_steps_block(const qf_circuit_op *p, float *dst, const float *src,
+                            int64_t lanes);
+
+/* q (count) = the codes of x (count) in channel ch; count a multiple of 8. */
+void qf_circuit_steps_run(const qf_circuit_steps *steps, int64_t ch, float *q, const float *x,
+                          int64_t count);
 
 /* float32 elements of the node buffers of one block (block_lanes samples). */
 int64_t qf_circuit_block_workspace_len(const qf_circuit *c);
