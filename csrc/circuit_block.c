@@ -93,19 +93,31 @@ static int op_fits(const qf_circuit *c, const qf_circuit_op *p)
     return 1;    /* RESHAPE, TRANSPOSE, ADD: their results are nodes, checked below */
 }
 
-/* i8->fuse for each 8-bit op whose node only the next op, a LOOKUP by
- * thresholds, reads. */
+/* Ops reading node j. */
+static int readers(const qf_circuit *c, int j)
+{
+    int n = 0;
+    for (int k = 0; k < c->n_ops; k++)
+        n += (c->ops[k].src == j) + (c->ops[k].kind == QF_OP_ADD && c->ops[k].src2 == j);
+    return n;
+}
+
+/* i8->fuse (circuit_int8.c): 1 when an 8-bit op's node has one reader, the
+ * next op, a LOOKUP by thresholds; 2 when that LOOKUP's node in turn has one
+ * reader, the op after it, a POOL_SUM without padding whose stride is its
+ * kernel, after a CONV. */
 static void mark_fused(qf_circuit *c)
 {
-    for (int k = 0; k + 1 < c->n_ops; k++) {
-        const qf_circuit_op *next = &c->ops[k + 1];
-        int readers = 0;
-        for (int j = 0; j < c->n_ops; j++)
-            readers += (c->ops[j].src == k + 1) +
-                       (c->ops[j].kind == QF_OP_ADD && c->ops[j].src2 == k + 1);
-        if (c->ops[k].i8 && next->kind == QF_OP_LOOKUP && next->steps && next->src == k + 1 &&
-            readers == 1)
-            c->ops[k].i8->fuse = 1;
+    for (int k = 0; k + 2 < c->n_ops; k++) {
+        qf_circuit_op *p = &c->ops[k], *look = p + 1, *pool = p + 2;
+        if (!p->i8 || look->kind != QF_OP_LOOKUP || !look->steps || look->src != k + 1 ||
+            readers(c, k + 1) != 1)
+            continue;
+        p->i8->fuse = 1;
+        if (p->kind == QF_OP_CONV && pool->kind == QF_OP_POOL_SUM && pool->src == k + 2 &&
+            readers(c, k + 2) == 1 && pool->ph == 0 && pool->pw == 0 && pool->sh == pool->kh &&
+            pool->sw == pool->kw)
+            p->i8->fuse = 2;
     }
 }
 
@@ -549,24 +561,13 @@ static void run_block(const qf_circuit *c, float *out, int64_t *out_int, float *
         switch (p->kind) {
         case QF_OP_DENSE:
         case QF_OP_CONV:
-            if (p->i8 && p->i8->fuse) {   /* this op and the LOOKUP after it */
-                float *next_dst = ws + c->node_start[k + 2] * c->block_lanes;
-                qf_circuit_int8_block(p, dst, src, lanes,
-                                      (uint8_t *)(ws + c->sample_len * c->block_lanes),
-                                      &c->ops[k + 1], next_dst, lane_ranges != NULL);
-                if (lane_ranges) {
-                    float *lmin = lane_ranges + (int64_t)(k + 1) * 2 * QF_CIRCUIT_BLOCK;
-                    widen_lanes(lmin, lmin + QF_CIRCUIT_BLOCK, dst, rows, valid, lanes);
-                }
-                k++;
-                p = &c->ops[k];
-                dst = next_dst;
-                rows = qf_circuit_size3(p->out_shape);
-            } else if (p->i8)
-                qf_circuit_int8_block(p, dst, src, lanes,
-                                      (uint8_t *)(ws + c->sample_len * c->block_lanes), NULL,
-                                      NULL, 0);
-            else if (p->kind == QF_OP_DENSE)
+            if (p->i8) {   /* and the ops it fuses, when node ranges are not wanted */
+                int fuse = lane_ranges ? 0 : p->i8->fuse;
+                dst = ws + c->node_start[k + 1 + fuse] * c->block_lanes;
+                qf_circuit_int8_block(p, fuse, dst, src, lanes,
+                                      (uint8_t *)(ws + c->sample_len * c->block_lanes));
+                k += fuse;
+            } else if (p->kind == QF_OP_DENSE)
                 dense_block(dst, src, p, lanes);
             else
                 conv_block(dst, src, p, lanes, ws + c->sample_len * c->block_lanes);

@@ -18,10 +18,14 @@
  * Per block of samples the input node (C, H, W, L) floats is packed into
  * (C2, Hp, Wp) rows of channel-pair bytes (circuit_internal.h), the padding
  * holding pad - lo, then each block of output channels runs over the
- * positions, one output row at a time.  When the next op is a LOOKUP by
- * thresholds (circuit_steps.c) that alone reads this op's node, each row's
- * sums go through it at once, while in cache, and are stored only when the
- * node ranges are wanted.  Nothing allocates while running. */
+ * positions, one output row at a time.  When the op's node has one reader,
+ * a LOOKUP by thresholds (circuit_steps.c), each row goes through it at
+ * once, while in cache, and the accumulators are not stored (i8->fuse 1);
+ * when that lookup's node in turn has one reader, a POOL_SUM without
+ * padding whose stride is its kernel, the rows of each pooling window are
+ * summed at once too and only the pool's node is stored (i8->fuse 2).  The
+ * block engine fuses only when the node ranges are not wanted.  Nothing
+ * allocates while running. */
 #include "dispatch.h"
 #include <stdlib.h>
 #include "circuit_internal.h"
@@ -186,13 +190,20 @@ static int64_t row_positions(const qf_circuit_op *p)
     return p->kind == QF_OP_CONV ? p->out_shape[2] : 1;
 }
 
+/* Rows of output one fused band holds: the pool's kernel height, else 1. */
+static int64_t band_rows(const qf_circuit_op *p)
+{
+    return p->i8->fuse == 2 ? p[2].kh : 1;
+}
+
 int64_t qf_circuit_int8_workspace_bytes(const qf_circuit *c)
 {
     int64_t most = 0;
     for (int k = 0; k < c->n_ops; k++) {
         const qf_circuit_op *p = &c->ops[k];
-        int64_t bytes = p->i8 ? packed_bytes(p->i8, c->block_lanes) +
-                                    ROWS * row_positions(p) * c->block_lanes * 4 : 0;
+        int64_t row = ROWS * row_positions(p) * c->block_lanes * 4;
+        int64_t bytes = p->i8 ? packed_bytes(p->i8, c->block_lanes) + row * (1 + band_rows(p))
+                              : 0;
         most = bytes > most ? bytes : most;
     }
     return most;
@@ -236,32 +247,64 @@ static void pack_input(uint8_t *restrict packed, const float *restrict src,
             }
 }
 
-void qf_circuit_int8_block(const qf_circuit_op *p, float *dst, const float *src, int64_t lanes,
-                           uint8_t *ws, const qf_circuit_op *next, float *next_dst,
-                           int keep_sums)
+/* dst (rows, PH, PW, L) row py of the POOL_SUM pool (no padding, stride =
+ * kernel) from band (ROWS, KH, OW, L): the lookups of its window rows. */
+QF_MULTIVERSION
+static void pool_band(float *restrict dst, const float *restrict band, const qf_circuit_op *pool,
+                      int rows, int64_t py, int64_t ow, int64_t lanes)
+{
+    int64_t ph = pool->out_shape[1], pw = pool->out_shape[2];
+    for (int i = 0; i < rows; i++)
+        for (int64_t px = 0; px < pw; px++) {
+            float *restrict d = dst + ((i * ph + py) * pw + px) * lanes;
+            for (int64_t s = 0; s < lanes; s++)
+                d[s] = 0.0f;
+            for (int64_t ky = 0; ky < pool->kh; ky++)
+                for (int64_t kx = 0; kx < pool->kw; kx++) {
+                    const float *restrict x = band + ((i * pool->kh + ky) * ow + px * pool->kw +
+                                                      kx) * lanes;
+                    for (int64_t s = 0; s < lanes; s++)
+                        d[s] += x[s];
+                }
+        }
+}
+
+void qf_circuit_int8_block(const qf_circuit_op *p, int fuse, float *dst, const float *src,
+                           int64_t lanes, uint8_t *ws)
 {
     const qf_circuit_int8 *i8 = p->i8;
     geometry g = geometry_of(p);
-    uint8_t *packed = ws;
-    float *sums_row = (float *)(ws + packed_bytes(i8, lanes));   /* (ROWS, OW, L) */
-    pack_input(packed, src, p, &g, lanes);
-    int conv = p->kind == QF_OP_CONV;
-    int64_t oh = conv ? p->out_shape[1] : 1, ow = row_positions(p);
-    int64_t y_step = conv ? p->sh * i8->wp : 0, x_step = conv ? p->sw : 0;
+    int64_t oh = p->kind == QF_OP_CONV ? p->out_shape[1] : 1, ow = row_positions(p);
+    int64_t y_step = p->kind == QF_OP_CONV ? p->sh * i8->wp : 0;
+    int64_t x_step = p->kind == QF_OP_CONV ? p->sw : 0;
     int64_t ldd = oh * ow * lanes, row_bytes = 2 * qf_gemm_int8_padded_lanes(lanes);
-    int in_place = !next || keep_sums;
+    int64_t ld_row = ow * lanes, n_band = fuse == 2 ? p[2].kh : 1;
+    int64_t bands = fuse == 2 ? p[2].out_shape[1] : oh;
+    uint8_t *packed = ws;
+    float *sums_row = (float *)(ws + packed_bytes(i8, lanes));   /* (ROWS, OW, L)     */
+    float *band = sums_row + ROWS * ld_row;                       /* (ROWS, KH, OW, L) */
+    pack_input(packed, src, p, &g, lanes);
     for (int64_t b = 0; b < i8->n_blocks; b++) {
         int64_t first = b * ROWS, k0 = i8->block_start[b];
         int rows = p->oc - first < ROWS ? (int)(p->oc - first) : ROWS;
-        for (int64_t oy = 0; oy < oh; oy++) {   /* one output row, then its lookups */
-            int64_t at = first * ldd + oy * ow * lanes, ld = in_place ? ldd : ow * lanes;
-            float *sums = in_place ? dst + at : sums_row;
-            qf_gemm_int8_lanes(sums, ld, rows, i8->corr + first, i8->w + k0 * ROWS,
-                               i8->off + k0, i8->block_start[b + 1] - k0,
-                               packed + oy * y_step * row_bytes, 1, ow, y_step, x_step, lanes);
-            for (int i = 0; next && i < rows; i++)
-                qf_circuit_steps_run(next->steps, first + i, next_dst + at + i * ldd,
-                                     sums + i * ld, ow * lanes);
+        for (int64_t j = 0; j < bands; j++) {
+            for (int64_t r = 0; r < n_band; r++) {   /* output rows, then their lookups */
+                int64_t oy = j * n_band + r, at = first * ldd + oy * ld_row;
+                float *sums = fuse ? sums_row : dst + at;
+                qf_gemm_int8_lanes(sums, fuse ? ld_row : ldd, rows, i8->corr + first,
+                                   i8->w + k0 * ROWS, i8->off + k0,
+                                   i8->block_start[b + 1] - k0,
+                                   packed + oy * y_step * row_bytes, 1, ow, y_step, x_step,
+                                   lanes);
+                for (int i = 0; fuse && i < rows; i++)
+                    qf_circuit_steps_run(p[1].steps, first + i,
+                                         fuse == 2 ? band + (i * n_band + r) * ld_row
+                                                   : dst + at + i * ldd,
+                                         sums + i * ld_row, ld_row);
+            }
+            if (fuse == 2)
+                pool_band(dst + first * p[2].out_shape[1] * p[2].out_shape[2] * lanes, band, &p[2],
+                          rows, j, ow, lanes);
         }
     }
 }

@@ -35,8 +35,8 @@ typedef struct {
     int64_t *off;              /* (pairs) (c hp + ky) wp + kx: the pair's packed row */
     int16_t *w;                /* (pairs, QF_GEMM_INT8_ROWS) weight pairs (0 past OC) */
     int32_t *corr;             /* (n_blocks QF_GEMM_INT8_ROWS) shift sum_t w[o, t] */
-    int fuse;                  /* the next op is a LOOKUP by thresholds and the only
-                                  reader of this op's node: run them together     */
+    int fuse;                  /* ops after this one it can run with (circuit_int8.c):
+                                  1 the LOOKUP, 2 the LOOKUP and a POOL_SUM       */
 } qf_circuit_int8;
 
 /* A LOOKUP of a float-exact circuit whose code, over the static range of
@@ -141,13 +141,11 @@ void qf_circuit_int8_free(qf_circuit_int8 *i8);           /* accepts NULL */
 /* Workspace bytes of the largest such op for block_lanes lanes. */
 int64_t qf_circuit_int8_workspace_bytes(const qf_circuit *c);
 
-/* dst (OC, OH, OW, L) (DENSE: (OC, L)) of an op with i8 from src (C, H, W, L);
- * ws: qf_circuit_int8_workspace_bytes bytes.  With next (i8->fuse: the
- * LOOKUP after it, by thresholds), also next_dst = that lookup of dst, and
- * dst is written only when keep_sums. */
-void qf_circuit_int8_block(const qf_circuit_op *p, float *dst, const float *src, int64_t lanes,
-                           uint8_t *ws, const qf_circuit_op *next, float *next_dst,
-                           int keep_sums);
+/* The op p (with i8) and the `fuse` ops after it (0, or p->i8->fuse: the
+ * LOOKUP, then the POOL_SUM): dst = the node of the last of them, (C, H, W,
+ * L), from src (C, H, W, L) the node p reads; ws: qf_circuit_int8_workspace_bytes. */
+void qf_circuit_int8_block(const qf_circuit_op *p, int fuse, float *dst, const float *src,
+                           int64_t lanes, uint8_t *ws);
 
 /* A LOOKUP of a float-exact circuit as thresholds (circuit_steps.c): sets
  * p->steps and returns 1 when its codes form few non-decreasing steps over
