@@ -520,6 +520,7 @@ static void widen_lanes(float *restrict lmin, float *restrict lmax, const float 
 }
 
 /* Node 0 (in, L) from rows r0 .. r0 + valid - 1; other lanes get qmin. */
+QF_MULTIVERSION
 static void load_input(float *dst, const qf_circuit *c, const int64_t *codes, const float *x,
                        int64_t r0, int64_t valid, int64_t lanes)
 {

@@ -31,6 +31,8 @@
 #include "circuit_internal.h"
 #include "gemm_int8.h"
 
+_Static_assert(QF_CIRCUIT_MAX_STEPS <= QF_GEMM_INT8_MAX_STEPS, "thresholds per row");
+
 #define SUM_LIMIT ((int64_t)1 << 15)
 #define ROWS QF_GEMM_INT8_ROWS
 
@@ -202,8 +204,7 @@ int64_t qf_circuit_int8_workspace_bytes(const qf_circuit *c)
     for (int k = 0; k < c->n_ops; k++) {
         const qf_circuit_op *p = &c->ops[k];
         int64_t row = ROWS * row_positions(p) * c->block_lanes * 4;
-        int64_t bytes = p->i8 ? packed_bytes(p->i8, c->block_lanes) + row * (1 + band_rows(p))
-                              : 0;
+        int64_t bytes = p->i8 ? packed_bytes(p->i8, c->block_lanes) + row * band_rows(p) : 0;
         most = bytes > most ? bytes : most;
     }
     return most;
@@ -269,6 +270,24 @@ static void pool_band(float *restrict dst, const float *restrict band, const qf_
         }
 }
 
+/* The LOOKUP's thresholds for the sums of output rows first .. first +
+ * rows - 1 without their corr: t = sum + corr >= at  <=>  sum > at - corr - 1,
+ * clamped to int16 (sums lie within +-(2^15 - 1), so a clamped threshold
+ * keeps its answer; +inf, a step the channel never takes, becomes 32767). */
+static void lookup_thresholds(int16_t *gt, float *base, const qf_circuit_steps *steps,
+                              const int32_t *corr, int64_t first, int rows)
+{
+    for (int i = 0; i < rows; i++) {
+        base[i] = steps->base[first + i];
+        for (int k = 0; k < steps->n_steps; k++) {
+            float at = steps->at[(first + i) * QF_CIRCUIT_MAX_STEPS + k];
+            int64_t v = at > 1e9f ? SUM_LIMIT : (int64_t)at - corr[first + i] - 1;
+            v = v < -SUM_LIMIT ? -SUM_LIMIT : v > SUM_LIMIT - 1 ? SUM_LIMIT - 1 : v;
+            gt[i * QF_GEMM_INT8_MAX_STEPS + k] = (int16_t)v;
+        }
+    }
+}
+
 void qf_circuit_int8_block(const qf_circuit_op *p, int fuse, float *dst, const float *src,
                            int64_t lanes, uint8_t *ws)
 {
@@ -281,26 +300,30 @@ void qf_circuit_int8_block(const qf_circuit_op *p, int fuse, float *dst, const f
     int64_t ld_row = ow * lanes, n_band = fuse == 2 ? p[2].kh : 1;
     int64_t bands = fuse == 2 ? p[2].out_shape[1] : oh;
     uint8_t *packed = ws;
-    float *sums_row = (float *)(ws + packed_bytes(i8, lanes));   /* (ROWS, OW, L)     */
-    float *band = sums_row + ROWS * ld_row;                       /* (ROWS, KH, OW, L) */
+    float *band = (float *)(ws + packed_bytes(i8, lanes));        /* (ROWS, KH, OW, L) */
     pack_input(packed, src, p, &g, lanes);
+    int16_t gt[ROWS * QF_GEMM_INT8_MAX_STEPS];
+    float base[ROWS];
     for (int64_t b = 0; b < i8->n_blocks; b++) {
-        int64_t first = b * ROWS, k0 = i8->block_start[b];
+        int64_t first = b * ROWS, k0 = i8->block_start[b], pairs = i8->block_start[b + 1] - k0;
         int rows = p->oc - first < ROWS ? (int)(p->oc - first) : ROWS;
+        if (fuse)
+            lookup_thresholds(gt, base, p[1].steps, i8->corr, first, rows);
         for (int64_t j = 0; j < bands; j++) {
-            for (int64_t r = 0; r < n_band; r++) {   /* output rows, then their lookups */
+            for (int64_t r = 0; r < n_band; r++) {   /* output rows: sums, or their codes */
                 int64_t oy = j * n_band + r, at = first * ldd + oy * ld_row;
-                float *sums = fuse ? sums_row : dst + at;
-                qf_gemm_int8_lanes(sums, fuse ? ld_row : ldd, rows, i8->corr + first,
-                                   i8->w + k0 * ROWS, i8->off + k0,
-                                   i8->block_start[b + 1] - k0,
-                                   packed + oy * y_step * row_bytes, 1, ow, y_step, x_step,
-                                   lanes);
-                for (int i = 0; fuse && i < rows; i++)
-                    qf_circuit_steps_run(p[1].steps, first + i,
-                                         fuse == 2 ? band + (i * n_band + r) * ld_row
-                                                   : dst + at + i * ldd,
-                                         sums + i * ld_row, ld_row);
+                const uint8_t *x = packed + oy * y_step * row_bytes;
+                if (!fuse)
+                    qf_gemm_int8_lanes(dst + at, ldd, rows, i8->corr + first, i8->w + k0 * ROWS,
+                                       i8->off + k0, pairs, x, 1, ow, y_step, x_step, lanes);
+                else if (fuse == 1)
+                    qf_gemm_int8_steps(dst + at, ldd, rows, gt, p[1].steps->n_steps, base,
+                                       i8->w + k0 * ROWS, i8->off + k0, pairs, x, 1, ow, y_step,
+                                       x_step, lanes);
+                else
+                    qf_gemm_int8_steps(band + r * ld_row, n_band * ld_row, rows, gt,
+                                       p[1].steps->n_steps, base, i8->w + k0 * ROWS,
+                                       i8->off + k0, pairs, x, 1, ow, y_step, x_step, lanes);
             }
             if (fuse == 2)
                 pool_band(dst + first * p[2].out_shape[1] * p[2].out_shape[2] * lanes, band, &p[2],

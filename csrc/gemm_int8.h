@@ -46,4 +46,24 @@ void qf_gemm_int8_lanes_portable(float *d, int64_t ldd, int n_rows, const int32_
                                  const uint8_t *x, int64_t ny, int64_t nx, int64_t y_step,
                                  int64_t x_step, int64_t lanes);
 
+/* The same product with each sum replaced by a code, for a LOOKUP that is
+ * a step function of it (circuit_steps.c): with row i's thresholds
+ * gt[i QF_GEMM_INT8_MAX_STEPS + k], k < n_steps (<= QF_GEMM_INT8_MAX_STEPS),
+ *
+ *   d[...] = base[i] + #{k : sum > gt[i QF_GEMM_INT8_MAX_STEPS + k]}   (as float32)
+ *
+ * where sum excludes corr (the caller folds corr into the thresholds).  The
+ * sums never leave the int16 registers on the AVX2 path (VPCMPGTW counts). */
+#define QF_GEMM_INT8_MAX_STEPS 16
+
+void qf_gemm_int8_steps(float *d, int64_t ldd, int n_rows, const int16_t *gt, int n_steps,
+                        const float *base, const int16_t *w, const int64_t *off,
+                        int64_t n_pairs, const uint8_t *x, int64_t ny, int64_t nx,
+                        int64_t y_step, int64_t x_step, int64_t lanes);
+void qf_gemm_int8_steps_portable(float *d, int64_t ldd, int n_rows, const int16_t *gt,
+                                 int n_steps, const float *base, const int16_t *w,
+                                 const int64_t *off, int64_t n_pairs, const uint8_t *x,
+                                 int64_t ny, int64_t nx, int64_t y_step, int64_t x_step,
+                                 int64_t lanes);
+
 #endif

@@ -4,7 +4,9 @@
  * Shapes sweep every lane count 1..64 (tails of the 16-lane registers and
  * of their 8-lane halves), 1..3 rows, 0..40 pairs, several positions with
  * strides; operands reach the extremes the bound allows (u8 255, s8 -128 and
- * 127, int16 sums near 2^15); lanes and rows past the call are not written. */
+ * 127, int16 sums near 2^15); lanes and rows past the call are not written.
+ * The codes variant (qf_gemm_int8_steps) counts the same sums against 0 to
+ * 16 thresholds per row, drawn next to the sums and at the int16 extremes. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +46,20 @@ static void reference(float *d, int64_t ldd, const problem *pb)
                     }
                     d[i * ldd + (jy * pb->nx + jx) * pb->lanes + s] = (float)sum;
                 }
+}
+
+/* The codes variant: base[i] + #{k : sum - corr[i] > gt[i][k]} from the
+ * sums `want` (corr included) of the same problem. */
+static void reference_steps(float *d, const float *want, int64_t ldd, const problem *pb,
+                            const int16_t *gt, int n_steps, const float *base)
+{
+    for (int i = 0; i < pb->rows; i++)
+        for (int64_t j = 0; j < pb->ny * pb->nx * pb->lanes; j++) {
+            int64_t sum = (int64_t)want[i * ldd + j] - pb->corr[i], n = 0;
+            for (int k = 0; k < n_steps; k++)
+                n += sum > gt[i * QF_GEMM_INT8_MAX_STEPS + k];
+            d[i * ldd + j] = base[i] + (float)n;
+        }
 }
 
 /* Weights whose |w0| + |w1| summed over the pairs stays within budget per
@@ -103,6 +119,35 @@ static void check_problem(qf_rng *rng, int rows, int64_t pairs, int64_t ny, int6
               "xmax=%d", path ? "portable" : "dispatched", rows, (long long)pairs,
               (long long)ny, (long long)nx, (long long)lanes, xmax);
     }
+    /* the same sums counted against thresholds: near the sums, and the int16 extremes */
+    int n_steps = (int)qf_rng_below(rng, QF_GEMM_INT8_MAX_STEPS + 1);
+    int16_t gt[QF_GEMM_INT8_ROWS * QF_GEMM_INT8_MAX_STEPS];
+    float base[QF_GEMM_INT8_ROWS], *want_codes = malloc(sizeof(float) * (size_t)len);
+    for (int i = 0; i < QF_GEMM_INT8_ROWS; i++) {
+        base[i] = (float)qf_rng_below(rng, 9) - 4.0f;
+        for (int k = 0; k < QF_GEMM_INT8_MAX_STEPS; k++) {
+            int64_t pick = (int64_t)qf_rng_below(rng, (uint64_t)(ny * nx * lanes));
+            int64_t v = (int64_t)want[i < rows ? i * ldd + pick : pick] - pb.corr[i < rows ? i : 0];
+            v += (int64_t)qf_rng_below(rng, 5) - 2;
+            int r = (int)qf_rng_below(rng, 8);
+            v = r == 0 ? -32768 : r == 1 ? 32767 : v;
+            gt[i * QF_GEMM_INT8_MAX_STEPS + k] = (int16_t)(v < -32768 ? -32768 : v > 32767 ? 32767 : v);
+        }
+    }
+    for (int64_t j = 0; j < len; j++)
+        want_codes[j] = SENTINEL;
+    reference_steps(want_codes, want, ldd, &pb, gt, n_steps, base);
+    for (int path = 0; path < 2; path++) {
+        for (int64_t j = 0; j < len; j++)
+            got[j] = SENTINEL;
+        (path ? qf_gemm_int8_steps_portable : qf_gemm_int8_steps)(
+            got, ldd, rows, gt, n_steps, base, pb.w, pb.off, pairs, pb.x, ny, nx, pb.y_step,
+            pb.x_step, lanes);
+        CHECK(same_bits(got, want_codes, len), "%s steps: rows=%d pairs=%lld lanes=%lld "
+              "n_steps=%d", path ? "portable" : "dispatched", rows, (long long)pairs,
+              (long long)lanes, n_steps);
+    }
+    free(want_codes);
     free(want);
     free(got);
     free(pb.w);
