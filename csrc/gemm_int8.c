@@ -1,6 +1,6 @@
 /* gemm_int8.c: the 8-bit integer product of gemm_int8.h.
  *
- * AVX2 kernel: for one position, the block's rows x the lanes (16 lanes per
+ * AVX2 kernel: for one position, the block's 2 rows x the lanes (16 lanes per
  * register of int16 sums, up to 4 registers: 64 lanes) stay in registers;
  * each pair q loads the lanes' input byte pairs once and, per row, multiplies
  * them by the broadcast weight pair (VPMADDUBSW: u8 x s8, adjacent products
@@ -89,6 +89,10 @@ void qf_gemm_int8_steps_portable(float *d, int64_t ldd, int n_rows, const int16_
 
 #define AVX2 __attribute__((target("avx2")))
 
+/* Two rows x up to four registers of sums: 8 accumulators, the two weight
+ * pairs, the inputs and a product fit the 16 registers without spilling. */
+_Static_assert(QF_GEMM_INT8_ROWS == 2, "the row cases of avx2()");
+
 /* Eight int32 from int16 values, plus add (int32), as float32 plus addf, to
  * d (only the first `count` of them when count < 8). */
 AVX2 INLINE void store8(float *d, __m128i v16, __m256i add, __m256 addf, int64_t count)
@@ -171,7 +175,6 @@ AVX2 static void avx2(float *d, int64_t ldd, int n_rows, const epilogue *e, cons
                                    lanes, R, NV)
 #define BY_ROWS(NV)                 \
     switch (n_rows) {               \
-    case 3: POSITIONS(3, NV); break; \
     case 2: POSITIONS(2, NV); break; \
     default: POSITIONS(1, NV); break; \
     }

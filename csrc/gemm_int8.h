@@ -27,7 +27,7 @@
 
 #include <stdint.h>
 
-#define QF_GEMM_INT8_ROWS 3     /* output rows per call (register block)  */
+#define QF_GEMM_INT8_ROWS 2     /* output rows per call (register block)  */
 #define QF_GEMM_INT8_LANES 64   /* most lanes per call                    */
 
 /* Lp: lanes rounded up to the lane group of the packed inputs (16). */

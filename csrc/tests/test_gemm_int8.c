@@ -160,7 +160,7 @@ int main(void)
     qf_rng rng;
     qf_rng_seed(&rng, 14, 0);
     for (int64_t lanes = 1; lanes <= QF_GEMM_INT8_LANES; lanes++)
-        check_problem(&rng, 1 + (int)(lanes % 3), 1 + lanes % 17, 1 + lanes % 3, 1 + lanes % 4,
+        check_problem(&rng, 1 + (int)(lanes % QF_GEMM_INT8_ROWS), 1 + lanes % 17, 1 + lanes % 3, 1 + lanes % 4,
                       lanes, (int)(lanes % 2 ? 7 : 255));
     for (int rows = 1; rows <= QF_GEMM_INT8_ROWS; rows++)
         for (int64_t pairs = 0; pairs <= 40; pairs += 8)
