@@ -31,6 +31,7 @@
 #include "circuit_internal.h"
 #include "gemm_int8.h"
 
+_Static_assert(QF_CIRCUIT_BLOCK <= QF_GEMM_INT8_LANES, "lanes of a block");
 _Static_assert(QF_CIRCUIT_MAX_STEPS <= QF_GEMM_INT8_MAX_STEPS, "thresholds per row");
 
 #define SUM_LIMIT ((int64_t)1 << 15)
@@ -101,12 +102,21 @@ void qf_circuit_int8_free(qf_circuit_int8 *i8)
     free(i8);
 }
 
-/* Weight pair (c = 2 c2, 2 c2 + 1) of output o at (ky, kx) as an int16. */
-static int16_t pair_at(const qf_circuit_op *p, const geometry *g, int64_t o, int64_t c2,
-                       int64_t ky, int64_t kx)
+/* Two weights as the int16 pair (w0 low byte). */
+static int16_t pair_of(int64_t w0, int64_t w1)
 {
-    int64_t w0 = weight_at(p, g, o, 2 * c2, ky, kx), w1 = weight_at(p, g, o, 2 * c2 + 1, ky, kx);
     return (int16_t)(uint16_t)((uint8_t)(int8_t)w0 | (uint16_t)((uint8_t)(int8_t)w1) << 8);
+}
+
+/* Weight pair q = (c2, ky, kx) of output o: channels 2 c2 and 2 c2 + 1 at
+ * (ky, kx), or, on the `across` plane, taps kx and kx + 1 of channel 2 c2. */
+static int16_t pair_at(const qf_circuit_int8 *i8, const qf_circuit_op *p, const geometry *g,
+                       int64_t o, int64_t c2, int64_t ky, int64_t kx)
+{
+    if (i8->across && c2 == g->cin / 2)
+        return pair_of(weight_at(p, g, o, 2 * c2, ky, kx),
+                       kx + 1 < g->kw ? weight_at(p, g, o, 2 * c2, ky, kx + 1) : 0);
+    return pair_of(weight_at(p, g, o, 2 * c2, ky, kx), weight_at(p, g, o, 2 * c2 + 1, ky, kx));
 }
 
 /* The pairs of block b: those where one of its rows has a nonzero weight,
@@ -115,13 +125,14 @@ static int16_t pair_at(const qf_circuit_op *p, const geometry *g, int64_t o, int
 static int64_t block_pairs(qf_circuit_int8 *i8, const qf_circuit_op *p, const geometry *g,
                            int64_t b, int64_t n)
 {
-    for (int64_t c2 = 0; c2 < i8->c2; c2++)
+    for (int64_t c2 = 0; c2 < i8->c2; c2++) {
+        int64_t kx_step = i8->across && c2 == g->cin / 2 ? 2 : 1;
         for (int64_t ky = 0; ky < g->kh; ky++)
-            for (int64_t kx = 0; kx < g->kw; kx++) {
+            for (int64_t kx = 0; kx < g->kw; kx += kx_step) {
                 int16_t pr[ROWS];
                 int any = 0;
                 for (int i = 0; i < ROWS; i++) {
-                    pr[i] = pair_at(p, g, b * ROWS + i, c2, ky, kx);
+                    pr[i] = pair_at(i8, p, g, b * ROWS + i, c2, ky, kx);
                     any |= pr[i] != 0;
                 }
                 if (!any)
@@ -133,6 +144,7 @@ static int64_t block_pairs(qf_circuit_int8 *i8, const qf_circuit_op *p, const ge
                 }
                 n++;
             }
+    }
     return n;
 }
 
@@ -149,6 +161,7 @@ int qf_circuit_prepare_int8(const qf_circuit *c, qf_circuit_op *p)
         return -1;
     i8->shift = lo;
     i8->c2 = (g.cin + 1) / 2;
+    i8->across = g.cin % 2 == 1 && g.kw > 1;
     i8->hp = g.h + 2 * g.ph;
     i8->wp = g.w + 2 * g.pw;
     i8->n_blocks = (p->oc + ROWS - 1) / ROWS;
@@ -210,42 +223,52 @@ int64_t qf_circuit_int8_workspace_bytes(const qf_circuit *c)
     return most;
 }
 
-/* packed (C2, Hp, Wp, Lp, 2) bytes from src (C, H, W, L): x - shift inside,
- * pad - shift in the padding, 0 for the channel past C and lanes past L. */
+/* The lanes of input channel c at padded position (y, x): a row of src
+ * (C, H, W, L), pad_row in the padding, zero_row past the channels. */
+static const float *tap(const float *src, const geometry *g, int64_t c, int64_t y, int64_t x,
+                        int64_t lanes, const float *pad_row, const float *zero_row)
+{
+    int64_t iy = y - g->ph, ix = x - g->pw;
+    if (c >= g->cin)
+        return zero_row;
+    if (iy < 0 || iy >= g->h || ix < 0 || ix >= g->w)
+        return pad_row;
+    return src + ((c * g->h + iy) * g->w + ix) * lanes;
+}
+
+/* packed (C2, Hp, Wp, Lp, 2) bytes from src (C, H, W, L), less the shift:
+ * per lane, channels 2 c2 and 2 c2 + 1 at (y, x), or on the `across` plane
+ * channel 2 c2 at (y, x) and (y, x + 1); pad - shift in the padding, 0 past
+ * the channels and lanes. */
 QF_MULTIVERSION
 static void pack_input(uint8_t *restrict packed, const float *restrict src,
                        const qf_circuit_op *p, const geometry *g, int64_t lanes)
 {
     const qf_circuit_int8 *i8 = p->i8;
-    int64_t lp = qf_gemm_int8_padded_lanes(lanes), plane = g->h * g->w * lanes;
+    int64_t lp = qf_gemm_int8_padded_lanes(lanes);
     int32_t shift = (int32_t)i8->shift;
-    uint8_t pad = (uint8_t)(p->kind == QF_OP_CONV ? p->pad - i8->shift : 0);
-    for (int64_t c2 = 0; c2 < i8->c2; c2++)
+    float pad_row[QF_GEMM_INT8_LANES], zero_row[QF_GEMM_INT8_LANES];
+    for (int64_t s = 0; s < lanes; s++) {
+        pad_row[s] = (float)(g->ph > 0 || g->pw > 0 ? p->pad : i8->shift);   /* see fits() */
+        zero_row[s] = (float)i8->shift;
+    }
+    for (int64_t c2 = 0; c2 < i8->c2; c2++) {
+        int across = i8->across && c2 == g->cin / 2;
         for (int64_t y = 0; y < i8->hp; y++)
             for (int64_t x = 0; x < i8->wp; x++) {
                 uint8_t *restrict row = packed + ((c2 * i8->hp + y) * i8->wp + x) * 2 * lp;
-                int64_t iy = y - g->ph, ix = x - g->pw;
-                if (iy < 0 || iy >= g->h || ix < 0 || ix >= g->w) {
-                    for (int64_t s = 0; s < 2 * lp; s++)
-                        row[s] = pad;
-                    continue;
-                }
-                const float *restrict a = src + 2 * c2 * plane + (iy * g->w + ix) * lanes;
-                if (2 * c2 + 1 < g->cin) {
-                    const float *restrict b = a + plane;
-                    for (int64_t s = 0; s < lanes; s++) {
-                        row[2 * s] = (uint8_t)((int32_t)a[s] - shift);
-                        row[2 * s + 1] = (uint8_t)((int32_t)b[s] - shift);
-                    }
-                } else {
-                    for (int64_t s = 0; s < lanes; s++) {
-                        row[2 * s] = (uint8_t)((int32_t)a[s] - shift);
-                        row[2 * s + 1] = 0;
-                    }
+                const float *restrict a = tap(src, g, 2 * c2, y, x, lanes, pad_row, zero_row);
+                const float *restrict b = across
+                    ? tap(src, g, 2 * c2, y, x + 1, lanes, pad_row, zero_row)
+                    : tap(src, g, 2 * c2 + 1, y, x, lanes, pad_row, zero_row);
+                for (int64_t s = 0; s < lanes; s++) {
+                    row[2 * s] = (uint8_t)((int32_t)a[s] - shift);
+                    row[2 * s + 1] = (uint8_t)((int32_t)b[s] - shift);
                 }
                 for (int64_t s = 2 * lanes; s < 2 * lp; s++)
                     row[s] = 0;
             }
+    }
 }
 
 /* dst (rows, PH, PW, L) row py of the POOL_SUM pool (no padding, stride =

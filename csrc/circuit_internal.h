@@ -30,6 +30,9 @@ typedef struct {
 typedef struct {
     int64_t shift;             /* subtracted from every input value and the pad code */
     int64_t c2, hp, wp;        /* channel pairs, padded height and width        */
+    int across;                /* an odd channel count: the last pair plane holds
+                                  that channel at (y, x) and (y, x + 1), so its
+                                  pairs are the taps (kx, kx + 1) of a row      */
     int64_t n_blocks;          /* ceil(OC / QF_GEMM_INT8_ROWS)                  */
     int64_t *block_start;      /* (n_blocks + 1): block b is pairs start[b] .. start[b+1]-1 */
     int64_t *off;              /* (pairs) (c hp + ky) wp + kx: the pair's packed row */
