@@ -135,14 +135,17 @@ AVX2 INLINE void tile(float *d, int64_t ldd, const epilogue *e, const int16_t *w
         if (e->corr) {
             add = _mm256_set1_epi32(e->corr[i]);
         } else {   /* codes: base + the thresholds each sum passes (compares give -1) */
+            __m256i n[4];
             addf = _mm256_set1_ps(e->base[i]);
-            for (int v = 0; v < NV; v++) {
-                __m256i n = _mm256_setzero_si256();
-                for (int k = 0; k < e->n_steps; k++)
-                    n = _mm256_sub_epi16(n, _mm256_cmpgt_epi16(
-                        acc[i][v], _mm256_set1_epi16(e->gt[i * QF_GEMM_INT8_MAX_STEPS + k])));
-                acc[i][v] = n;
+            for (int v = 0; v < NV; v++)
+                n[v] = _mm256_setzero_si256();
+            for (int k = 0; k < e->n_steps; k++) {
+                __m256i t = _mm256_set1_epi16(e->gt[i * QF_GEMM_INT8_MAX_STEPS + k]);
+                for (int v = 0; v < NV; v++)
+                    n[v] = _mm256_sub_epi16(n[v], _mm256_cmpgt_epi16(acc[i][v], t));
             }
+            for (int v = 0; v < NV; v++)
+                acc[i][v] = n[v];
         }
         for (int v = 0; v < NV; v++) {
             int64_t s = 16 * (int64_t)v;
