@@ -56,7 +56,11 @@
  *       sum and lookup argument stays below 2^24 by the static bounds
  *       (qf_circuit_float_exact), where float32 arithmetic on integers is
  *       exact: blocks of up to 64 samples, op by op, each kernel vectorised
- *       over the samples, DENSE and CONV skipping zero (pruned) weights.
+ *       over the samples, DENSE and CONV skipping zero (pruned) weights;
+ *       there DENSE and CONV whose codes fit 8 bits and sums 16 bits run as
+ *       8-bit integer products (circuit_int8.c, gemm_int8.h), and a LOOKUP
+ *       with few output codes as a count of thresholds (circuit_steps.c),
+ *       fused with the product and a following POOL_SUM where possible.
  * A batch may be split over threads (circuit_run.c). */
 #ifndef QF_CIRCUIT_H
 #define QF_CIRCUIT_H

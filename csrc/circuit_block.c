@@ -20,7 +20,14 @@
  * up to QF_CIRCUIT_BLOCK), so every kernel runs its innermost loop over the
  * samples of the block and vectorises with any instruction set.  DENSE and
  * CONV visit only nonzero (unpruned) weights.  Lanes past the batch hold a
- * valid input code and are never read back. */
+ * valid input code and are never read back.
+ *
+ * Two faster forms of the same integers, chosen per op at preparation: a
+ * DENSE or CONV whose input codes fit 8 bits and whose sums fit 16 bits runs
+ * as an 8-bit integer product (circuit_int8.c), and a LOOKUP with few output
+ * codes as a count of thresholds (circuit_steps.c); an 8-bit op also runs
+ * the LOOKUP and POOL_SUM after it, row by row, when their nodes have one
+ * reader and the node ranges are not wanted (run_block). */
 #include "dispatch.h"
 #include <math.h>
 #include <stdlib.h>

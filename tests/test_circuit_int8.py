@@ -131,3 +131,65 @@ def test_compiled_cnn_runs_int8_and_matches_its_fake_quant_net():
     convs = [k for k, op in enumerate(module.ops) if op.kind in ("conv", "dense")]
     assert module._circuit.int8_ops == convs
     np.testing.assert_array_equal(module.forward(X, fhe="simulate"), net(X))
+
+
+# ------------------------------------------------------------------ lookups by thresholds
+
+def ref_lookup(t, lsbs, offset, scale, bias, relu, quant):
+    """circuit.h's LOOKUP in float32: y = float32(t 2^l + offset[c]) scale[c] + bias[c],
+    ReLU, then clamp(rint(y / s), qmin - Z, qmax - Z) + Z; t (n, C, H, W) int64."""
+    s, z, qmin, qmax = quant
+    shape = (1, -1, 1, 1)
+    v = (t * 2 ** lsbs + offset.reshape(shape)).astype(F32)
+    y = v * scale.reshape(shape) + bias.reshape(shape)
+    if relu:
+        y = np.where(y < 0, F32(0), y)
+    q = np.clip(np.rint(y / F32(s)), qmin - z, qmax - z)
+    return q.astype(np.int64) + z
+
+
+@pytest.mark.parametrize("out_bits, relu, lsbs", [(3, 1, 0), (2, 0, 1), (4, 1, 0), (8, 1, 0)])
+def test_conv_lookup_pool_chain_against_numpy(out_bits, relu, lsbs):
+    """conv -> lookup -> pool_sum -> lookup -> dense: the 8-bit product fused with the
+    lookup by thresholds and the pool (few output codes), or the lookup's formula (8 bits);
+    every batch size gives the NumPy integers, and the node ranges those of the int64
+    engine (which turn the fusion off)."""
+    rng = np.random.default_rng(out_bits + lsbs)
+    c, oc, h, w = 3, 5, 8, 6
+    quant_in = (0.1, 0, 0, 7)
+    weight = rng.integers(-3, 4, size=(oc, c, 3, 3)).astype(np.int32)
+    scale = rng.uniform(0.01, 0.2, oc).astype(F32)
+    bias = rng.uniform(-1, 1, oc).astype(F32)
+    offset = rng.integers(-20, 20, oc)
+    q_mid = (F32(0.3), 0 if relu else 2 ** (out_bits - 1),
+             0, 2 ** out_bits - 1)
+    q_out = (F32(0.5), 0, 0, 7)
+    dense_w = rng.integers(-3, 4, size=(4, oc * (h // 2) * (w // 2))).astype(np.int32)
+    ops = [
+        {"kind": "conv", "name": "conv", "src": 0, "weight": weight, "stride": (1, 1),
+         "padding": (1, 1)},
+        {"kind": "lookup", "name": "act", "src": 1, "lsbs": lsbs, "offset": offset,
+         "scale": scale, "bias": bias, "relu": relu, "quant": q_mid},
+        {"kind": "pool_sum", "name": "pool", "src": 2, "kernel": (2, 2), "stride": (2, 2)},
+        {"kind": "lookup", "name": "requant", "src": 3, "scale": np.full(oc, 0.25, F32),
+         "quant": q_out},
+        {"kind": "reshape", "name": "flat", "src": 4, "shape": (oc * (h // 2) * (w // 2), 1, 1)},
+        {"kind": "dense", "name": "fc", "src": 5, "weight": dense_w},
+        {"kind": "decode", "name": "out", "src": 6, "scale": np.ones(4, F32)},
+    ]
+    if lsbs:
+        ops[0:1] = [ops[0], {"kind": "round", "name": "round", "src": 1, "lsbs": lsbs}]
+        for k, op in enumerate(ops[2:], start=2):
+            op["src"] = k
+    circuit = _core.Circuit(quant_in, (c, h, w), ops)
+    codes = codes_for(rng, max(BATCHES), (c, h, w), quant_in)
+    acc = ref_conv(codes.reshape(-1, c, h, w), weight, (1, 1), (1, 1), 0)
+    if lsbs:
+        acc = np.floor((acc + 2 ** (lsbs - 1)) / 2 ** lsbs).astype(np.int64)
+    act = ref_lookup(acc, lsbs, offset, scale, bias, relu, q_mid)
+    pooled = act.reshape(-1, oc, h // 2, 2, w // 2, 2).sum(axis=(3, 5))
+    requant = ref_lookup(pooled, 0, np.zeros(oc, np.int64), np.full(oc, 0.25, F32),
+                         np.zeros(oc, F32), 0, q_out)
+    want = requant.reshape(len(codes), -1) @ dense_w.T.astype(np.int64)
+    assert circuit.int8_ops == [0, len(ops) - 2]
+    check_runs(circuit, codes, want)
