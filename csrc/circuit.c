@@ -537,6 +537,8 @@ void qf_circuit_free(qf_circuit *c)
         free(c->ops[k].nz.value);
         free(c->ops[k].nz.value_f);
         free(c->ops[k].nz.tap_off);
+        qf_circuit_int8_free(c->ops[k].i8);
+        qf_circuit_steps_free(c->ops[k].steps);
         free(c->ops[k].offset);
         free(c->ops[k].offset_f);
         free(c->ops[k].scale);

@@ -56,7 +56,11 @@
  *       sum and lookup argument stays below 2^24 by the static bounds
  *       (qf_circuit_float_exact), where float32 arithmetic on integers is
  *       exact: blocks of up to 64 samples, op by op, each kernel vectorised
- *       over the samples, DENSE and CONV skipping zero (pruned) weights.
+ *       over the samples, DENSE and CONV skipping zero (pruned) weights;
+ *       there DENSE and CONV whose codes fit 8 bits and sums 16 bits run as
+ *       8-bit integer products (circuit_int8.c, gemm_int8.h), and a LOOKUP
+ *       with few output codes as a count of thresholds (circuit_steps.c),
+ *       fused with the product and a following POOL_SUM where possible.
  * A batch may be split over threads (circuit_run.c). */
 #ifndef QF_CIRCUIT_H
 #define QF_CIRCUIT_H
@@ -185,6 +189,12 @@ typedef struct {
  * float32 holds them exactly and the AUTO engine evaluates blocks of samples
  * op by op in float32 (vectorised over the samples, skipping zero weights). */
 int qf_circuit_float_exact(const qf_circuit *c);
+
+/* Whether the AUTO engine runs op `op` (a DENSE or CONV of a float-exact
+ * circuit) as an 8-bit integer product: u8 input codes (less a shift) times
+ * s8 weights, summed in int16, when the static bounds prove those fit
+ * (circuit_int8.c).  The same integers either way. */
+int qf_circuit_op_int8(const qf_circuit *c, int op);
 
 /* int64 elements of scratch memory one run call with n_threads threads
  * needs (independent of the batch size). */

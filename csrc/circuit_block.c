@@ -20,7 +20,14 @@
  * up to QF_CIRCUIT_BLOCK), so every kernel runs its innermost loop over the
  * samples of the block and vectorises with any instruction set.  DENSE and
  * CONV visit only nonzero (unpruned) weights.  Lanes past the batch hold a
- * valid input code and are never read back. */
+ * valid input code and are never read back.
+ *
+ * Two faster forms of the same integers, chosen per op at preparation: a
+ * DENSE or CONV whose input codes fit 8 bits and whose sums fit 16 bits runs
+ * as an 8-bit integer product (circuit_int8.c), and a LOOKUP with few output
+ * codes as a count of thresholds (circuit_steps.c); an 8-bit op also runs
+ * the LOOKUP and POOL_SUM after it, row by row, when their nodes have one
+ * reader and the node ranges are not wanted (run_block). */
 #include "dispatch.h"
 #include <math.h>
 #include <stdlib.h>
@@ -93,6 +100,34 @@ static int op_fits(const qf_circuit *c, const qf_circuit_op *p)
     return 1;    /* RESHAPE, TRANSPOSE, ADD: their results are nodes, checked below */
 }
 
+/* Ops reading node j. */
+static int readers(const qf_circuit *c, int j)
+{
+    int n = 0;
+    for (int k = 0; k < c->n_ops; k++)
+        n += (c->ops[k].src == j) + (c->ops[k].kind == QF_OP_ADD && c->ops[k].src2 == j);
+    return n;
+}
+
+/* i8->fuse (circuit_int8.c): 1 when an 8-bit op's node has one reader, the
+ * next op, a LOOKUP by thresholds; 2 when that LOOKUP's node in turn has one
+ * reader, the op after it, a POOL_SUM without padding whose stride is its
+ * kernel, after a CONV. */
+static void mark_fused(qf_circuit *c)
+{
+    for (int k = 0; k + 2 < c->n_ops; k++) {
+        qf_circuit_op *p = &c->ops[k], *look = p + 1, *pool = p + 2;
+        if (!p->i8 || look->kind != QF_OP_LOOKUP || !look->steps || look->src != k + 1 ||
+            readers(c, k + 1) != 1)
+            continue;
+        p->i8->fuse = 1;
+        if (p->kind == QF_OP_CONV && pool->kind == QF_OP_POOL_SUM && pool->src == k + 2 &&
+            readers(c, k + 2) == 1 && pool->ph == 0 && pool->pw == 0 && pool->sh == pool->kh &&
+            pool->sw == pool->kw)
+            p->i8->fuse = 2;
+    }
+}
+
 int qf_circuit_prepare_float(qf_circuit *c)
 {
     for (int j = 0; j < c->n_nodes; j++)
@@ -122,6 +157,8 @@ int qf_circuit_prepare_float(qf_circuit *c)
                 p->nz.tap_off[j] = (tap / khw * hp + tap % khw / p->kw) * wp + tap % p->kw;
             }
         }
+        if (qf_circuit_prepare_int8(c, p) < 0 || qf_circuit_prepare_steps(c, p) < 0)
+            return -1;
         if (p->offset) {
             p->offset_f = malloc((size_t)p->in_shape[0] * sizeof(float));
             if (!p->offset_f)
@@ -130,6 +167,7 @@ int qf_circuit_prepare_float(qf_circuit *c)
                 p->offset_f[ch] = (float)p->offset[ch];
         }
     }
+    mark_fused(c);
     return 1;
 }
 
@@ -147,9 +185,13 @@ static int64_t max_padded_len(const qf_circuit *c)
     return len;
 }
 
+/* After the nodes: the zero-padded input of a float32 CONV, or the packed
+ * bytes of an 8-bit DENSE or CONV (circuit_int8.c). */
 int64_t qf_circuit_block_workspace_len(const qf_circuit *c)
 {
-    return (c->sample_len + max_padded_len(c)) * c->block_lanes;
+    int64_t padded = max_padded_len(c) * c->block_lanes;
+    int64_t packed = (qf_circuit_int8_workspace_bytes(c) + 31) / 32 * 8;   /* floats */
+    return c->sample_len * c->block_lanes + (padded > packed ? padded : packed);
 }
 
 /* ---- kernels: a node of size K is (K, L); L a multiple of LANE_GROUP ---- */
@@ -485,6 +527,7 @@ static void widen_lanes(float *restrict lmin, float *restrict lmax, const float 
 }
 
 /* Node 0 (in, L) from rows r0 .. r0 + valid - 1; other lanes get qmin. */
+QF_MULTIVERSION
 static void load_input(float *dst, const qf_circuit *c, const int64_t *codes, const float *x,
                        int64_t r0, int64_t valid, int64_t lanes)
 {
@@ -525,10 +568,17 @@ static void run_block(const qf_circuit *c, float *out, int64_t *out_int, float *
         int64_t rows = qf_circuit_size3(p->out_shape), count = rows * lanes;
         switch (p->kind) {
         case QF_OP_DENSE:
-            dense_block(dst, src, p, lanes);
-            break;
         case QF_OP_CONV:
-            conv_block(dst, src, p, lanes, ws + c->sample_len * c->block_lanes);
+            if (p->i8) {   /* and the ops it fuses, when node ranges are not wanted */
+                int fuse = lane_ranges ? 0 : p->i8->fuse;
+                dst = ws + c->node_start[k + 1 + fuse] * c->block_lanes;
+                qf_circuit_int8_block(p, fuse, dst, src, lanes,
+                                      (uint8_t *)(ws + c->sample_len * c->block_lanes));
+                k += fuse;
+            } else if (p->kind == QF_OP_DENSE)
+                dense_block(dst, src, p, lanes);
+            else
+                conv_block(dst, src, p, lanes, ws + c->sample_len * c->block_lanes);
             break;
         case QF_OP_POOL_SUM:
             window_block(dst, src, p, lanes);
@@ -540,7 +590,10 @@ static void run_block(const qf_circuit *c, float *out, int64_t *out_int, float *
             qf_circuit_maxpool_block(p, dst, src, lanes);
             break;
         case QF_OP_LOOKUP:
-            lookup_block(dst, src, p, lanes);
+            if (p->steps)
+                qf_circuit_steps_block(p, dst, src, lanes);
+            else
+                lookup_block(dst, src, p, lanes);
             break;
         case QF_OP_RESHAPE:
             memcpy(dst, src, (size_t)count * sizeof *dst);

@@ -19,6 +19,41 @@ typedef struct {
                                   zero-padded input (C, Hp, Wp), (c Hp + ky) Wp + kx        */
 } qf_circuit_sparse;
 
+/* A DENSE or CONV op of a float-exact circuit run by the 8-bit integer
+ * product (circuit_int8.c, gemm_int8.h): its input values less `shift` fit
+ * u8, its weights s8, its sums int16.  The input is packed per block as
+ * (c2, hp, wp) rows of 2 Lp bytes: channel pairs (2c, 2c + 1) side by side
+ * per lane, zero padding included (DENSE: the flattened input as channels,
+ * hp = wp = 1).  Output rows (channels) go in blocks of QF_GEMM_INT8_ROWS,
+ * each visiting the pairs (c, ky, kx) where one of its rows has a nonzero
+ * weight. */
+typedef struct {
+    int64_t shift;             /* subtracted from every input value and the pad code */
+    int64_t c2, hp, wp;        /* channel pairs, padded height and width        */
+    int across;                /* an odd channel count: the last pair plane holds
+                                  that channel at (y, x) and (y, x + 1), so its
+                                  pairs are the taps (kx, kx + 1) of a row      */
+    int64_t n_blocks;          /* ceil(OC / QF_GEMM_INT8_ROWS)                  */
+    int64_t *block_start;      /* (n_blocks + 1): block b is pairs start[b] .. start[b+1]-1 */
+    int64_t *off;              /* (pairs) (c hp + ky) wp + kx: the pair's packed row */
+    int16_t *w;                /* (pairs, QF_GEMM_INT8_ROWS) weight pairs (0 past OC) */
+    int32_t *corr;             /* (n_blocks QF_GEMM_INT8_ROWS) shift sum_t w[o, t] */
+    int fuse;                  /* ops after this one it can run with (circuit_int8.c):
+                                  1 the LOOKUP, 2 the LOOKUP and a POOL_SUM       */
+} qf_circuit_int8;
+
+/* A LOOKUP of a float-exact circuit whose code, over the static range of
+ * its input, is a non-decreasing step function of t in every channel with
+ * few steps (circuit_steps.c): code(t) = base[c] + #{k : t >= at[c, k]}. */
+typedef struct {
+    int n_steps;               /* thresholds per channel, <= QF_CIRCUIT_MAX_STEPS */
+    float *base;               /* (C) the code of the input's static minimum      */
+    float *at;                 /* (C, n_steps) where the code passes base + k;
+                                  +inf past the channel's own steps              */
+} qf_circuit_steps;
+
+#define QF_CIRCUIT_MAX_STEPS 16
+
 typedef struct {
     int kind;                  /* qf_op_kind                                    */
     char name[QF_CIRCUIT_NAME_LEN];
@@ -27,6 +62,8 @@ typedef struct {
     int64_t out_shape[3];      /* of the result (DECODE: of src)                */
     int64_t *weight;           /* DENSE (OC, in) / CONV (OC, C, KH, KW): q_w - Z_w */
     qf_circuit_sparse nz;      /* DENSE, CONV: the nonzero entries of weight    */
+    qf_circuit_int8 *i8;       /* DENSE, CONV run in 8-bit integers, or NULL    */
+    qf_circuit_steps *steps;   /* LOOKUP as thresholds, or NULL                 */
     int64_t oc, kh, kw, sh, sw, ph, pw;
     int64_t pad;               /* CONV, POOL_SUM: code of padded positions       */
     int lsbs;
@@ -96,6 +133,38 @@ static inline int64_t qf_circuit_lookup_code(const qf_circuit_op *p, int64_t ch,
  * exactly; the node bounds must be set.  Also fills the float32 copies
  * (value_f, offset_f) when it returns 1.  -1: out of memory. */
 int qf_circuit_prepare_float(qf_circuit *c);
+
+/* The 8-bit integer product for a DENSE or CONV op of a float-exact circuit
+ * (circuit_int8.c): sets p->i8 and returns 1 when the op's operands and
+ * sums fit (see there), 0 when they do not (the op stays in float32), -1
+ * when out of memory. */
+int qf_circuit_prepare_int8(const qf_circuit *c, qf_circuit_op *p);
+void qf_circuit_int8_free(qf_circuit_int8 *i8);           /* accepts NULL */
+
+/* Workspace bytes of the largest such op for block_lanes lanes. */
+int64_t qf_circuit_int8_workspace_bytes(const qf_circuit *c);
+
+/* The op p (with i8) and the `fuse` ops after it (0, or p->i8->fuse: the
+ * LOOKUP, then the POOL_SUM): dst = the node of the last of them, (C, H, W,
+ * L), from src (C, H, W, L) the node p reads; ws: qf_circuit_int8_workspace_bytes. */
+void qf_circuit_int8_block(const qf_circuit_op *p, int fuse, float *dst, const float *src,
+                           int64_t lanes, uint8_t *ws);
+
+/* A LOOKUP of a float-exact circuit as thresholds (circuit_steps.c): sets
+ * p->steps and returns 1 when its codes form few non-decreasing steps over
+ * its input's static range, 0 otherwise (the LOOKUP keeps its float32
+ * formula), -1 when out of memory. */
+int qf_circuit_prepare_steps(const qf_circuit *c, qf_circuit_op *p);
+void qf_circuit_steps_free(qf_circuit_steps *steps);      /* accepts NULL */
+
+/* dst (C, H, W, L) = the codes of src (C, H, W, L) by the thresholds; L a
+ * multiple of 8. */
+void qf_circuit_steps_block(const qf_circuit_op *p, float *dst, const float *src,
+                            int64_t lanes);
+
+/* q (count) = the codes of x (count) in channel ch; count a multiple of 8. */
+void qf_circuit_steps_run(const qf_circuit_steps *steps, int64_t ch, float *q, const float *x,
+                          int64_t count);
 
 /* float32 elements of the node buffers of one block (block_lanes samples). */
 int64_t qf_circuit_block_workspace_len(const qf_circuit *c);

@@ -30,6 +30,11 @@ static void set_err(char *err, int err_len, const char *fmt, ...)
 
 int qf_circuit_float_exact(const qf_circuit *c) { return c->float_exact; }
 
+int qf_circuit_op_int8(const qf_circuit *c, int op)
+{
+    return op >= 0 && op < c->n_ops && c->ops[op].i8 != NULL;
+}
+
 /* Per-thread workspace (int64s), a multiple of 8 (threads never share a
  * cache line):
  *   int64 engine: ranges (n_nodes qf_range), then one sample's nodes;

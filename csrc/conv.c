@@ -9,11 +9,16 @@ int64_t qf_conv_out_dim(int64_t in, int64_t kernel, int64_t stride, int64_t pad)
     return span / stride + 1;
 }
 
+#define INLINE static inline __attribute__((always_inline))
+
 /* Patch rows are written a (channel, kernel row) run of KW taps at a time:
- * runs wholly inside the input are plain copies, the others test each tap. */
-void qf_im2col(float *cols, const float *x, const qf_conv_geom *g)
+ * runs wholly inside the input are plain copies, the others test each tap.
+ * The walks below take kw as an argument that the dispatchers make a
+ * compile-time constant for the usual kernels (1, 3, 5), so that a run is a
+ * few moves rather than a loop. */
+INLINE void im2col_walk(float *cols, const float *x, const qf_conv_geom *g, int64_t kw)
 {
-    int64_t k_len = g->c * g->kh * g->kw, kw = g->kw;
+    int64_t k_len = g->c * g->kh * kw;
     for (int64_t oy = 0; oy < g->oh; oy++) {
         for (int64_t ox = 0; ox < g->ow; ox++) {
             float *restrict row = cols + (oy * g->ow + ox) * k_len;
@@ -43,9 +48,21 @@ void qf_im2col(float *cols, const float *x, const qf_conv_geom *g)
     }
 }
 
-void qf_col2im(float *dx, const float *dcols, const qf_conv_geom *g)
+void qf_im2col(float *cols, const float *x, const qf_conv_geom *g)
 {
-    int64_t k_len = g->c * g->kh * g->kw, kw = g->kw;
+    switch (g->kw) {
+    case 1: im2col_walk(cols, x, g, 1); break;
+    case 3: im2col_walk(cols, x, g, 3); break;
+    case 5: im2col_walk(cols, x, g, 5); break;
+    default: im2col_walk(cols, x, g, g->kw); break;
+    }
+}
+
+/* The adjoint, adding in the same (position, channel, kernel row, tap) order
+ * for every kw. */
+INLINE void col2im_walk(float *dx, const float *dcols, const qf_conv_geom *g, int64_t kw)
+{
+    int64_t k_len = g->c * g->kh * kw;
     for (int64_t oy = 0; oy < g->oh; oy++) {
         for (int64_t ox = 0; ox < g->ow; ox++) {
             const float *row = dcols + (oy * g->ow + ox) * k_len;
@@ -70,6 +87,16 @@ void qf_col2im(float *dx, const float *dcols, const qf_conv_geom *g)
                 }
             }
         }
+    }
+}
+
+void qf_col2im(float *dx, const float *dcols, const qf_conv_geom *g)
+{
+    switch (g->kw) {
+    case 1: col2im_walk(dx, dcols, g, 1); break;
+    case 3: col2im_walk(dx, dcols, g, 3); break;
+    case 5: col2im_walk(dx, dcols, g, 5); break;
+    default: col2im_walk(dx, dcols, g, g->kw); break;
     }
 }
 

@@ -5,8 +5,9 @@
  * multiplies NV vectors of a row of B by MR broadcast elements of A.  The
  * sums over p run in blocks of KC (the block of C is stored and reloaded
  * between them: same values), so that the rows of B and the columns of A a
- * block reads stay in cache.  Columns past the last whole vector and rows
- * past the last whole block use smaller blocks with the same order. */
+ * block reads stay in cache.  The last r < 8 columns run as one vector through
+ * zero-padded copies of those columns of B and C, and rows past the last
+ * whole block use smaller blocks: the same sums in the same order. */
 #include "dispatch.h"
 #include <string.h>
 #include "gemm.h"
@@ -33,9 +34,9 @@ INLINE void store8(float *p, const vec8 *v) { memcpy(p, v, sizeof *v); }
 
 /* ---------------------------------------------------------------- portable
  * One row of C at a time; the loop over j vectorises at any width. */
-static void portable_gemm(float *c, int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs,
+INLINE void portable_gemm(float *c, int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs,
                           const float *b, int64_t ldb, int64_t m, int64_t n, int64_t k,
-                          int accumulate)
+                          int accumulate, const float *a_scale)
 {
     for (int64_t i = 0; i < m; i++) {
         float *restrict ci = c + i * ldc;
@@ -44,6 +45,8 @@ static void portable_gemm(float *c, int64_t ldc, const float *a, int64_t a_rs, i
                 ci[j] = 0.0f;
         for (int64_t p = 0; p < k; p++) {
             float av = a[i * a_rs + p * a_cs];
+            if (a_scale)
+                av = *a_scale * av;
             const float *restrict bp = b + p * ldb;
             for (int64_t j = 0; j < n; j++)
                 ci[j] += av * bp[j];
@@ -77,25 +80,6 @@ INLINE void tile(float *c, int64_t ldc, const float *a, int64_t a_rs, int64_t a_
             store8(c + i * ldc + v * LANES, &acc[i][v]);
 }
 
-/* The same for the last r < 8 columns, one scalar running sum per element. */
-INLINE void tile_tail(float *c, int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs,
-                      const float *b, int64_t ldb, int64_t k, int zero, int mr, int64_t r)
-{
-    for (int64_t j = 0; j < r; j++) {
-        float acc[MR];
-        for (int i = 0; i < mr; i++)
-            acc[i] = zero ? 0.0f : c[i * ldc + j];
-        for (int64_t p = 0; p < k; p++) {
-            float bv = b[p * ldb + j];
-            const float *ap = a + p * a_cs;
-            for (int i = 0; i < mr; i++)
-                acc[i] += ap[i * a_rs] * bv;
-        }
-        for (int i = 0; i < mr; i++)
-            c[i * ldc + j] = acc[i];
-    }
-}
-
 /* tile() with mr and nv as compile-time constants. */
 INLINE void tile_any(float *c, int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs,
                      const float *b, int64_t ldb, int64_t k, int zero, int mr, int nv)
@@ -117,39 +101,84 @@ INLINE void tile_any(float *c, int64_t ldc, const float *a, int64_t a_rs, int64_
 #undef TILE_ROWS
 }
 
-QF_MULTIVERSION
-void qf_gemm(float *c, int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs,
-             const float *b, int64_t ldb, int64_t m, int64_t n, int64_t k, int accumulate)
+/* The blocked product; with a_scale, A's elements are *a_scale a[i, p]
+ * (rounded to float32), made once per block of MR rows and KC sums into a
+ * packed copy (the pack's columns are then MR floats apart). */
+INLINE void blocked_gemm(float *c, int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs,
+                         const float *b, int64_t ldb, int64_t m, int64_t n, int64_t k,
+                         int accumulate, const float *a_scale)
 {
-    if (!QF_WIDE_VECTORS()) {
-        portable_gemm(c, ldc, a, a_rs, a_cs, b, ldb, m, n, k, accumulate);
-        return;
-    }
     if (k == 0 && !accumulate) {
         for (int64_t i = 0; i < m; i++)
             memset(c + i * ldc, 0, sizeof(float) * (size_t)n);
         return;
     }
-    int64_t full = n / LANES * LANES;
+    float pack[KC * MR];
+    float b_tail[KC * LANES], c_tail[MR * LANES];
+    int64_t full = n / LANES * LANES, r = n - full;
     for (int64_t p0 = 0; p0 < k; p0 += KC) {
         int64_t kb = k - p0 < KC ? k - p0 : KC;
         int zero = p0 == 0 && !accumulate;
         const float *ap = a + p0 * a_cs, *bp = b + p0 * ldb;
-        for (int64_t j = 0; j < full; j += NV * LANES) {
-            int nv = full - j >= NV * LANES ? NV : 1;
-            for (int64_t i = 0; i < m; i += MR) {
-                int mr = m - i < MR ? (int)(m - i) : MR;
-                tile_any(c + i * ldc + j, ldc, ap + i * a_rs, a_rs, a_cs, bp + j, ldb, kb, zero,
-                         mr, nv);
+        if (r)   /* the last r < 8 columns of B, zero-padded to a vector */
+            for (int64_t p = 0; p < kb; p++)
+                for (int64_t j = 0; j < LANES; j++)
+                    b_tail[p * LANES + j] = j < r ? bp[p * ldb + full + j] : 0.0f;
+        for (int64_t i = 0; i < m; i += MR) {   /* a block of rows of A stays in cache */
+            int mr = m - i < MR ? (int)(m - i) : MR;
+            const float *ai = ap + i * a_rs;
+            int64_t rs = a_rs, cs = a_cs;
+            if (a_scale) {
+                float scale = *a_scale;
+                if (mr == MR && a_rs == 1)   /* rows of A adjacent: MR floats per p */
+                    for (int64_t p = 0; p < kb; p++)
+                        for (int r = 0; r < MR; r++)
+                            pack[p * MR + r] = scale * ai[r + p * a_cs];
+                else
+                    for (int64_t p = 0; p < kb; p++)
+                        for (int r = 0; r < mr; r++)
+                            pack[p * MR + r] = scale * ai[r * a_rs + p * a_cs];
+                ai = pack;
+                rs = 1;
+                cs = MR;
+            }
+            for (int64_t j = 0; j < full; j += NV * LANES) {
+                int nv = full - j >= NV * LANES ? NV : 1;
+                tile_any(c + i * ldc + j, ldc, ai, rs, cs, bp + j, ldb, kb, zero, mr, nv);
+            }
+            if (r) {   /* one vector per row through c_tail: the same sums, in order */
+                float *ci = c + i * ldc + full;
+                for (int row = 0; row < mr; row++)
+                    for (int64_t j = 0; j < LANES; j++)
+                        c_tail[row * LANES + j] = j < r && !zero ? ci[row * ldc + j] : 0.0f;
+                tile_any(c_tail, LANES, ai, rs, cs, b_tail, LANES, kb, zero, mr, 1);
+                for (int row = 0; row < mr; row++)
+                    for (int64_t j = 0; j < r; j++)
+                        ci[row * ldc + j] = c_tail[row * LANES + j];
             }
         }
-        if (full < n)
-            for (int64_t i = 0; i < m; i += MR) {
-                int mr = m - i < MR ? (int)(m - i) : MR;
-                tile_tail(c + i * ldc + full, ldc, ap + i * a_rs, a_rs, a_cs, bp + full, ldb, kb,
-                          zero, mr, n - full);
-            }
     }
+}
+
+QF_MULTIVERSION
+void qf_gemm(float *c, int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs,
+             const float *b, int64_t ldb, int64_t m, int64_t n, int64_t k, int accumulate)
+{
+    if (!QF_WIDE_VECTORS())
+        portable_gemm(c, ldc, a, a_rs, a_cs, b, ldb, m, n, k, accumulate, NULL);
+    else
+        blocked_gemm(c, ldc, a, a_rs, a_cs, b, ldb, m, n, k, accumulate, NULL);
+}
+
+QF_MULTIVERSION
+void qf_gemm_scaled_a(float *c, int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs,
+                      float a_scale, const float *b, int64_t ldb, int64_t m, int64_t n,
+                      int64_t k, int accumulate)
+{
+    if (!QF_WIDE_VECTORS())
+        portable_gemm(c, ldc, a, a_rs, a_cs, b, ldb, m, n, k, accumulate, &a_scale);
+    else
+        blocked_gemm(c, ldc, a, a_rs, a_cs, b, ldb, m, n, k, accumulate, &a_scale);
 }
 
 /* ---------------------------------------------------------------- exact integer sums
@@ -191,8 +220,8 @@ static int64_t fma_gemm(float *c, int64_t ldc, const float *a, int64_t a_rs, int
     for (int64_t p0 = 0; p0 < k; p0 += KC) {
         int64_t kb = k - p0 < KC ? k - p0 : KC;
         int zero = p0 == 0 && !accumulate;
-        for (int64_t j = 0; j < full; j += NV * LANES)
-            for (int64_t i = 0; i < m; i += MR) {
+        for (int64_t i = 0; i < m; i += MR)
+            for (int64_t j = 0; j < full; j += NV * LANES) {
                 int mr = m - i < MR ? (int)(m - i) : MR;
                 const float *ai = a + i * a_rs + p0 * a_cs, *bj = b + p0 * ldb + j;
                 float *cij = c + i * ldc + j;

@@ -25,6 +25,14 @@
 void qf_gemm(float *c, int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs,
              const float *b, int64_t ldb, int64_t m, int64_t n, int64_t k, int accumulate);
 
+/* The product of (a_scale A) and B: each element of A is first multiplied
+ * by a_scale in float32, then the sums run as in qf_gemm, so the result has
+ * the bits of qf_gemm on a stored copy of a_scale A (e.g. the float patches
+ * s q of integer codes q), without the copy. */
+void qf_gemm_scaled_a(float *c, int64_t ldc, const float *a, int64_t a_rs, int64_t a_cs,
+                      float a_scale, const float *b, int64_t ldb, int64_t m, int64_t n,
+                      int64_t k, int accumulate);
+
 /* The same product for integers whose every partial sum stays below 2^24 in
  * magnitude (integer codes): exact in any order, so it may use fused
  * multiply-adds where the CPU has them (same results, faster). */

@@ -5,6 +5,7 @@
  * channels (OCg = OC / G per group), Kt = C * KH * KW taps of a patch and
  * Kg = Kt / G taps per group (the weight is (OC, C / G, KH, KW) = (OC, Kg)):
  *   cols    (n P, Kt)   patches (im2col); group g owns columns g Kg ..
+ *   col_codes (n P, Kt) patches of input codes, when the input has them
  *   w_t     (Kg, OC)    the weights used, transposed (codes: w_codes_t)
  *   gemm_out (n P, OC)  forward: the products; backward: dout transposed
  *   dcols   (n P, Kt)   input gradient patches, scattered back (col2im)
@@ -81,16 +82,11 @@ void qf_net_forward_conv(qf_net *net, qf_layer *L, const float *in, const float 
     for (int64_t s = 0; s < n; s++)
         qf_im2col((use_codes ? L->col_codes : L->cols) + s * p * kt,
                   (use_codes ? in_codes : in) + s * L->in_size, g);
-    if (use_codes && net->training) {
-        /* the float patches the weight gradient reads: every layer that emits codes
-         * outputs s q (quant.c), so s times the patches of codes are those bits
-         * (padding: s (+0) = +0) */
-        float s = L->in_scale;
-        const float *restrict q = L->col_codes;
-        float *restrict x = L->cols;
-        for (int64_t i = 0; i < rows * kt; i++)
-            x[i] = s * q[i];
-    }
+    /* the float patches the weight gradient reads: every layer that emits codes
+     * outputs s q (quant.c), so s times the patches of codes are those bits
+     * (padding: s (+0) = +0); the backward makes them inside its product */
+    L->cols_from_codes = use_codes;
+    L->cols_scale = L->in_scale;
     L->sparse_pass = 0;
     qf_net_packed_sync_data(net, L->t_weight);
     const float *w = net->tensors[L->t_weight].data;
@@ -148,9 +144,14 @@ void qf_net_backward_conv(qf_net *net, qf_layer *L, float *din, int64_t n)
         for (int64_t s = 0; s < n; s++)
             qf_col2im(din + s * L->in_size, L->dcols + s * p * kt, g);
     }
-    for (int64_t gi = 0; gi < groups; gi++)
-        qf_gemm(L->dw_t + gi * ocg, oc, L->cols + gi * kg, 1, kt, dout_t + gi * ocg, oc, kg, ocg,
-                rows, 0);
+    for (int64_t gi = 0; gi < groups; gi++) {
+        if (L->cols_from_codes)
+            qf_gemm_scaled_a(L->dw_t + gi * ocg, oc, L->col_codes + gi * kg, 1, kt,
+                             L->cols_scale, dout_t + gi * ocg, oc, kg, ocg, rows, 0);
+        else
+            qf_gemm(L->dw_t + gi * ocg, oc, L->cols + gi * kg, 1, kt, dout_t + gi * ocg, oc, kg,
+                    ocg, rows, 0);
+    }
     if (L->t_bias >= 0) {
         float *db = net->tensors[L->t_bias].grad;
         for (int64_t r = 0; r < rows; r++)

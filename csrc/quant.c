@@ -112,20 +112,23 @@ static inline void fake_quant_backward_chunk(float *restrict dx, float *restrict
         int in_range = clamp_ste || (r >= qmin && r <= qmax);
         f[i] = in_range ? r - ratio : (r < qmin ? qmin : qmax);
         if (dx) {
-            float d = dx[i];
-            dx[i] = in_range && active ? d + dy[i] : d;
+            float d = dx[i], sum = d + dy[i];   /* both computed: a select, no masked load */
+            dx[i] = in_range && active ? sum : d;
         }
     }
 }
+
+enum { SUM_LANES = 8 };
 
 QF_MULTIVERSION
 double qf_fake_quant_backward(float *dx, const float *dy, const float *x, int64_t n,
                               float s, float qmin, float qmax, int relu, int clamp_ste)
 {
-    /* dL/ds sums the exact double products dy * f one element after the other,
-     * in index order, apart from the vectorised element-wise pass */
+    /* dL/ds sums the exact double products dy * f in SUM_LANES running sums,
+     * element i into sum i mod SUM_LANES (FQ_CHUNK is a multiple of it), then
+     * the sums in lane order: the same order on every instruction set */
     float f[FQ_CHUNK];
-    double dscale = 0.0;
+    double lane[SUM_LANES] = {0};
     for (int64_t c = 0; c < n; c += FQ_CHUNK) {
         int64_t m = n - c < FQ_CHUNK ? n - c : FQ_CHUNK;
         if (dx)
@@ -134,9 +137,17 @@ double qf_fake_quant_backward(float *dx, const float *dy, const float *x, int64_
         else
             fake_quant_backward_chunk(NULL, f, dy + c, x + c, m, s, qmin, qmax, relu,
                                       clamp_ste);
-        for (int64_t i = 0; i < m; i++)
-            dscale += (double)dy[c + i] * (double)f[i];
+        const float *dyc = dy + c;
+        int64_t i = 0;
+        for (; i + SUM_LANES <= m; i += SUM_LANES)
+            for (int l = 0; l < SUM_LANES; l++)
+                lane[l] += (double)dyc[i + l] * (double)f[i + l];
+        for (; i < m; i++)
+            lane[i % SUM_LANES] += (double)dyc[i] * (double)f[i];
     }
+    double dscale = 0.0;
+    for (int l = 0; l < SUM_LANES; l++)
+        dscale += lane[l];
     return dscale;
 }
 
@@ -177,6 +188,62 @@ static float select_kth(float *a, int64_t n, int64_t k)
     return a[k];
 }
 
+/* The m-th largest (1-based) of |x| (relu: max(x, 0)) for a small m, in one
+ * pass: top (m) keeps the m largest values seen, in decreasing order, with
+ * their multiplicities; a block of 16 of which no value can enter is
+ * skipped after one vectorisable comparison.  Same value as select_kth. */
+enum { TOP_MAX = 64, TOP_BLOCK = 16 };
+
+static float abs_value(float v, int relu) { return relu ? (v > 0.0f ? v : 0.0f) : fabsf(v); }
+
+QF_MULTIVERSION
+static float top_m_value(const float *x, int64_t n, int64_t m, int relu)
+{
+    float top[TOP_MAX];
+    for (int64_t t = 0; t < m; t++)
+        top[t] = -1.0f;   /* below every |x| */
+    for (int64_t i0 = 0; i0 < n; i0 += TOP_BLOCK) {
+        int64_t len = n - i0 < TOP_BLOCK ? n - i0 : TOP_BLOCK;
+        float threshold = top[m - 1];
+        int enters = 0;   /* whether a value of the block exceeds the threshold */
+        for (int64_t i = 0; i < len; i++)
+            enters |= abs_value(x[i0 + i], relu) > threshold;
+        if (!enters)
+            continue;
+        for (int64_t i = 0; i < len; i++) {
+            float a = abs_value(x[i0 + i], relu);
+            if (!(a > top[m - 1]))
+                continue;
+            int64_t t = m - 1;   /* insert a, dropping the smallest */
+            while (t > 0 && top[t - 1] < a) {
+                top[t] = top[t - 1];
+                t--;
+            }
+            top[t] = a;
+        }
+    }
+    return top[m - 1];
+}
+
+/* The first i with |x[i]| (relu: max(x[i], 0)) == value, 0 if none: blocks
+ * without it are passed after one vectorisable comparison. */
+QF_MULTIVERSION
+static int64_t first_equal(const float *x, int64_t n, float value, int relu)
+{
+    for (int64_t i0 = 0; i0 < n; i0 += TOP_BLOCK) {
+        int64_t len = n - i0 < TOP_BLOCK ? n - i0 : TOP_BLOCK;
+        int found = 0;
+        for (int64_t i = 0; i < len; i++)
+            found |= abs_value(x[i0 + i], relu) == value;
+        if (!found)
+            continue;
+        for (int64_t i = 0; i < len; i++)
+            if (abs_value(x[i0 + i], relu) == value)
+                return i0 + i;
+    }
+    return 0;
+}
+
 float qf_abs_percentile(const float *x, int64_t n, float percentile, int relu,
                         float *scratch, int64_t *index)
 {
@@ -188,16 +255,13 @@ float qf_abs_percentile(const float *x, int64_t n, float percentile, int relu,
         *index = qf_abs_argmax(x, n, relu, &value);
         return value;
     }
-    for (int64_t i = 0; i < n; i++)
-        scratch[i] = relu ? (x[i] > 0.0f ? x[i] : 0.0f) : fabsf(x[i]);
-    value = select_kth(scratch, n, k - 1);
-    *index = 0;
-    for (int64_t i = 0; i < n; i++) {
-        float a = relu ? (x[i] > 0.0f ? x[i] : 0.0f) : fabsf(x[i]);
-        if (a == value) {
-            *index = i;
-            break;
-        }
+    if (n - k + 1 <= TOP_MAX) {   /* a high percentile: the (n - k + 1)-th largest */
+        value = top_m_value(x, n, n - k + 1, relu);
+    } else {
+        for (int64_t i = 0; i < n; i++)
+            scratch[i] = abs_value(x[i], relu);
+        value = select_kth(scratch, n, k - 1);
     }
+    *index = first_equal(x, n, value, relu);
     return value;
 }

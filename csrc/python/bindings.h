@@ -38,5 +38,6 @@ PyArrayObject *qfpy_array(PyObject *obj, const char *name, int dtype, int ndim, 
 int qfpy_register_net(PyObject *module);
 int qfpy_register_circuit(PyObject *module);
 int qfpy_register_prune(PyObject *module);
+int qfpy_register_gemm(PyObject *module);
 
 #endif

@@ -22,6 +22,8 @@
  *     splits large batches over threads.  Every choice gives the same
  *     results bit for bit.
  *   float_exact: whether every value of the circuit stays below 2^24
+ *   int8_ops: indices of the DENSE / CONV ops engine "auto" runs as 8-bit
+ *     integer products (circuit_int8.c)
  *   quantize_input(X) -> int64 codes (n, in_size)
  *   nodes() -> list of dicts {name, op, kind, shape, static_min, static_max, static_bits}
  * A circuit is immutable once built, so runs from several threads may overlap;
@@ -497,6 +499,24 @@ static PyObject *Circuit_get_float_exact(CircuitObject *self, void *unused)
     return PyBool_FromLong(qf_circuit_float_exact(self->circuit));
 }
 
+static PyObject *Circuit_get_int8_ops(CircuitObject *self, void *unused)
+{
+    if (!ready(self)) return NULL;
+    PyObject *list = PyList_New(0);
+    for (int k = 0; list && k < qf_circuit_n_ops(self->circuit); k++) {
+        if (!qf_circuit_op_int8(self->circuit, k))
+            continue;
+        PyObject *index = PyLong_FromLong(k);
+        if (!index || PyList_Append(list, index) < 0) {
+            Py_XDECREF(index);
+            Py_CLEAR(list);
+            break;
+        }
+        Py_DECREF(index);
+    }
+    return list;
+}
+
 static PyObject *Circuit_get_n_nodes(CircuitObject *self, void *unused)
 {
     if (!ready(self)) return NULL;
@@ -534,6 +554,8 @@ static PyGetSetDef Circuit_getset[] = {
     {"n_nodes", (getter)Circuit_get_n_nodes, NULL, "number of integer value nodes", NULL},
     {"float_exact", (getter)Circuit_get_float_exact, NULL,
      "whether engine 'auto' runs the circuit in float32 blocks (every value below 2^24)", NULL},
+    {"int8_ops", (getter)Circuit_get_int8_ops, NULL,
+     "indices of the dense / conv ops engine 'auto' runs as 8-bit integer products", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -82,7 +82,8 @@ PyMODINIT_FUNC PyInit__core(void)
     PyObject *m = PyModule_Create(&core_module);
     if (!m)
         return NULL;
-    if (qfpy_register_net(m) < 0 || qfpy_register_circuit(m) < 0 || qfpy_register_prune(m) < 0) {
+    if (qfpy_register_net(m) < 0 || qfpy_register_circuit(m) < 0 || qfpy_register_prune(m) < 0 ||
+        qfpy_register_gemm(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

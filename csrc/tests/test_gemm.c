@@ -6,7 +6,8 @@
  * the two builds are held to the same bits.  Shapes sweep every block
  * remainder (rows, column vectors and the tail, p past the cache block),
  * strides read A and its transpose, and rows of C must not depend on how the
- * rows of A are split (the batch size of a convolution). */
+ * rows of A are split (the batch size of a convolution).  qf_gemm_scaled_a is
+ * held to the bits of the plain loop on a scaled copy of A. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +54,22 @@ static void check_shape(qf_rng *rng, int64_t m, int64_t n, int64_t k, int transp
     ref_gemm(want, ldc, a, a_rs, a_cs, b, ldb, m, n, k, acc);
     CHECK(same_bits(c, want, m * ldc), "m=%lld n=%lld k=%lld transposed=%d acc=%d", (long long)m,
           (long long)n, (long long)k, transposed, acc);
+    /* qf_gemm_scaled_a: the bits of the product of a scaled copy of A, here of
+     * integer codes as the convolutions' patches are (and of floats) */
+    float scale = 0.37f;
+    float *scaled = malloc(sizeof(float) * (size_t)(a_len + 1));
+    for (int64_t t = 0; t < a_len; t++) {
+        if (acc)
+            a[t] = (float)((int)qf_rng_below(rng, 8) - 2);
+        scaled[t] = scale * a[t];
+    }
+    fill(c, m * ldc, rng);
+    memcpy(want, c, sizeof(float) * (size_t)(m * ldc));
+    qf_gemm_scaled_a(c, ldc, a, a_rs, a_cs, scale, b, ldb, m, n, k, acc);
+    ref_gemm(want, ldc, scaled, a_rs, a_cs, b, ldb, m, n, k, acc);
+    CHECK(same_bits(c, want, m * ldc), "scaled A m=%lld n=%lld k=%lld transposed=%d acc=%d",
+          (long long)m, (long long)n, (long long)k, transposed, acc);
+    free(scaled);
     if (m >= 3 && !transposed) {   /* rows computed in two calls: the same bits */
         int64_t split = m / 3;
         memcpy(c, want, sizeof(float) * (size_t)(m * ldc));

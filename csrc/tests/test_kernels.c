@@ -623,6 +623,11 @@ static void test_abs_percentile(void)
         for (int64_t i = 0; i < n; i++)
             x[i] = (float)((int)qf_rng_below(&rng, 7) - 3);
         check_percentile(x, n, sorted, scratch, 0, ps, n_ps, "ties");
+        /* increasing |x|: every value displaces one of the largest kept so far */
+        for (int64_t i = 0; i < n; i++)
+            x[i] = (i % 2 ? -1.0f : 1.0f) * (float)i;
+        for (int relu = 0; relu <= 1; relu++)
+            check_percentile(x, n, sorted, scratch, relu, ps, n_ps, "increasing");
     }
     /* above 50,000 values the 99.999th percentile is not the max */
     int64_t n = 200000;
