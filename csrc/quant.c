@@ -118,17 +118,15 @@ static inline void fake_quant_backward_chunk(float *restrict dx, float *restrict
     }
 }
 
-enum { SUM_LANES = 8 };
-
 QF_MULTIVERSION
 double qf_fake_quant_backward(float *dx, const float *dy, const float *x, int64_t n,
                               float s, float qmin, float qmax, int relu, int clamp_ste)
 {
-    /* dL/ds sums the exact double products dy * f in SUM_LANES running sums,
-     * element i into sum i mod SUM_LANES (FQ_CHUNK is a multiple of it), then
-     * the sums in lane order: the same order on every instruction set */
+    /* dL/ds sums the exact double products dy * f one element after the other,
+     * in index order, apart from the vectorised element-wise pass (a lane-split
+     * sum would be faster but would change every trained network's bits) */
     float f[FQ_CHUNK];
-    double lane[SUM_LANES] = {0};
+    double dscale = 0.0;
     for (int64_t c = 0; c < n; c += FQ_CHUNK) {
         int64_t m = n - c < FQ_CHUNK ? n - c : FQ_CHUNK;
         if (dx)
@@ -137,17 +135,9 @@ double qf_fake_quant_backward(float *dx, const float *dy, const float *x, int64_
         else
             fake_quant_backward_chunk(NULL, f, dy + c, x + c, m, s, qmin, qmax, relu,
                                       clamp_ste);
-        const float *dyc = dy + c;
-        int64_t i = 0;
-        for (; i + SUM_LANES <= m; i += SUM_LANES)
-            for (int l = 0; l < SUM_LANES; l++)
-                lane[l] += (double)dyc[i + l] * (double)f[i + l];
-        for (; i < m; i++)
-            lane[i % SUM_LANES] += (double)dyc[i] * (double)f[i];
+        for (int64_t i = 0; i < m; i++)
+            dscale += (double)dy[c + i] * (double)f[i];
     }
-    double dscale = 0.0;
-    for (int l = 0; l < SUM_LANES; l++)
-        dscale += lane[l];
     return dscale;
 }
 
