@@ -86,7 +86,6 @@ void qf_net_forward_conv(qf_net *net, qf_layer *L, const float *in, const float 
      * outputs s q (quant.c), so s times the patches of codes are those bits
      * (padding: s (+0) = +0); the backward makes them inside its product */
     L->cols_from_codes = use_codes;
-    L->cols_scale = L->in_scale;
     L->sparse_pass = 0;
     qf_net_packed_sync_data(net, L->t_weight);
     const float *w = net->tensors[L->t_weight].data;
@@ -147,7 +146,7 @@ void qf_net_backward_conv(qf_net *net, qf_layer *L, float *din, int64_t n)
     for (int64_t gi = 0; gi < groups; gi++) {
         if (L->cols_from_codes)
             qf_gemm_scaled_a(L->dw_t + gi * ocg, oc, L->col_codes + gi * kg, 1, kt,
-                             L->cols_scale, dout_t + gi * ocg, oc, kg, ocg, rows, 0);
+                             L->in_scale, dout_t + gi * ocg, oc, kg, ocg, rows, 0);
         else
             qf_gemm(L->dw_t + gi * ocg, oc, L->cols + gi * kg, 1, kt, dout_t + gi * ocg, oc, kg,
                     ocg, rows, 0);

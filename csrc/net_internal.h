@@ -52,8 +52,8 @@ typedef struct {
     float *out, *dout;                  /* (cap, out_size)                                  */
     float *codes;                       /* (cap, out_size) when emits_codes                 */
     float *cols, *col_codes, *dcols;    /* CONV2D: (cap * P, K) patches, codes, gradients   */
-    int cols_from_codes;                /* CONV2D: the weight gradient reads cols_scale x   */
-    float cols_scale;                   /*   col_codes instead of cols (net_conv.c)        */
+    int cols_from_codes;                /* CONV2D: the weight gradient reads in_scale x     */
+                                        /*   col_codes instead of cols (net_conv.c)        */
     float *gemm_out;                    /* CONV2D: (cap * P, OC) product before transposing */
     float *w_t, *dw_t;                  /* CONV2D: (w_cols, w_rows) weights used, transposed,
                                            and the batch's weight gradient (net_conv.c)    */

@@ -112,8 +112,8 @@ static inline void fake_quant_backward_chunk(float *restrict dx, float *restrict
         int in_range = clamp_ste || (r >= qmin && r <= qmax);
         f[i] = in_range ? r - ratio : (r < qmin ? qmin : qmax);
         if (dx) {
-            float d = dx[i], sum = d + dy[i];   /* both computed: a select, no masked load */
-            dx[i] = in_range && active ? sum : d;
+            float d = dx[i];
+            dx[i] = in_range && active ? d + dy[i] : d;
         }
     }
 }
@@ -141,12 +141,15 @@ double qf_fake_quant_backward(float *dx, const float *dy, const float *x, int64_
     return dscale;
 }
 
+/* |v|, or max(v, 0) for a quantizer after a ReLU. */
+static float abs_value(float v, int relu) { return relu ? (v > 0.0f ? v : 0.0f) : fabsf(v); }
+
 int64_t qf_abs_argmax(const float *x, int64_t n, int relu, float *value)
 {
     int64_t best = 0;
     float best_value = -1.0f;
     for (int64_t i = 0; i < n; i++) {
-        float a = relu ? (x[i] > 0.0f ? x[i] : 0.0f) : fabsf(x[i]);
+        float a = abs_value(x[i], relu);
         if (a > best_value) {
             best_value = a;
             best = i;
@@ -183,8 +186,6 @@ static float select_kth(float *a, int64_t n, int64_t k)
  * their multiplicities; a block of 16 of which no value can enter is
  * skipped after one vectorisable comparison.  Same value as select_kth. */
 enum { TOP_MAX = 64, TOP_BLOCK = 16 };
-
-static float abs_value(float v, int relu) { return relu ? (v > 0.0f ? v : 0.0f) : fabsf(v); }
 
 QF_MULTIVERSION
 static float top_m_value(const float *x, int64_t n, int64_t m, int relu)

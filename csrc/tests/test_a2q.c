@@ -126,7 +126,7 @@ static void backward_matches_differences(void)
     float dfq[N] = {0.2f, -0.1f, 0.4f, 0.05f, -0.3f, 0.1f}, codes[N], dv[N] = {0};
     float s = 0.25f, g = 0.6f;
     double dg;
-    qf_a2q_bound b = {100.0, HUGE_VAL, HUGE_VAL, 0};
+    qf_a2q_bound b = {100.0, HUGE_VAL, HUGE_VAL, 0, 0};
     qf_a2q_row row;
     qf_a2q_forward_row(NULL, codes, &row, v, N, s, g, &b, -7.0f, 7.0f);
     qf_a2q_backward_row(dv, &dg, dfq, v, codes, N, s, g, &row);
@@ -171,7 +171,7 @@ static void split_backward_matches_differences(void)
     int sels[3] = {1, -1, 0};
     float dfq[N] = {0.2f, -0.1f, 0.4f, 0.05f, -0.3f, 0.1f}, codes[N];
     float s = 0.25f;
-    qf_a2q_bound b = {HUGE_VAL, 3.0, 4.0, 0};
+    qf_a2q_bound b = {HUGE_VAL, 3.0, 4.0, 0, 0};
     for (int r = 0; r < 3; r++) {
         float *v = rows[r], dv[N] = {0};
         double dg, x[N];
