@@ -112,19 +112,24 @@ static int readers(const qf_circuit *c, int j)
 /* i8->fuse (circuit_int8.c): 1 when an 8-bit op's node has one reader, the
  * next op, a LOOKUP by thresholds; 2 when that LOOKUP's node in turn has one
  * reader, the op after it, a POOL_SUM without padding whose stride is its
- * kernel, after a CONV. */
+ * kernel, after a CONV; 3 when the pool's node has one reader too, the op
+ * after it, a LOOKUP by thresholds. */
 static void mark_fused(qf_circuit *c)
 {
     for (int k = 0; k + 2 < c->n_ops; k++) {
-        qf_circuit_op *p = &c->ops[k], *look = p + 1, *pool = p + 2;
+        qf_circuit_op *p = &c->ops[k], *look = p + 1, *pool = p + 2, *after = p + 3;
         if (!p->i8 || look->kind != QF_OP_LOOKUP || !look->steps || look->src != k + 1 ||
             readers(c, k + 1) != 1)
             continue;
         p->i8->fuse = 1;
-        if (p->kind == QF_OP_CONV && pool->kind == QF_OP_POOL_SUM && pool->src == k + 2 &&
-            readers(c, k + 2) == 1 && pool->ph == 0 && pool->pw == 0 && pool->sh == pool->kh &&
-            pool->sw == pool->kw)
-            p->i8->fuse = 2;
+        if (p->kind != QF_OP_CONV || pool->kind != QF_OP_POOL_SUM || pool->src != k + 2 ||
+            readers(c, k + 2) != 1 || pool->ph != 0 || pool->pw != 0 || pool->sh != pool->kh ||
+            pool->sw != pool->kw || pool->kh * pool->kw * QF_CIRCUIT_MAX_STEPS >= (1 << 15))
+            continue;   /* (the window's count sum must stay an int16) */
+        p->i8->fuse = 2;
+        if (k + 3 < c->n_ops && after->kind == QF_OP_LOOKUP && after->steps &&
+            after->src == k + 3 && readers(c, k + 3) == 1)
+            p->i8->fuse = 3;
     }
 }
 
@@ -526,7 +531,11 @@ static void widen_lanes(float *restrict lmin, float *restrict lmax, const float 
         }
 }
 
-/* Node 0 (in, L) from rows r0 .. r0 + valid - 1; other lanes get qmin. */
+/* Node 0 (in, L) from rows r0 .. r0 + valid - 1; other lanes get qmin.  The
+ * rows are read LOAD_CHUNK inputs at a time (contiguous, quantized as a
+ * vector) and written to that many lane rows, which stay in cache. */
+#define LOAD_CHUNK 16
+
 QF_MULTIVERSION
 static void load_input(float *dst, const qf_circuit *c, const int64_t *codes, const float *x,
                        int64_t r0, int64_t valid, int64_t lanes)
@@ -534,15 +543,23 @@ static void load_input(float *dst, const qf_circuit *c, const int64_t *codes, co
     int64_t in = qf_circuit_in_size(c);
     float s = c->input.scale, lo = c->input_lo, hi = c->input_hi;
     float z = (float)c->input.zero_point;
-    for (int64_t i = 0; i < in; i++, dst += lanes) {
-        if (codes)
-            for (int64_t r = 0; r < valid; r++)
-                dst[r] = (float)codes[(r0 + r) * in + i];
-        else
-            for (int64_t r = 0; r < valid; r++)
-                dst[r] = qf_quantize_value(x[(r0 + r) * in + i], s, lo, hi) + z;
-        for (int64_t r = valid; r < lanes; r++)
-            dst[r] = (float)c->input.qmin;
+    for (int64_t i0 = 0; i0 < in; i0 += LOAD_CHUNK) {
+        int64_t m = in - i0 < LOAD_CHUNK ? in - i0 : LOAD_CHUNK;
+        float *restrict d = dst + i0 * lanes;
+        for (int64_t r = 0; r < valid; r++) {
+            float v[LOAD_CHUNK];
+            if (codes)
+                for (int64_t j = 0; j < m; j++)
+                    v[j] = (float)codes[(r0 + r) * in + i0 + j];
+            else
+                for (int64_t j = 0; j < m; j++)
+                    v[j] = qf_quantize_value(x[(r0 + r) * in + i0 + j], s, lo, hi) + z;
+            for (int64_t j = 0; j < m; j++)
+                d[j * lanes + r] = v[j];
+        }
+        for (int64_t j = 0; j < m; j++)
+            for (int64_t r = valid; r < lanes; r++)
+                d[j * lanes + r] = (float)c->input.qmin;
     }
 }
 

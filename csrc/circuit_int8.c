@@ -22,10 +22,12 @@
  * a LOOKUP by thresholds (circuit_steps.c), each row goes through it at
  * once, while in cache, and the accumulators are not stored (i8->fuse 1);
  * when that lookup's node in turn has one reader, a POOL_SUM without
- * padding whose stride is its kernel, the rows of each pooling window are
- * summed at once too and only the pool's node is stored (i8->fuse 2).  The
- * block engine fuses only when the node ranges are not wanted.  Nothing
- * allocates while running. */
+ * padding whose stride is its kernel, the codes of each pooling window are
+ * summed in the registers and only the pool's node is stored (i8->fuse 2),
+ * or, when the pool's one reader is a LOOKUP by thresholds too, that
+ * lookup's node (i8->fuse 3: its thresholds move onto the window's sum of
+ * counts, pooled_thresholds).  The block engine fuses only when the node
+ * ranges are not wanted.  Nothing allocates while running. */
 #include "dispatch.h"
 #include <stdlib.h>
 #include "circuit_internal.h"
@@ -205,19 +207,12 @@ static int64_t row_positions(const qf_circuit_op *p)
     return p->kind == QF_OP_CONV ? p->out_shape[2] : 1;
 }
 
-/* Rows of output one fused band holds: the pool's kernel height, else 1. */
-static int64_t band_rows(const qf_circuit_op *p)
-{
-    return p->i8->fuse == 2 ? p[2].kh : 1;
-}
-
 int64_t qf_circuit_int8_workspace_bytes(const qf_circuit *c)
 {
     int64_t most = 0;
     for (int k = 0; k < c->n_ops; k++) {
         const qf_circuit_op *p = &c->ops[k];
-        int64_t row = ROWS * row_positions(p) * c->block_lanes * 4;
-        int64_t bytes = p->i8 ? packed_bytes(p->i8, c->block_lanes) + row * band_rows(p) : 0;
+        int64_t bytes = p->i8 ? packed_bytes(p->i8, c->block_lanes) : 0;
         most = bytes > most ? bytes : most;
     }
     return most;
@@ -271,28 +266,6 @@ static void pack_input(uint8_t *restrict packed, const float *restrict src,
     }
 }
 
-/* dst (rows, PH, PW, L) row py of the POOL_SUM pool (no padding, stride =
- * kernel) from band (ROWS, KH, OW, L): the lookups of its window rows. */
-QF_MULTIVERSION
-static void pool_band(float *restrict dst, const float *restrict band, const qf_circuit_op *pool,
-                      int rows, int64_t py, int64_t ow, int64_t lanes)
-{
-    int64_t ph = pool->out_shape[1], pw = pool->out_shape[2];
-    for (int i = 0; i < rows; i++)
-        for (int64_t px = 0; px < pw; px++) {
-            float *restrict d = dst + ((i * ph + py) * pw + px) * lanes;
-            for (int64_t s = 0; s < lanes; s++)
-                d[s] = 0.0f;
-            for (int64_t ky = 0; ky < pool->kh; ky++)
-                for (int64_t kx = 0; kx < pool->kw; kx++) {
-                    const float *restrict x = band + ((i * pool->kh + ky) * ow + px * pool->kw +
-                                                      kx) * lanes;
-                    for (int64_t s = 0; s < lanes; s++)
-                        d[s] += x[s];
-                }
-        }
-}
-
 /* The LOOKUP's thresholds for the sums of output rows first .. first +
  * rows - 1 without their corr: t = sum + corr >= at  <=>  sum > at - corr - 1,
  * clamped to int16 (sums lie within +-(2^15 - 1), so a clamped threshold
@@ -311,6 +284,24 @@ static void lookup_thresholds(int16_t *gt, float *base, const qf_circuit_steps *
     }
 }
 
+/* The thresholds of the LOOKUP `after` a POOL_SUM of n_window codes of the
+ * first LOOKUP, on the window's count sum S (its codes less base each):
+ * pooled = S + n_window base >= at  <=>  S > at - n_window base - 1; and its
+ * codes below every threshold. */
+static void pooled_thresholds(int16_t *gt2, float *base2, const qf_circuit_steps *after,
+                              const float *base, int64_t n_window, int64_t first, int rows)
+{
+    for (int i = 0; i < rows; i++) {
+        base2[i] = after->base[first + i];
+        for (int k = 0; k < after->n_steps; k++) {
+            float at = after->at[(first + i) * QF_CIRCUIT_MAX_STEPS + k];
+            int64_t v = at > 1e9f ? SUM_LIMIT : (int64_t)at - n_window * (int64_t)base[i] - 1;
+            v = v < -SUM_LIMIT ? -SUM_LIMIT : v > SUM_LIMIT - 1 ? SUM_LIMIT - 1 : v;
+            gt2[i * QF_GEMM_INT8_MAX_STEPS + k] = (int16_t)v;
+        }
+    }
+}
+
 void qf_circuit_int8_block(const qf_circuit_op *p, int fuse, float *dst, const float *src,
                            int64_t lanes, uint8_t *ws)
 {
@@ -320,37 +311,45 @@ void qf_circuit_int8_block(const qf_circuit_op *p, int fuse, float *dst, const f
     int64_t y_step = p->kind == QF_OP_CONV ? p->sh * i8->wp : 0;
     int64_t x_step = p->kind == QF_OP_CONV ? p->sw : 0;
     int64_t ldd = oh * ow * lanes, row_bytes = 2 * qf_gemm_int8_padded_lanes(lanes);
-    int64_t ld_row = ow * lanes, n_band = fuse == 2 ? p[2].kh : 1;
-    int64_t bands = fuse == 2 ? p[2].out_shape[1] : oh;
+    int64_t ld_row = ow * lanes;
     uint8_t *packed = ws;
-    float *band = (float *)(ws + packed_bytes(i8, lanes));        /* (ROWS, KH, OW, L) */
     pack_input(packed, src, p, &g, lanes);
-    int16_t gt[ROWS * QF_GEMM_INT8_MAX_STEPS];
-    float base[ROWS];
+    int16_t gt[ROWS * QF_GEMM_INT8_MAX_STEPS], gt2[ROWS * QF_GEMM_INT8_MAX_STEPS];
+    float base[ROWS], base2[ROWS];
+    const qf_circuit_op *pool = &p[2];
+    int64_t n_window = pool->kh * pool->kw;
     for (int64_t b = 0; b < i8->n_blocks; b++) {
         int64_t first = b * ROWS, k0 = i8->block_start[b], pairs = i8->block_start[b + 1] - k0;
         int rows = p->oc - first < ROWS ? (int)(p->oc - first) : ROWS;
+        const int16_t *w = i8->w + k0 * ROWS;
+        const int64_t *off = i8->off + k0;
         if (fuse)
             lookup_thresholds(gt, base, p[1].steps, i8->corr, first, rows);
-        for (int64_t j = 0; j < bands; j++) {
-            for (int64_t r = 0; r < n_band; r++) {   /* output rows: sums, or their codes */
-                int64_t oy = j * n_band + r, at = first * ldd + oy * ld_row;
-                const uint8_t *x = packed + oy * y_step * row_bytes;
-                if (!fuse)
-                    qf_gemm_int8_lanes(dst + at, ldd, rows, i8->corr + first, i8->w + k0 * ROWS,
-                                       i8->off + k0, pairs, x, 1, ow, y_step, x_step, lanes);
-                else if (fuse == 1)
-                    qf_gemm_int8_steps(dst + at, ldd, rows, gt, p[1].steps->n_steps, base,
-                                       i8->w + k0 * ROWS, i8->off + k0, pairs, x, 1, ow, y_step,
-                                       x_step, lanes);
-                else
-                    qf_gemm_int8_steps(band + r * ld_row, n_band * ld_row, rows, gt,
-                                       p[1].steps->n_steps, base, i8->w + k0 * ROWS,
-                                       i8->off + k0, pairs, x, 1, ow, y_step, x_step, lanes);
-            }
-            if (fuse == 2)
-                pool_band(dst + first * p[2].out_shape[1] * p[2].out_shape[2] * lanes, band, &p[2],
-                          rows, j, ow, lanes);
+        if (fuse >= 2) {   /* one call per row of pooling windows */
+            int64_t ph = pool->out_shape[1], pw = pool->out_shape[2];
+            if (fuse == 3)
+                pooled_thresholds(gt2, base2, p[3].steps, base, n_window, first, rows);
+            else
+                for (int i = 0; i < rows; i++)
+                    base2[i] = (float)n_window * base[i];   /* integers: exact */
+            for (int64_t py = 0; py < ph; py++)
+                qf_gemm_int8_pooled(dst + (first * ph + py) * pw * lanes, ph * pw * lanes, rows,
+                                    gt, p[1].steps->n_steps, fuse == 3 ? gt2 : NULL,
+                                    fuse == 3 ? p[3].steps->n_steps : 0, base2, (int)pool->kh,
+                                    (int)pool->kw, w, off, pairs,
+                                    packed + py * pool->kh * y_step * row_bytes, pw, y_step,
+                                    x_step, lanes);
+            continue;
+        }
+        for (int64_t oy = 0; oy < oh; oy++) {   /* output rows: sums, or their codes */
+            int64_t at = first * ldd + oy * ld_row;
+            const uint8_t *x = packed + oy * y_step * row_bytes;
+            if (fuse)
+                qf_gemm_int8_steps(dst + at, ldd, rows, gt, p[1].steps->n_steps, base, w, off,
+                                   pairs, x, 1, ow, y_step, x_step, lanes);
+            else
+                qf_gemm_int8_lanes(dst + at, ldd, rows, i8->corr + first, w, off, pairs, x, 1,
+                                   ow, y_step, x_step, lanes);
         }
     }
 }

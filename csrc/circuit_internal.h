@@ -39,7 +39,8 @@ typedef struct {
     int16_t *w;                /* (pairs, QF_GEMM_INT8_ROWS) weight pairs (0 past OC) */
     int32_t *corr;             /* (n_blocks QF_GEMM_INT8_ROWS) shift sum_t w[o, t] */
     int fuse;                  /* ops after this one it can run with (circuit_int8.c):
-                                  1 the LOOKUP, 2 the LOOKUP and a POOL_SUM       */
+                                  1 the LOOKUP, 2 the LOOKUP and a POOL_SUM,
+                                  3 those and the LOOKUP after the pool          */
 } qf_circuit_int8;
 
 /* A LOOKUP of a float-exact circuit whose code, over the static range of

@@ -66,4 +66,24 @@ void qf_gemm_int8_steps_portable(float *d, int64_t ldd, int n_rows, const int16_
                                  int64_t ny, int64_t nx, int64_t y_step, int64_t x_step,
                                  int64_t lanes);
 
+/* The codes variant summed over pooling windows (a POOL_SUM whose stride
+ * is its kh x kw kernel), then counted once more when gt2 is not NULL (the
+ * LOOKUP after the pool, by thresholds on the window sum S of the counts):
+ * for px < npx,
+ *
+ *   S = sum_{ky < kh, kx < kw} #{k < n_steps : sum(ky, px kw + kx) > gt[i][k]}
+ *   d[i ldd + px lanes + s] = base[i] + (gt2 ? #{k < n_steps2 : S > gt2[i][k]} : S)
+ *
+ * sum(jy, jx) as in qf_gemm_int8_steps (the position reading from row
+ * jy y_step + jx x_step).  S stays an int16: kh kw n_steps < 2^15. */
+void qf_gemm_int8_pooled(float *d, int64_t ldd, int n_rows, const int16_t *gt, int n_steps,
+                         const int16_t *gt2, int n_steps2, const float *base, int kh, int kw,
+                         const int16_t *w, const int64_t *off, int64_t n_pairs, const uint8_t *x,
+                         int64_t npx, int64_t y_step, int64_t x_step, int64_t lanes);
+void qf_gemm_int8_pooled_portable(float *d, int64_t ldd, int n_rows, const int16_t *gt,
+                                  int n_steps, const int16_t *gt2, int n_steps2,
+                                  const float *base, int kh, int kw, const int16_t *w,
+                                  const int64_t *off, int64_t n_pairs, const uint8_t *x,
+                                  int64_t npx, int64_t y_step, int64_t x_step, int64_t lanes);
+
 #endif

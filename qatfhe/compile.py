@@ -1008,9 +1008,10 @@ class QuantizedModule:
             from . import fhe as fhe_module
             return fhe_module.execute_codes(self, q_x)
         if fhe == "simulate":
-            if self._plain(q_x, _INT64):         # the C core checks the code range itself
+            plain = self._plain(q_x, _INT64)     # the C core checks the code range itself
+            if plain is not None:
                 try:
-                    return self._circuit.run_codes(q_x, False, "auto", n_threads)[1]
+                    return self._circuit.run_codes(plain, False, "auto", n_threads)[1]
                 except ValueError:
                     pass                         # re-raised below with the Python message
             return self._circuit.run_codes(self._check_codes(q_x), ranges=False,
@@ -1048,9 +1049,10 @@ class QuantizedModule:
             from . import fhe as fhe_module
             return self.dequantize_output(fhe_module.execute(self, X, progress))
         if fhe == "simulate":
-            if self._plain(X, _FLOAT32):         # the C core checks finiteness itself
+            plain = self._plain(X, _FLOAT32)     # the C core checks finiteness itself
+            if plain is not None:
                 try:
-                    return self._circuit.run(X, False, "auto", n_threads)[0]
+                    return self._circuit.run(plain, False, "auto", n_threads)[0]
                 except ValueError:
                     pass                         # re-raised below with the Python message
             return self._circuit.run(self._samples(X, "X"), ranges=False,
@@ -1065,10 +1067,16 @@ class QuantizedModule:
                                        progress=progress)).argmax(axis=1)
 
     def _plain(self, X, dtype):
-        """Whether X is already an (n >= 1, in_features) array of dtype (native byte
-        order), which the C core takes as it is (the fast path of single-sample calls)."""
-        return (type(X) is np.ndarray and X.dtype is dtype and X.ndim == 2
-                and X.shape[0] > 0 and X.shape[1] == self._in_features)
+        """X as (n, in_features) when it is already an array of dtype (native byte order)
+        of that shape, or C-contiguous of shape (n, C, H, W) the compiled one, which the C
+        core takes as it is (the fast path); else None."""
+        if type(X) is not np.ndarray or X.dtype is not dtype or X.shape[:1] == (0,):
+            return None
+        if X.ndim == 2 and X.shape[1] == self._in_features:
+            return X
+        if X.ndim == 4 and X.shape[1:] == self.in_shape and X.flags.c_contiguous:
+            return X.reshape(len(X), self._in_features)
+        return None
 
     def _numpy_run(self, codes):
         """(out float32, returned integers int64, node ranges [(min, max)]) in NumPy."""

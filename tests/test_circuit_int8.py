@@ -148,12 +148,15 @@ def ref_lookup(t, lsbs, offset, scale, bias, relu, quant):
     return q.astype(np.int64) + z
 
 
-@pytest.mark.parametrize("out_bits, relu, lsbs", [(3, 1, 0), (2, 0, 1), (4, 1, 0), (8, 1, 0)])
-def test_conv_lookup_pool_chain_against_numpy(out_bits, relu, lsbs):
+@pytest.mark.parametrize("out_bits, relu, lsbs, requant_bits",
+                         [(3, 1, 0, 3), (2, 0, 1, 3), (4, 1, 0, 3), (8, 1, 0, 3), (3, 1, 0, 8),
+                          (2, 1, 0, 4)])
+def test_conv_lookup_pool_chain_against_numpy(out_bits, relu, lsbs, requant_bits):
     """conv -> lookup -> pool_sum -> lookup -> dense: the 8-bit product fused with the
-    lookup by thresholds and the pool (few output codes), or the lookup's formula (8 bits);
-    every batch size gives the NumPy integers, and the node ranges those of the int64
-    engine (which turn the fusion off)."""
+    lookup by thresholds, the pool and the requantizing lookup by thresholds on the
+    window's sum (few output codes), or without the latter (an 8-bit requant: its formula),
+    or the first lookup's formula (8 bits); every batch size gives the NumPy integers, and
+    the node ranges those of the int64 engine (which turn the fusion off)."""
     rng = np.random.default_rng(out_bits + lsbs)
     c, oc, h, w = 3, 5, 8, 6
     quant_in = (0.1, 0, 0, 7)
@@ -163,7 +166,8 @@ def test_conv_lookup_pool_chain_against_numpy(out_bits, relu, lsbs):
     offset = rng.integers(-20, 20, oc)
     q_mid = (F32(0.3), 0 if relu else 2 ** (out_bits - 1),
              0, 2 ** out_bits - 1)
-    q_out = (F32(0.5), 0, 0, 7)
+    q_out = (F32(0.5), 0, 0, 2 ** requant_bits - 1)
+    requant_scale = np.full(oc, {3: 0.25, 4: 1.0, 8: 0.02}[requant_bits], F32)
     dense_w = rng.integers(-3, 4, size=(4, oc * (h // 2) * (w // 2))).astype(np.int32)
     ops = [
         {"kind": "conv", "name": "conv", "src": 0, "weight": weight, "stride": (1, 1),
@@ -171,7 +175,7 @@ def test_conv_lookup_pool_chain_against_numpy(out_bits, relu, lsbs):
         {"kind": "lookup", "name": "act", "src": 1, "lsbs": lsbs, "offset": offset,
          "scale": scale, "bias": bias, "relu": relu, "quant": q_mid},
         {"kind": "pool_sum", "name": "pool", "src": 2, "kernel": (2, 2), "stride": (2, 2)},
-        {"kind": "lookup", "name": "requant", "src": 3, "scale": np.full(oc, 0.25, F32),
+        {"kind": "lookup", "name": "requant", "src": 3, "scale": requant_scale,
          "quant": q_out},
         {"kind": "reshape", "name": "flat", "src": 4, "shape": (oc * (h // 2) * (w // 2), 1, 1)},
         {"kind": "dense", "name": "fc", "src": 5, "weight": dense_w},
@@ -188,7 +192,7 @@ def test_conv_lookup_pool_chain_against_numpy(out_bits, relu, lsbs):
         acc = np.floor((acc + 2 ** (lsbs - 1)) / 2 ** lsbs).astype(np.int64)
     act = ref_lookup(acc, lsbs, offset, scale, bias, relu, q_mid)
     pooled = act.reshape(-1, oc, h // 2, 2, w // 2, 2).sum(axis=(3, 5))
-    requant = ref_lookup(pooled, 0, np.zeros(oc, np.int64), np.full(oc, 0.25, F32),
+    requant = ref_lookup(pooled, 0, np.zeros(oc, np.int64), requant_scale,
                          np.zeros(oc, F32), 0, q_out)
     want = requant.reshape(len(codes), -1) @ dense_w.T.astype(np.int64)
     assert circuit.int8_ops == [0, len(ops) - 2]

@@ -6,7 +6,9 @@
  * strides; operands reach the extremes the bound allows (u8 255, s8 -128 and
  * 127, int16 sums near 2^15); lanes and rows past the call are not written.
  * The codes variant (qf_gemm_int8_steps) counts the same sums against 0 to
- * 16 thresholds per row, drawn next to the sums and at the int16 extremes. */
+ * 16 thresholds per row, drawn next to the sums and at the int16 extremes;
+ * the pooled variant (qf_gemm_int8_pooled) sums those counts over windows of
+ * the positions and counts the sums again, or not. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,6 +87,60 @@ static void fill_weights(problem *pb, qf_rng *rng, int64_t budget)
     }
 }
 
+/* The pooled variant on the positions of the same problem grouped in
+ * windows of kh x kw (1 x 1 included): per window the codes' count sum,
+ * counted again against thresholds gt2 near those sums (or not), from the
+ * sums `want` of the whole problem. */
+static void check_pooled(qf_rng *rng, const problem *pb, const float *want, int64_t ldd,
+                         const int16_t *gt, int n_steps, const float *base)
+{
+    int kh = 1 + (int)qf_rng_below(rng, (uint32_t)pb->ny), kw = 1 + (int)qf_rng_below(rng, (uint32_t)pb->nx);
+    int64_t npx = pb->nx / kw, lanes = pb->lanes, len = QF_GEMM_INT8_ROWS * ldd;
+    int n_steps2 = (int)qf_rng_below(rng, QF_GEMM_INT8_MAX_STEPS + 1);
+    int16_t gt2[QF_GEMM_INT8_ROWS * QF_GEMM_INT8_MAX_STEPS];
+    for (int i = 0; i < QF_GEMM_INT8_ROWS; i++)
+        for (int k = 0; k < QF_GEMM_INT8_MAX_STEPS; k++)
+            gt2[i * QF_GEMM_INT8_MAX_STEPS + k] =
+                (int16_t)((int)qf_rng_below(rng, (uint32_t)(kh * kw * n_steps + 3)) - 2);
+    float *want_pooled = malloc(sizeof(float) * (size_t)len);
+    float *got = malloc(sizeof(float) * (size_t)len);
+    for (int again = 0; again < 2; again++) {
+        for (int64_t j = 0; j < len; j++)
+            want_pooled[j] = SENTINEL;
+        for (int i = 0; i < pb->rows; i++)
+            for (int64_t px = 0; px < npx; px++)
+                for (int64_t s = 0; s < lanes; s++) {
+                    int64_t total = 0;
+                    for (int ky = 0; ky < kh; ky++)
+                        for (int kx = 0; kx < kw; kx++) {
+                            int64_t at = (ky * pb->nx + px * kw + kx) * lanes + s;
+                            int64_t sum = (int64_t)want[i * ldd + at] - pb->corr[i];
+                            for (int k = 0; k < n_steps; k++)
+                                total += sum > gt[i * QF_GEMM_INT8_MAX_STEPS + k];
+                        }
+                    int64_t code = total;
+                    if (again) {
+                        code = 0;
+                        for (int k = 0; k < n_steps2; k++)
+                            code += total > gt2[i * QF_GEMM_INT8_MAX_STEPS + k];
+                    }
+                    want_pooled[i * ldd + px * lanes + s] = base[i] + (float)code;
+                }
+        for (int path = 0; path < 2; path++) {
+            for (int64_t j = 0; j < len; j++)
+                got[j] = SENTINEL;
+            (path ? qf_gemm_int8_pooled_portable : qf_gemm_int8_pooled)(
+                got, ldd, pb->rows, gt, n_steps, again ? gt2 : NULL, n_steps2, base, kh, kw,
+                pb->w, pb->off, pb->pairs, pb->x, npx, pb->y_step, pb->x_step, lanes);
+            CHECK(same_bits(got, want_pooled, len), "%s pooled: rows=%d pairs=%lld lanes=%lld "
+                  "window %dx%d n_steps=%d again=%d", path ? "portable" : "dispatched", pb->rows,
+                  (long long)pb->pairs, (long long)lanes, kh, kw, n_steps, again);
+        }
+    }
+    free(want_pooled);
+    free(got);
+}
+
 static void check_problem(qf_rng *rng, int rows, int64_t pairs, int64_t ny, int64_t nx,
                           int64_t lanes, int xmax)
 {
@@ -147,6 +203,7 @@ static void check_problem(qf_rng *rng, int rows, int64_t pairs, int64_t ny, int6
               "n_steps=%d", path ? "portable" : "dispatched", rows, (long long)pairs,
               (long long)lanes, n_steps);
     }
+    check_pooled(rng, &pb, want, ldd, gt, n_steps, base);
     free(want_codes);
     free(want);
     free(got);
