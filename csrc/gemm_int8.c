@@ -161,10 +161,14 @@ AVX2 INLINE void store_row(float *d, const __m256i *v, __m256i add, __m256 addf,
     }
 }
 
-/* acc: the sums of one position, R rows x NV registers of 16 lanes. */
-AVX2 INLINE void sums(__m256i acc[QF_GEMM_INT8_ROWS][4], const int16_t *w, const int64_t *off,
+/* out: the sums of one position, R rows x NV registers of 16 lanes.  They
+ * are summed in a local array and copied out at the end: summed in `out`
+ * itself, GCC 12 moved every sum between two registers on each pair (about
+ * 20% slower in bench/bench_cnn.py's integer inference). */
+AVX2 INLINE void sums(__m256i out[QF_GEMM_INT8_ROWS][4], const int16_t *w, const int64_t *off,
                       int64_t n_pairs, const uint8_t *x, int R, int NV)
 {
+    __m256i acc[QF_GEMM_INT8_ROWS][4];
     for (int i = 0; i < R; i++)
         for (int v = 0; v < NV; v++)
             acc[i][v] = _mm256_setzero_si256();
@@ -179,6 +183,9 @@ AVX2 INLINE void sums(__m256i acc[QF_GEMM_INT8_ROWS][4], const int16_t *w, const
                 acc[i][v] = _mm256_add_epi16(acc[i][v], _mm256_maddubs_epi16(xv, wv[i]));
         }
     }
+    for (int i = 0; i < R; i++)
+        for (int v = 0; v < NV; v++)
+            out[i][v] = acc[i][v];
 }
 
 /* acc[i][v] := the thresholds gt[i][k] its lanes pass (compares give -1). */
