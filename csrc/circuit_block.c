@@ -531,10 +531,11 @@ static void widen_lanes(float *restrict lmin, float *restrict lmax, const float 
         }
 }
 
-/* Node 0 (in, L) from rows r0 .. r0 + valid - 1; other lanes get qmin.  The
- * rows are read LOAD_CHUNK inputs at a time (contiguous, quantized as a
- * vector) and written to that many lane rows, which stay in cache. */
+/* Node 0 (in, L) from rows r0 .. r0 + valid - 1; other lanes get qmin.  Eight
+ * rows x LOAD_CHUNK inputs at a time: each row's inputs read contiguously
+ * (quantized as a vector), then written lane-major, eight lanes per store. */
 #define LOAD_CHUNK 16
+#define LOAD_ROWS 8
 
 QF_MULTIVERSION
 static void load_input(float *dst, const qf_circuit *c, const int64_t *codes, const float *x,
@@ -542,24 +543,28 @@ static void load_input(float *dst, const qf_circuit *c, const int64_t *codes, co
 {
     int64_t in = qf_circuit_in_size(c);
     float s = c->input.scale, lo = c->input_lo, hi = c->input_hi;
-    float z = (float)c->input.zero_point;
+    float z = (float)c->input.zero_point, qmin = (float)c->input.qmin;
     for (int64_t i0 = 0; i0 < in; i0 += LOAD_CHUNK) {
         int64_t m = in - i0 < LOAD_CHUNK ? in - i0 : LOAD_CHUNK;
         float *restrict d = dst + i0 * lanes;
-        for (int64_t r = 0; r < valid; r++) {
-            float v[LOAD_CHUNK];
-            if (codes)
-                for (int64_t j = 0; j < m; j++)
-                    v[j] = (float)codes[(r0 + r) * in + i0 + j];
-            else
-                for (int64_t j = 0; j < m; j++)
-                    v[j] = qf_quantize_value(x[(r0 + r) * in + i0 + j], s, lo, hi) + z;
+        for (int64_t rb = 0; rb < lanes; rb += LOAD_ROWS) {   /* lanes: a multiple of 8 */
+            float v[LOAD_ROWS][LOAD_CHUNK];
+            for (int64_t r = 0; r < LOAD_ROWS; r++) {
+                int64_t row = r0 + rb + r;
+                if (rb + r >= valid)
+                    for (int64_t j = 0; j < LOAD_CHUNK; j++)
+                        v[r][j] = qmin;
+                else if (codes)
+                    for (int64_t j = 0; j < m; j++)
+                        v[r][j] = (float)codes[row * in + i0 + j];
+                else
+                    for (int64_t j = 0; j < m; j++)
+                        v[r][j] = qf_quantize_value(x[row * in + i0 + j], s, lo, hi) + z;
+            }
             for (int64_t j = 0; j < m; j++)
-                d[j * lanes + r] = v[j];
+                for (int64_t r = 0; r < LOAD_ROWS; r++)
+                    d[j * lanes + rb + r] = v[r][j];
         }
-        for (int64_t j = 0; j < m; j++)
-            for (int64_t r = valid; r < lanes; r++)
-                d[j * lanes + r] = (float)c->input.qmin;
     }
 }
 

@@ -8,6 +8,8 @@
  * sample's integers are exact whichever engine and block computes them, so
  * the outputs, returned integers and ranges are the same for any thread
  * count and batch size. */
+#include "dispatch.h"
+#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -216,6 +218,24 @@ qf_status qf_circuit_run_codes(const qf_circuit *c, float *out, int64_t *out_int
     return QF_OK;
 }
 
+/* Index of the first NaN or infinity of x (n), or -1: chunks scanned without
+ * a branch (a vector loop), the element found in the chunk that has one. */
+QF_MULTIVERSION
+static int64_t first_non_finite(const float *x, int64_t n)
+{
+    for (int64_t j0 = 0; j0 < n; j0 += 1024) {
+        int64_t m = n - j0 < 1024 ? n - j0 : 1024;
+        int bad = 0;
+        for (int64_t j = 0; j < m; j++)
+            bad |= !(fabsf(x[j0 + j]) <= FLT_MAX);
+        if (bad)
+            for (int64_t j = 0; j < m; j++)
+                if (!isfinite(x[j0 + j]))
+                    return j0 + j;
+    }
+    return -1;
+}
+
 qf_status qf_circuit_run(const qf_circuit *c, float *out, int64_t *out_int, qf_range *ranges,
                          const float *x, int64_t n, const qf_circuit_run_opts *opts,
                          int64_t *workspace, char *err, int err_len)
@@ -224,13 +244,12 @@ qf_status qf_circuit_run(const qf_circuit *c, float *out, int64_t *out_int, qf_r
     qf_status st = check_opts(opts, err, err_len);
     if (st != QF_OK)
         return st;
-    int64_t in = qf_circuit_in_size(c);
-    for (int64_t j = 0; j < n * in; j++)
-        if (!isfinite(x[j])) {
-            set_err(err, err_len, "input contains NaN or infinity (first at row %lld); "
-                    "expected finite values", (long long)(j / in));
-            return QF_ERR_NONFINITE;
-        }
+    int64_t in = qf_circuit_in_size(c), j = first_non_finite(x, n * in);
+    if (j >= 0) {
+        set_err(err, err_len, "input contains NaN or infinity (first at row %lld); "
+                "expected finite values", (long long)(j / in));
+        return QF_ERR_NONFINITE;
+    }
     run_batch(c, out, out_int, ranges, NULL, x, n, opts, workspace);
     return QF_OK;
 }

@@ -197,3 +197,23 @@ def test_conv_lookup_pool_chain_against_numpy(out_bits, relu, lsbs, requant_bits
     want = requant.reshape(len(codes), -1) @ dense_w.T.astype(np.int64)
     assert circuit.int8_ops == [0, len(ops) - 2]
     check_runs(circuit, codes, want)
+
+
+@pytest.mark.parametrize("rows, bad", [((17, 30), np.nan), ((0,), -np.inf), ((39,), np.inf),
+                                       ((), None)])
+def test_run_names_the_first_non_finite_row(rows, bad):
+    """The C core's finiteness scan (chunked) names the first row holding NaN or infinity,
+    wherever it falls among the chunks; a finite batch runs."""
+    in_shape, quant = (3, 8, 8), (0.1, 0, 0, 7)
+    weight = np.ones((2, 3, 3, 3), np.int32)
+    circuit = circuit_for({"kind": "conv", "weight": weight, "stride": (1, 1),
+                           "padding": (1, 1)}, in_shape, quant, 2)
+    X = np.random.default_rng(0).random((40, int(np.prod(in_shape))), dtype=F32)
+    for r in rows:
+        X[r, (7 * r) % X.shape[1]] = bad
+    if not rows:
+        out = circuit.run(X, ranges=False)[0]
+        assert np.isfinite(out).all()
+        return
+    with pytest.raises(ValueError, match=rf"NaN or infinity \(first at row {rows[0]}\)"):
+        circuit.run(X, ranges=False)
