@@ -316,8 +316,8 @@ void qf_circuit_int8_block(const qf_circuit_op *p, int fuse, float *dst, const f
     pack_input(packed, src, p, &g, lanes);
     int16_t gt[ROWS * QF_GEMM_INT8_MAX_STEPS], gt2[ROWS * QF_GEMM_INT8_MAX_STEPS];
     float base[ROWS], base2[ROWS];
-    const qf_circuit_op *pool = &p[2];
-    int64_t n_window = pool->kh * pool->kw;
+    const qf_circuit_op *pool = fuse >= 2 ? &p[2] : NULL;   /* ops past p exist only then */
+    int64_t n_window = pool ? pool->kh * pool->kw : 0;
     for (int64_t b = 0; b < i8->n_blocks; b++) {
         int64_t first = b * ROWS, k0 = i8->block_start[b], pairs = i8->block_start[b + 1] - k0;
         int rows = p->oc - first < ROWS ? (int)(p->oc - first) : ROWS;
