@@ -1,4 +1,5 @@
-/* conv.c: patch extraction (im2col), its adjoint (col2im), 2-D transpose. */
+/* conv.c: patch extraction (im2col), its adjoint (col2im, col2im_t), 2-D transpose. */
+#include "dispatch.h"
 #include "conv.h"
 
 int64_t qf_conv_out_dim(int64_t in, int64_t kernel, int64_t stride, int64_t pad)
@@ -58,8 +59,8 @@ void qf_im2col(float *cols, const float *x, const qf_conv_geom *g)
     }
 }
 
-/* The adjoint, adding in the same (position, channel, kernel row, tap) order
- * for every kw. */
+/* The adjoint, adding in the (position, channel, kernel row, tap) order of
+ * conv.h for every kw. */
 INLINE void col2im_walk(float *dx, const float *dcols, const qf_conv_geom *g, int64_t kw)
 {
     int64_t k_len = g->c * g->kh * kw;
@@ -98,6 +99,44 @@ void qf_col2im(float *dx, const float *dcols, const qf_conv_geom *g)
     case 5: col2im_walk(dx, dcols, g, 5); break;
     default: col2im_walk(dx, dcols, g, g->kw); break;
     }
+}
+
+/* The adjoint of im2col from the transposed patches, one tap row at a time
+ * (contiguous, vectorised at stride 1).  The taps run in reverse (channel,
+ * kernel row, tap) order: tap (ky, kx) reaches element (y, x) from position
+ * ((y + ph - ky) / sh, (x + pw - kx) / sw), so taps in decreasing (ky, kx)
+ * bring each element its gradients in increasing position order (conv.h). */
+INLINE void col2im_t_walk(float *dx, const float *dcols_t, const qf_conv_geom *g, int64_t sw)
+{
+    int64_t p = g->oh * g->ow;
+    for (int64_t c = 0; c < g->c; c++)
+        for (int64_t ky = g->kh - 1; ky >= 0; ky--)
+            for (int64_t kx = g->kw - 1; kx >= 0; kx--) {
+                const float *tap = dcols_t + ((c * g->kh + ky) * g->kw + kx) * p;
+                /* positions ox whose x = ox sw - pw + kx lies in [0, W) */
+                int64_t lo = g->pw - kx > 0 ? (g->pw - kx + sw - 1) / sw : 0;
+                int64_t last = g->w - 1 + g->pw - kx;   /* ox sw <= last */
+                int64_t hi = last < 0 ? 0 : last / sw + 1;
+                hi = hi < g->ow ? hi : g->ow;
+                for (int64_t oy = 0; oy < g->oh; oy++) {
+                    int64_t y = oy * g->sh - g->ph + ky;
+                    if (y < 0 || y >= g->h)
+                        continue;
+                    float *restrict line = dx + (c * g->h + y) * g->w;
+                    const float *restrict row = tap + oy * g->ow;
+                    for (int64_t ox = lo; ox < hi; ox++)
+                        line[ox * sw + kx - g->pw] += row[ox];
+                }
+            }
+}
+
+QF_MULTIVERSION
+void qf_col2im_t(float *dx, const float *dcols_t, const qf_conv_geom *g)
+{
+    if (g->sw == 1)   /* a compile-time stride: the rows add as vectors */
+        col2im_t_walk(dx, dcols_t, g, 1);
+    else
+        col2im_t_walk(dx, dcols_t, g, g->sw);
 }
 
 void qf_transpose2d(float *dst, const float *src, int64_t a, int64_t b)

@@ -26,8 +26,15 @@ int64_t qf_conv_out_dim(int64_t in, int64_t kernel, int64_t stride, int64_t pad)
 /* cols (P, K) = patches of x (C, H, W). */
 void qf_im2col(float *cols, const float *x, const qf_conv_geom *g);
 
-/* dx (C, H, W) += scatter of dcols (P, K)  (dx is accumulated). */
+/* dx (C, H, W) += scatter of dcols (P, K) (dx is accumulated): each element
+ * adds the gradients of the positions whose patch holds it in increasing
+ * position (oy, ox) order, one float32 addition each (the order of a walk
+ * over the positions, then the taps of each patch). */
 void qf_col2im(float *dx, const float *dcols, const qf_conv_geom *g);
+
+/* The same scatter, in the same order (same bits), from dcols_t (K, P), the
+ * patch gradients transposed. */
+void qf_col2im_t(float *dx, const float *dcols_t, const qf_conv_geom *g);
 
 /* dst (b, a) = transpose of src (a, b). */
 void qf_transpose2d(float *dst, const float *src, int64_t a, int64_t b);

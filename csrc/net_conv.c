@@ -8,11 +8,13 @@
  *   col_codes (n P, Kt) patches of input codes, when the input has them
  *   w_t     (Kg, OC)    the weights used, transposed (codes: w_codes_t)
  *   gemm_out (n P, OC)  forward: the products; backward: dout transposed
- *   dcols   (n P, Kt)   input gradient patches, scattered back (col2im)
+ *   dcols   (n P, Kt)   input gradient patches, scattered back (col2im); from 64
+ *                       positions up (n, Kt, P), per sample transposed (col2im_t)
  *   dw_t    (Kg, OC)    weight gradient of the batch, transposed
  *
  * forward   gemm_out[:, g]  = cols[:, g] w_t[:, g]        (sum over Kg taps)
  * input     dcols[:, g]     = dout_t[:, g] w[g]           (sum over OCg channels)
+ *           (or per sample s: w[g]^T dout[s, g], the same sums transposed)
  * weight    dw_t[:, g]      = cols[:, g]^T dout_t[:, g]   (sum over the n P rows)
  *
  * Every sum runs in gemm.h's fixed order, so results do not depend on the
@@ -123,6 +125,13 @@ static void add_transposed(float *restrict dst, const float *restrict src, int64
             dst[o * kg + t] += src[t * oc + o];
 }
 
+/* The input gradient: from 64 positions up, per sample as the transposed
+ * patches (Kt, P) = w^T dout, whose scatter reads each tap's row contiguously
+ * (col2im_t); below, as one product over the batch's n P rows, whose rows are
+ * then the wider operand.  The same sums in the same order either way (gemm.h,
+ * conv.h): the same bits. */
+#define TRANSPOSED_MIN_POSITIONS 64
+
 void qf_net_backward_conv(qf_net *net, qf_layer *L, float *din, int64_t n)
 {
     const qf_conv_geom *g = &L->geom;
@@ -135,13 +144,23 @@ void qf_net_backward_conv(qf_net *net, qf_layer *L, float *din, int64_t n)
     float *dout_t = L->gemm_out;
     for (int64_t s = 0; s < n; s++)   /* dout (OC, P) -> (P, OC) */
         qf_transpose2d(dout_t + s * p * oc, L->dout + s * L->out_size, oc, p);
-    if (din) {
+    if (din && p < TRANSPOSED_MIN_POSITIONS) {   /* dcols (n P, Kt), then its scatter */
         for (int64_t gi = 0; gi < groups; gi++)
             qf_gemm(L->dcols + gi * kg, kt, dout_t + gi * ocg, oc, 1, wused + gi * ocg * kg, kg,
                     rows, kg, ocg, 0);
         memset(din, 0, sizeof(float) * (size_t)(n * L->in_size));
         for (int64_t s = 0; s < n; s++)
             qf_col2im(din + s * L->in_size, L->dcols + s * p * kt, g);
+    } else if (din) {   /* per sample: dcols_t (Kt, P) = w^T dout, then its scatter */
+        memset(din, 0, sizeof(float) * (size_t)(n * L->in_size));
+        for (int64_t s = 0; s < n; s++) {
+            float *dcols_t = L->dcols + s * p * kt;
+            const float *dout = L->dout + s * L->out_size;
+            for (int64_t gi = 0; gi < groups; gi++)
+                qf_gemm(dcols_t + gi * kg * p, p, wused + gi * ocg * kg, 1, kg,
+                        dout + gi * ocg * p, p, kg, p, ocg, 0);
+            qf_col2im_t(din + s * L->in_size, dcols_t, g);
+        }
     }
     for (int64_t gi = 0; gi < groups; gi++) {
         if (L->cols_from_codes)
