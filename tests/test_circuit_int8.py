@@ -87,10 +87,28 @@ def test_int8_conv_against_numpy(c, oc, h, w, kernel, stride, padding, groups, q
 def test_int8_dense_against_numpy(features, outputs):
     rng = np.random.default_rng(features)
     quant = (0.1, 0, 0, 15)
-    weight = rng.integers(-7, 8, size=(outputs, features)).astype(np.int32)
+    weight = (rng.integers(1, 8, size=(outputs, features)) *
+              rng.choice([-1, 1], size=(outputs, features))).astype(np.int32)   # no zeros
     circuit = circuit_for({"kind": "dense", "weight": weight}, (features, 1, 1), quant, outputs)
     assert circuit.int8_ops == [0]
     codes = codes_for(rng, max(BATCHES), (features, 1, 1), quant)
+    check_runs(circuit, codes, codes @ weight.T.astype(np.int64))
+
+
+@pytest.mark.parametrize("kept", [20, 60])
+def test_pruned_dense_takes_the_float_path_when_sparse(kept):
+    """A DENSE pruned to `kept` of 100 inputs per output: at 20 (most weight pairs hold a
+    zero) it stays on the float32 path, which visits only the kept weights; at 60 it takes
+    the 8-bit path; the integers are NumPy's either way."""
+    rng = np.random.default_rng(kept)
+    quant = (0.1, 0, 0, 7)
+    weight = np.zeros((100, 100), np.int32)
+    for o in range(100):
+        cols = rng.choice(100, size=kept, replace=False)
+        weight[o, cols] = rng.integers(1, 4, size=kept) * rng.choice([-1, 1], size=kept)
+    circuit = circuit_for({"kind": "dense", "weight": weight}, (100, 1, 1), quant, 100)
+    assert circuit.int8_ops == ([] if kept == 20 else [0])
+    codes = codes_for(rng, max(BATCHES), (100, 1, 1), quant)
     check_runs(circuit, codes, codes @ weight.T.astype(np.int64))
 
 
