@@ -155,6 +155,14 @@ static int64_t block_pairs(qf_circuit_int8 *i8, const qf_circuit_op *p, const ge
     return n;
 }
 
+static int64_t nonzero_weights(const qf_circuit_op *p, const geometry *g)
+{
+    int64_t n = 0;
+    for (int64_t j = 0; j < p->oc * g->cin * g->kh * g->kw; j++)
+        n += p->weight[j] != 0;
+    return n;
+}
+
 int qf_circuit_prepare_int8(const qf_circuit *c, qf_circuit_op *p)
 {
     if (p->kind != QF_OP_DENSE && p->kind != QF_OP_CONV)
@@ -179,10 +187,8 @@ int qf_circuit_prepare_int8(const qf_circuit *c, qf_circuit_op *p)
     i8->block_start[0] = 0;
     for (int64_t b = 0; b < i8->n_blocks; b++)   /* count first, then fill */
         i8->block_start[b + 1] = block_pairs(i8, p, &g, b, i8->block_start[b]);
-    int64_t pairs = i8->block_start[i8->n_blocks], nonzero = 0;
-    for (int64_t j = 0; j < p->oc * g.cin * g.kh * g.kw; j++)
-        nonzero += p->weight[j] != 0;
-    if (p->kind == QF_OP_DENSE && 3 * pairs > 2 * nonzero) {   /* pruned: see the top */
+    int64_t pairs = i8->block_start[i8->n_blocks];
+    if (p->kind == QF_OP_DENSE && 3 * pairs > 2 * nonzero_weights(p, &g)) {   /* see the top */
         qf_circuit_int8_free(i8);
         return 0;
     }

@@ -8,14 +8,13 @@
  * sample's integers are exact whichever engine and block computes them, so
  * the outputs, returned integers and ranges are the same for any thread
  * count and batch size. */
-#include "dispatch.h"
-#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include "circuit_internal.h"
+#include "finite.h"
 
 /* Fewest samples worth a thread of their own (starting one costs ~20 us). */
 #define MIN_ROWS_PER_THREAD 1024
@@ -61,16 +60,15 @@ int64_t qf_circuit_workspace_len(const qf_circuit *c, int n_threads)
 qf_status qf_circuit_quantize_input(const qf_circuit *c, int64_t *codes, const float *x,
                                     int64_t n, char *err, int err_len)
 {
-    int64_t total = n * qf_circuit_in_size(c);
+    int64_t total = n * qf_circuit_in_size(c), bad = qf_first_non_finite(x, total);
     float s = c->input.scale, lo = c->input_lo, hi = c->input_hi;
-    for (int64_t j = 0; j < total; j++) {
-        if (!isfinite(x[j])) {
-            set_err(err, err_len, "input contains NaN or infinity (first at flat index %lld); "
-                    "expected finite values", (long long)j);
-            return QF_ERR_NONFINITE;
-        }
-        codes[j] = (int64_t)qf_quantize_value(x[j], s, lo, hi) + c->input.zero_point;
+    if (bad >= 0) {
+        set_err(err, err_len, "input contains NaN or infinity (first at flat index %lld); "
+                "expected finite values", (long long)bad);
+        return QF_ERR_NONFINITE;
     }
+    for (int64_t j = 0; j < total; j++)
+        codes[j] = (int64_t)qf_quantize_value(x[j], s, lo, hi) + c->input.zero_point;
     return QF_OK;
 }
 
@@ -218,24 +216,6 @@ qf_status qf_circuit_run_codes(const qf_circuit *c, float *out, int64_t *out_int
     return QF_OK;
 }
 
-/* Index of the first NaN or infinity of x (n), or -1: chunks scanned without
- * a branch (a vector loop), the element found in the chunk that has one. */
-QF_MULTIVERSION
-static int64_t first_non_finite(const float *x, int64_t n)
-{
-    for (int64_t j0 = 0; j0 < n; j0 += 1024) {
-        int64_t m = n - j0 < 1024 ? n - j0 : 1024;
-        int bad = 0;
-        for (int64_t j = 0; j < m; j++)
-            bad |= !(fabsf(x[j0 + j]) <= FLT_MAX);
-        if (bad)
-            for (int64_t j = 0; j < m; j++)
-                if (!isfinite(x[j0 + j]))
-                    return j0 + j;
-    }
-    return -1;
-}
-
 qf_status qf_circuit_run(const qf_circuit *c, float *out, int64_t *out_int, qf_range *ranges,
                          const float *x, int64_t n, const qf_circuit_run_opts *opts,
                          int64_t *workspace, char *err, int err_len)
@@ -244,7 +224,7 @@ qf_status qf_circuit_run(const qf_circuit *c, float *out, int64_t *out_int, qf_r
     qf_status st = check_opts(opts, err, err_len);
     if (st != QF_OK)
         return st;
-    int64_t in = qf_circuit_in_size(c), j = first_non_finite(x, n * in);
+    int64_t in = qf_circuit_in_size(c), j = qf_first_non_finite(x, n * in);
     if (j >= 0) {
         set_err(err, err_len, "input contains NaN or infinity (first at row %lld); "
                 "expected finite values", (long long)(j / in));

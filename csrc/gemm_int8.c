@@ -53,19 +53,17 @@ static int32_t lane_sum(const int16_t *w, const int64_t *off, int64_t n_pairs, c
     return acc;
 }
 
-/* One position (e->kh == 0) or one window of positions from packed row base. */
+/* One position, or (e->kh > 0) one window of positions, from packed row base. */
 static float finish(const epilogue *e, const int16_t *w, const int64_t *off, int64_t n_pairs,
                     const uint8_t *x, int64_t base, int64_t y_step, int64_t x_step,
                     int64_t row_bytes, int i, int64_t s)
 {
     if (e->corr)
         return (float)(lane_sum(w, off, n_pairs, x, base, row_bytes, i, s) + e->corr[i]);
-    if (e->kh == 0)
-        return e->base[i] + (float)passed(e->gt, e->n_steps, i,
-                                          lane_sum(w, off, n_pairs, x, base, row_bytes, i, s));
+    int kh = e->kh ? e->kh : 1, kw = e->kh ? e->kw : 1;   /* a position: a 1 x 1 window */
     int32_t total = 0;
-    for (int ky = 0; ky < e->kh; ky++)
-        for (int kx = 0; kx < e->kw; kx++)
+    for (int ky = 0; ky < kh; ky++)
+        for (int kx = 0; kx < kw; kx++)
             total += passed(e->gt, e->n_steps, i,
                             lane_sum(w, off, n_pairs, x, base + ky * y_step + kx * x_step,
                                      row_bytes, i, s));
@@ -96,7 +94,7 @@ void qf_gemm_int8_lanes_portable(float *d, int64_t ldd, int n_rows, const int32_
                                  const uint8_t *x, int64_t ny, int64_t nx, int64_t y_step,
                                  int64_t x_step, int64_t lanes)
 {
-    epilogue e = {corr, NULL, 0, NULL, 0, 0, NULL, 0};
+    epilogue e = {.corr = corr};
     portable(d, ldd, n_rows, &e, w, off, n_pairs, x, ny, nx, y_step, x_step, lanes);
 }
 
@@ -106,7 +104,7 @@ void qf_gemm_int8_steps_portable(float *d, int64_t ldd, int n_rows, const int16_
                                  int64_t ny, int64_t nx, int64_t y_step, int64_t x_step,
                                  int64_t lanes)
 {
-    epilogue e = {NULL, gt, n_steps, base, 0, 0, NULL, 0};
+    epilogue e = {.gt = gt, .n_steps = n_steps, .base = base};
     portable(d, ldd, n_rows, &e, w, off, n_pairs, x, ny, nx, y_step, x_step, lanes);
 }
 
@@ -116,7 +114,8 @@ void qf_gemm_int8_pooled_portable(float *d, int64_t ldd, int n_rows, const int16
                                   const int64_t *off, int64_t n_pairs, const uint8_t *x,
                                   int64_t npx, int64_t y_step, int64_t x_step, int64_t lanes)
 {
-    epilogue e = {NULL, gt, n_steps, base, kh, kw, gt2, n_steps2};
+    epilogue e = {.gt = gt, .n_steps = n_steps, .base = base, .kh = kh, .kw = kw, .gt2 = gt2,
+                  .n_steps2 = n_steps2};
     portable(d, ldd, n_rows, &e, w, off, n_pairs, x, 1, npx, y_step, x_step, lanes);
 }
 
@@ -305,7 +304,7 @@ void qf_gemm_int8_lanes(float *d, int64_t ldd, int n_rows, const int32_t *corr,
                         const uint8_t *x, int64_t ny, int64_t nx, int64_t y_step,
                         int64_t x_step, int64_t lanes)
 {
-    epilogue e = {corr, NULL, 0, NULL, 0, 0, NULL, 0};
+    epilogue e = {.corr = corr};
     run(d, ldd, n_rows, &e, w, off, n_pairs, x, ny, nx, y_step, x_step, lanes);
 }
 
@@ -314,7 +313,7 @@ void qf_gemm_int8_steps(float *d, int64_t ldd, int n_rows, const int16_t *gt, in
                         int64_t n_pairs, const uint8_t *x, int64_t ny, int64_t nx,
                         int64_t y_step, int64_t x_step, int64_t lanes)
 {
-    epilogue e = {NULL, gt, n_steps, base, 0, 0, NULL, 0};
+    epilogue e = {.gt = gt, .n_steps = n_steps, .base = base};
     run(d, ldd, n_rows, &e, w, off, n_pairs, x, ny, nx, y_step, x_step, lanes);
 }
 
@@ -323,6 +322,7 @@ void qf_gemm_int8_pooled(float *d, int64_t ldd, int n_rows, const int16_t *gt, i
                          const int16_t *w, const int64_t *off, int64_t n_pairs, const uint8_t *x,
                          int64_t npx, int64_t y_step, int64_t x_step, int64_t lanes)
 {
-    epilogue e = {NULL, gt, n_steps, base, kh, kw, gt2, n_steps2};
+    epilogue e = {.gt = gt, .n_steps = n_steps, .base = base, .kh = kh, .kw = kw, .gt2 = gt2,
+                  .n_steps2 = n_steps2};
     run(d, ldd, n_rows, &e, w, off, n_pairs, x, 1, npx, y_step, x_step, lanes);
 }

@@ -144,15 +144,15 @@ void qf_net_backward_conv(qf_net *net, qf_layer *L, float *din, int64_t n)
     float *dout_t = L->gemm_out;
     for (int64_t s = 0; s < n; s++)   /* dout (OC, P) -> (P, OC) */
         qf_transpose2d(dout_t + s * p * oc, L->dout + s * L->out_size, oc, p);
+    if (din)
+        memset(din, 0, sizeof(float) * (size_t)(n * L->in_size));
     if (din && p < TRANSPOSED_MIN_POSITIONS) {   /* dcols (n P, Kt), then its scatter */
         for (int64_t gi = 0; gi < groups; gi++)
             qf_gemm(L->dcols + gi * kg, kt, dout_t + gi * ocg, oc, 1, wused + gi * ocg * kg, kg,
                     rows, kg, ocg, 0);
-        memset(din, 0, sizeof(float) * (size_t)(n * L->in_size));
         for (int64_t s = 0; s < n; s++)
             qf_col2im(din + s * L->in_size, L->dcols + s * p * kt, g);
     } else if (din) {   /* per sample: dcols_t (Kt, P) = w^T dout, then its scatter */
-        memset(din, 0, sizeof(float) * (size_t)(n * L->in_size));
         for (int64_t s = 0; s < n; s++) {
             float *dcols_t = L->dcols + s * p * kt;
             const float *dout = L->dout + s * L->out_size;

@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include "finite.h"
 #include "linear.h"
 #include "net_internal.h"
 #include "maxpool.h"
@@ -394,13 +395,12 @@ void qf_net_forward_layers(qf_net *net, int64_t n)
 
 qf_status qf_net_check_finite(qf_net *net, const float *x, int64_t count)
 {
-    for (int64_t j = 0; j < count; j++) {
-        if (!isfinite(x[j])) {
-            snprintf(net->err, sizeof net->err,
-                     "input contains NaN or infinity (first at flat index %lld); expected "
-                     "finite values", (long long)j);
-            return QF_ERR_NONFINITE;
-        }
+    int64_t j = qf_first_non_finite(x, count);
+    if (j >= 0) {
+        snprintf(net->err, sizeof net->err,
+                 "input contains NaN or infinity (first at flat index %lld); expected "
+                 "finite values", (long long)j);
+        return QF_ERR_NONFINITE;
     }
     return QF_OK;
 }
